@@ -1,0 +1,139 @@
+"""The validated configuration model: what every other module reads.
+
+These frozen dataclasses are produced only by :mod:`sidecar.configload`, which
+parses TOML or the environment and refuses anything invalid with a
+:class:`~sidecar.errors.ConfigError`. Durations are float seconds here.
+Secret values never appear in a repr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+ClientAuth = Literal["client_secret_post", "client_secret_basic", "private_key_jwt"]
+Verify = Literal["jwks", "claims", "none"]
+CacheBackend = Literal["memory", "redis"]
+
+PROFILE_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
+
+_EMPTY: MappingProxyType[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where one credential comes from: exactly one of inline value, env var or file."""
+
+    value: str | None = None
+    env: str | None = None
+    file: Path | None = None
+
+    def describe(self) -> str:
+        """A secret-free description, for logs and ``check`` output."""
+        if self.file is not None:
+            return f"file:{self.file}"
+        if self.env is not None:
+            return f"env:{self.env}"
+        return "inline"
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.describe()})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class RefreshBefore:
+    """How long before expiry a refresh starts: a duration or a share of the lifetime."""
+
+    seconds: float | None = None
+    share: float | None = 0.2  # 0 < share < 1
+
+    def window(self, lifetime: float) -> float:
+        """The nominal refresh window for a token of ``lifetime`` seconds."""
+        if self.seconds is not None:
+            return self.seconds
+        assert self.share is not None  # noqa: S101 - enforced by the loader
+        return self.share * lifetime
+
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    base: float = 1.0
+    cap: float = 60.0
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    failures: int = 5
+    reset: float = 30.0
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """One (token endpoint, client, audience/resource, scope) tuple."""
+
+    name: str
+    token_url: str
+    client_id: SecretRef
+    issuer: str | None = None
+    jwks_url: str | None = None
+    client_secret: SecretRef | None = None
+    client_auth: ClientAuth = "client_secret_post"
+    private_key_file: Path | None = None
+    private_key_kid: str | None = None
+    assertion_alg: str = "RS256"
+    assertion_audience: str | None = None
+    audience: str | None = None
+    resource: str | None = None
+    scope: str | None = None
+    extra_params: MappingProxyType[str, str] = field(default_factory=lambda: _EMPTY)
+    required: bool = True
+    refresh_before: RefreshBefore = field(default_factory=RefreshBefore)
+    min_ttl: float = 30.0
+    wait_timeout: float = 10.0
+    #: None means automatic: "jwks" when a JWKS URL is known, else "claims" for
+    #: JWTs and "none" for opaque tokens.
+    verify: Verify | None = None
+    #: None means "use [server].allow_uids".
+    allow_uids: tuple[int, ...] | None = None
+    connect_timeout: float = 3.0
+    timeout: float = 10.0
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+
+    @property
+    def effective_assertion_audience(self) -> str:
+        """RFC 7523 ``aud`` of a client assertion: configured, else issuer, else token URL."""
+        return self.assertion_audience or self.issuer or self.token_url
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str | None = "127.0.0.1:8700"
+    socket: Path | None = None
+    socket_mode: int = 0o660
+    allow_uids: tuple[int, ...] = ()
+    ops_listen: str | None = "0.0.0.0:9700"  # probes come from the kubelet, so not loopback
+    allow_non_loopback: bool = False
+    access_log: bool = False
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    backend: CacheBackend = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    namespace: str = "token-sidecar"
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration; ``source`` names where it came from."""
+
+    profiles: MappingProxyType[str, ProfileConfig]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    source: str = "<defaults>"

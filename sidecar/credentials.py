@@ -1,0 +1,168 @@
+"""Client credentials: read from a file, an env var or inline, and watched for change.
+
+Kubernetes swaps a mounted Secret atomically by re-pointing a ``..data``
+symlink, so a credential file is identified by the content it resolves to,
+not by its path: :meth:`CredentialStore.changed` compares a digest of every
+file-backed credential with the one last loaded. Values are held in
+:class:`Secret`, whose repr never shows them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+from sidecar.clock import Clock
+from sidecar.config import ProfileConfig, SecretRef
+from sidecar.errors import IdPRejectedError
+
+#: Lifetime of a client assertion: Auth0 accepts at most 5 min and recommends 1.
+ASSERTION_LIFETIME = 60
+
+
+class Secret:
+    """A secret string that never shows itself in a repr, str or log."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The value, for the one place that must send it to the IdP."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret([secure])"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class CredentialsError(IdPRejectedError):
+    """A configured credential could not be read: the profile is misconfigured."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, error="credentials_unavailable", description=description)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a token request authenticates with; ``version`` changes with any value."""
+
+    client_id: str
+    client_secret: Secret | None
+    private_key: Secret | None  # PEM text
+    version: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(client_id={self.client_id!r}, version={self.version[:8]!r})"
+
+
+class CredentialStore:
+    """Loads a profile's credentials and tells when their files changed."""
+
+    def __init__(self, profile: ProfileConfig, environ: Mapping[str, str] | None = None) -> None:
+        self._profile = profile
+        self._environ = environ if environ is not None else os.environ
+        self._loaded: Credentials | None = None
+
+    @property
+    def watches_files(self) -> bool:
+        """Whether any credential is file-backed (and so worth watching)."""
+        return bool(self._files())
+
+    def load(self) -> Credentials:
+        """Read every credential now; raise :class:`CredentialsError` naming what failed."""
+        p = self._profile
+        client_id = self._read(p.client_id, "client_id")
+        secret = self._read(p.client_secret, "client_secret") if p.client_secret else None
+        key = None
+        if p.private_key_file is not None:
+            key = self._read(SecretRef(file=p.private_key_file), "private_key_file")
+        digest = hashlib.sha256()
+        for part in (client_id, secret or "", key or ""):
+            digest.update(hashlib.sha256(part.encode()).digest())
+        creds = Credentials(
+            client_id=client_id,
+            client_secret=Secret(secret) if secret is not None else None,
+            private_key=Secret(key) if key is not None else None,
+            version=digest.hexdigest(),
+        )
+        self._loaded = creds
+        return creds
+
+    def changed(self) -> bool:
+        """Whether reading the credentials now would give other values than last time."""
+        if self._loaded is None or not self._files():
+            return False
+        try:
+            return self.load_quietly().version != self._loaded.version
+        except CredentialsError:
+            # A file mid-swap or briefly missing is not a change worth acting on;
+            # the next refresh reads it again and reports a real problem.
+            return False
+
+    def load_quietly(self) -> Credentials:
+        """Like :meth:`load`, without remembering the result."""
+        previous = self._loaded
+        try:
+            return self.load()
+        finally:
+            self._loaded = previous
+
+    def _files(self) -> list[Path]:
+        p = self._profile
+        refs = [p.client_id, p.client_secret, SecretRef(file=p.private_key_file)]
+        return [ref.file for ref in refs if ref is not None and ref.file is not None]
+
+    def _read(self, ref: SecretRef, key: str) -> str:
+        if ref.value is not None:
+            return ref.value
+        if ref.env is not None:
+            value = self._environ.get(ref.env)
+            if not value:
+                raise CredentialsError(f"{key}: environment variable {ref.env} is not set")
+            return value.strip()
+        assert ref.file is not None  # noqa: S101 - SecretRef has exactly one source
+        try:
+            value = ref.file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise CredentialsError(f"{key}: cannot read {ref.file}: {exc.strerror}") from None
+        if not value:
+            raise CredentialsError(f"{key}: {ref.file} is empty")
+        return value
+
+
+def client_assertion(profile: ProfileConfig, creds: Credentials, clock: Clock) -> str:
+    """A fresh RFC 7523 client assertion: new ``jti`` every call, 60 s lifetime."""
+    if creds.private_key is None:
+        raise CredentialsError("private_key_jwt needs private_key_file")
+    now = int(clock.time())
+    claims = {
+        "iss": creds.client_id,
+        "sub": creds.client_id,
+        "aud": profile.effective_assertion_audience,
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "exp": now + ASSERTION_LIFETIME,
+    }
+    headers = {"kid": profile.private_key_kid} if profile.private_key_kid else None
+    try:
+        return jwt.encode(
+            claims, creds.private_key.reveal(), algorithm=profile.assertion_alg, headers=headers
+        )
+    except (ValueError, TypeError, jwt.PyJWTError) as exc:
+        # The message of a key parsing error names the problem, never the key.
+        raise CredentialsError(f"private_key_file: cannot sign an assertion: {exc}") from None

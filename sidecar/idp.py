@@ -1,0 +1,235 @@
+"""The IdP client: one client-credentials token request, and every failure typed.
+
+:func:`map_transport_errors` is the one boundary where aiohttp and asyncio
+exceptions become :mod:`sidecar.errors` types; :func:`classify_response`
+turns an HTTP status and body into a token response or the most specific
+error (transient, rate limited, rejected). Nothing above this module sees an
+aiohttp exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote_plus
+
+import aiohttp
+import orjson
+
+from sidecar.clock import Clock
+from sidecar.config import ProfileConfig
+from sidecar.credentials import Credentials, client_assertion
+from sidecar.errors import (
+    IdPError,
+    IdPRateLimitedError,
+    IdPRejectedError,
+    IdPResponseError,
+    IdPTimeoutError,
+    IdPUnavailableError,
+)
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: A token response is a few KiB at most; more is garbage, not a token.
+MAX_BODY = 256 * 1024
+#: OAuth error codes that mean "try again later", whatever the status says.
+_TRANSIENT_OAUTH_ERRORS = frozenset({"server_error", "temporarily_unavailable"})
+_DESCRIPTION_LIMIT = 300
+
+
+@dataclass(frozen=True, repr=False)
+class IssuedToken:
+    """A parsed, not yet verified, token response."""
+
+    access_token: str
+    token_type: str
+    expires_in: float | None
+    scope: str | None
+
+    def __repr__(self) -> str:
+        return f"IssuedToken(expires_in={self.expires_in}, scope={self.scope!r}, value=[secure])"
+
+
+@contextlib.contextmanager
+def map_transport_errors() -> Iterator[None]:
+    """Translate aiohttp and timeout exceptions into :class:`IdPUnavailableError` types."""
+    try:
+        yield
+    except IdPError:
+        raise
+    except TimeoutError as exc:  # aiohttp's ServerTimeoutError is a TimeoutError too
+        raise IdPTimeoutError("IdP did not answer in time") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise IdPUnavailableError(f"cannot connect to IdP: {exc.os_error.strerror}") from exc
+    except aiohttp.ClientError as exc:
+        raise IdPUnavailableError(f"IdP connection failed: {type(exc).__name__}") from exc
+
+
+def build_form(profile: ProfileConfig, creds: Credentials, clock: Clock) -> dict[str, str]:
+    """The form fields of a client-credentials request (without Basic auth)."""
+    form: dict[str, str] = {"grant_type": "client_credentials"}
+    for key in ("audience", "resource", "scope"):
+        value = getattr(profile, key)
+        if value:
+            form[key] = value
+    form.update(profile.extra_params)
+    if profile.client_auth == "client_secret_post":
+        form["client_id"] = creds.client_id
+        form["client_secret"] = creds.client_secret.reveal() if creds.client_secret else ""
+    elif profile.client_auth == "private_key_jwt":
+        form["client_id"] = creds.client_id
+        form["client_assertion_type"] = ASSERTION_TYPE
+        form["client_assertion"] = client_assertion(profile, creds, clock)
+    return form
+
+
+def basic_auth_header(client_id: str, secret: str) -> str:
+    """RFC 6749 §2.3.1: form-urlencode id and secret, join with ':', then base64."""
+    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+class IdPClient:
+    """Requests tokens from RFC 6749 token endpoints over one aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession, clock: Clock) -> None:
+        self._session = session
+        self._clock = clock
+
+    async def request_token(self, profile: ProfileConfig, creds: Credentials) -> IssuedToken:
+        """POST a client-credentials grant; return the parsed response or raise an IdPError."""
+        form = build_form(profile, creds, self._clock)
+        headers = {"Accept": "application/json"}
+        if profile.client_auth == "client_secret_basic":
+            secret = creds.client_secret.reveal() if creds.client_secret else ""
+            headers["Authorization"] = basic_auth_header(creds.client_id, secret)
+        timeout = aiohttp.ClientTimeout(total=profile.timeout, sock_connect=profile.connect_timeout)
+        with map_transport_errors():
+            async with self._session.post(
+                profile.token_url,
+                data=form,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+            ) as resp:
+                body = await _read_capped(resp)
+                return classify_response(resp.status, resp.headers, body, now=self._clock.time())
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise IdPResponseError("IdP response body is too large", status=resp.status)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def classify_response(status: int, headers: Any, body: bytes, *, now: float) -> IssuedToken:
+    """Map one HTTP answer of a token endpoint to a token or the most specific error."""
+    if status == 200:
+        return parse_token_response(body)
+    payload = _json_object(body)
+    error = _short(payload.get("error")) if payload else None
+    description = (
+        _short(payload.get("error_description") or payload.get("message")) if payload else None
+    )
+    if status == 429:
+        retry_after = retry_after_seconds(headers, now=now)
+        raise IdPRateLimitedError(
+            "IdP rate limit reached",
+            retry_after=retry_after,
+            error=error or "too_many_requests",
+            description=description,
+            status=status,
+        )
+    if status == 408 or status >= 500 or error in _TRANSIENT_OAUTH_ERRORS:
+        raise IdPUnavailableError(
+            f"IdP answered {status}", error=error, description=description, status=status
+        )
+    if 300 <= status < 400:
+        raise IdPRejectedError(
+            f"IdP answered a redirect ({status}); check token_url",
+            error=f"http_{status}",
+            status=status,
+        )
+    if status == 400 and error is None:
+        raise IdPResponseError("IdP answered 400 without an OAuth error", status=status)
+    # 400/401/403 with an OAuth error, or any other 4xx (404: wrong token_url):
+    # the request itself is wrong, and retrying it unchanged cannot help.
+    raise IdPRejectedError(
+        f"IdP rejected the token request ({status} {error or 'no error code'})",
+        error=error or f"http_{status}",
+        description=description,
+        status=status,
+    )
+
+
+def parse_token_response(body: bytes) -> IssuedToken:
+    """Parse a 200 body defensively: unknown fields ignored, ``expires_in`` int or string."""
+    payload = _json_object(body)
+    if payload is None:
+        raise IdPResponseError("IdP answered 200 with a body that is not a JSON object", status=200)
+    token = payload.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise IdPResponseError("token response has no access_token", status=200)
+    token_type = payload.get("token_type", "Bearer")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise IdPResponseError("token response has an unsupported token_type", status=200)
+    scope = payload.get("scope")
+    return IssuedToken(
+        access_token=token,
+        token_type="Bearer",  # noqa: S106 - a token type, not a password
+        expires_in=_expires_in(payload.get("expires_in")),
+        scope=scope if isinstance(scope, str) and scope else None,
+    )
+
+
+def _expires_in(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise IdPResponseError("expires_in is not a number", status=200)
+    try:
+        seconds = float(value) if isinstance(value, int | float | str) else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise IdPResponseError("expires_in is not a positive number", status=200)
+    return seconds
+
+
+def retry_after_seconds(headers: Any, *, now: float) -> float | None:
+    """``Retry-After`` (seconds or HTTP date), else ``x-ratelimit-reset`` (UNIX time) - now."""
+    raw = headers.get("Retry-After")
+    if raw:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            with contextlib.suppress(TypeError, ValueError, IndexError):
+                return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
+    reset = headers.get("x-ratelimit-reset")
+    if reset:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(reset) - now)
+    return None
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _short(value: object) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return value[:_DESCRIPTION_LIMIT]

@@ -1,0 +1,92 @@
+"""Structured logs: one JSON object per line on stderr, or text for people.
+
+Log calls name a dotted event and pass fields through ``extra``:
+``log.info("token.refreshed", extra={"profile": name, "fingerprint": fp})``.
+The formatters redact any field named in :data:`SENSITIVE_FIELDS`, so a
+careless ``extra={"client_secret": ...}`` can never reach the output.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, Literal, TextIO
+
+import orjson
+
+#: Field names whose values are never written, whatever the caller passes.
+SENSITIVE_FIELDS = frozenset(
+    {
+        "access_token",
+        "token",
+        "client_secret",
+        "client_assertion",
+        "assertion",
+        "authorization",
+        "password",
+        "secret",
+        "private_key",
+        "refresh_token",
+        "id_token",
+    }
+)
+REDACTED = "[redacted]"
+
+# Attributes every LogRecord has; anything else came in through ``extra``.
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+LogFormat = Literal["json", "text"]
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The ``extra`` fields of a record, with sensitive ones redacted."""
+    fields: dict[str, Any] = {}
+    for key, value in record.__dict__.items():
+        if key in _RESERVED or key.startswith("_"):
+            continue
+        fields[key] = REDACTED if key.lower() in SENSITIVE_FIELDS else value
+    return fields
+
+
+class JSONFormatter(logging.Formatter):
+    """``{"ts", "level", "event", "profile"?, ...fields}`` via orjson."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        entry.update(record_fields(record))
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exc_type"] = record.exc_info[0].__name__
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``HH:MM:SS level event key=value ...`` for a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
+        fields = " ".join(f"{k}={v}" for k, v in record_fields(record).items())
+        line = f"{ts} {record.levelname.lower():<7} {record.getMessage()} {fields}".rstrip()
+        if record.exc_info and record.exc_info[0] is not None:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(
+    fmt: LogFormat = "json", *, level: int = logging.INFO, stream: TextIO | None = None
+) -> None:
+    """Send the ``sidecar`` loggers to ``stream`` (stderr) in the chosen format."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("sidecar")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    access = logging.getLogger("aiohttp.access")
+    access.handlers[:] = [handler]
+    access.propagate = False

@@ -1,0 +1,117 @@
+"""Prometheus metrics of DESIGN.md, registered on an injected registry.
+
+A :class:`Metrics` is created once per daemon (and once per test) on its own
+``CollectorRegistry``; nothing is registered on the global registry at import
+time. Label values come only from config (profile names) and fixed enums.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from sidecar._version import __version__
+
+REFRESH_RESULTS = (
+    "success",
+    "error",
+    "timeout",
+    "rate_limited",
+    "rejected",
+    "invalid_token",
+    "circuit_open",
+)
+REQUEST_OUTCOMES = ("served", "stale", "unavailable", "denied")
+FALLBACK_REASONS = ("refresh_failing", "circuit_open", "cache_backend_down")
+INVALIDATION_RESULTS = ("refreshed", "already_rotated", "throttled")
+
+
+class Metrics:
+    """Every metric the sidecar exports, bound to one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.refresh_total = Counter(
+            "token_sidecar_refresh_total",
+            "Token refresh attempts by result.",
+            ["profile", "result"],
+            registry=r,
+        )
+        self.refresh_duration = Histogram(
+            "token_sidecar_refresh_duration_seconds",
+            "Time spent on one token refresh attempt, including verification.",
+            ["profile"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.token_expiry = Gauge(
+            "token_sidecar_token_expiry_timestamp_seconds",
+            "UNIX time at which the current token of a profile expires.",
+            ["profile"],
+            registry=r,
+        )
+        self.token_requests = Counter(
+            "token_sidecar_token_requests_total",
+            "Token API requests by outcome.",
+            ["profile", "outcome"],
+            registry=r,
+        )
+        self.fallback_total = Counter(
+            "token_sidecar_fallback_total",
+            "Tokens served or refreshed in a degraded mode, by reason.",
+            ["profile", "reason"],
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "token_sidecar_circuit_state",
+            "Circuit breaker state of the profile's token endpoint: 0 closed, 1 half-open, 2 open.",
+            ["profile"],
+            registry=r,
+        )
+        self.invalidations_total = Counter(
+            "token_sidecar_invalidations_total",
+            "Caller reports of rejected tokens, by result.",
+            ["profile", "result"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "token_sidecar_ready",
+            "1 when every required profile holds a servable token.",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "token_sidecar_build_info",
+            "Build information; the value is always 1.",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(version=__version__).set(1)
+
+    def add_profile(self, profile: str) -> None:
+        """Create every labelled series of a profile at zero, so dashboards see them at once."""
+        for result in REFRESH_RESULTS:
+            self.refresh_total.labels(profile=profile, result=result)
+        for outcome in REQUEST_OUTCOMES:
+            self.token_requests.labels(profile=profile, outcome=outcome)
+        for reason in FALLBACK_REASONS:
+            self.fallback_total.labels(profile=profile, reason=reason)
+        for result in INVALIDATION_RESULTS:
+            self.invalidations_total.labels(profile=profile, result=result)
+        self.refresh_duration.labels(profile=profile)
+        self.circuit_state.labels(profile=profile).set(0)
+
+    def remove_profile(self, profile: str) -> None:
+        """Drop a profile's series (after a reload removed it)."""
+        for metric, label_sets in (
+            (self.refresh_total, [(profile, r) for r in REFRESH_RESULTS]),
+            (self.token_requests, [(profile, o) for o in REQUEST_OUTCOMES]),
+            (self.fallback_total, [(profile, r) for r in FALLBACK_REASONS]),
+            (self.invalidations_total, [(profile, r) for r in INVALIDATION_RESULTS]),
+        ):
+            for labels in label_sets:
+                metric.remove(*labels)
+        for single in (self.refresh_duration, self.token_expiry, self.circuit_state):
+            try:
+                single.remove(profile)
+            except KeyError:
+                continue  # never set for this profile: nothing to drop

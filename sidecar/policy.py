@@ -1,0 +1,94 @@
+"""Scheduling policy as pure functions: when to refresh, how long to back off.
+
+Nothing here reads a clock, sleeps or does I/O; every input is an argument,
+and randomness comes from an injected ``random.Random``, so tests can assert
+exact instants.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from sidecar.config import RefreshBefore
+
+#: Refresh no later than this many seconds before expiry, or half-life if shorter.
+REFRESH_FLOOR_SECONDS = 60.0
+#: The refresh instant moves earlier by up to this share of the refresh window.
+JITTER_SHARE = 0.1
+#: How long a misconfigured profile waits before asking the IdP again.
+MISCONFIGURED_RETRY_SECONDS = 300.0
+
+
+def refresh_window(lifetime: float, refresh_before: RefreshBefore, min_ttl: float) -> float:
+    """Seconds before expiry at which a refresh becomes due (before jitter).
+
+    The configured window, but never less than min(60 s, half the lifetime),
+    so short tokens refresh at half-life at the latest. A window longer than
+    the whole lifetime would refresh on receipt forever; it becomes half-life.
+    A window shorter than ``min_ttl`` would let the token become unservable
+    before its refresh; it grows to ``min_ttl``.
+    """
+    if lifetime <= 0:
+        return 0.0
+    window = max(refresh_before.window(lifetime), min(REFRESH_FLOOR_SECONDS, lifetime / 2))
+    if window >= lifetime:
+        window = lifetime / 2
+    return min(max(window, min_ttl), lifetime)
+
+
+def refresh_at(
+    *,
+    obtained_at: float,
+    expires_at: float,
+    refresh_before: RefreshBefore,
+    min_ttl: float,
+    rng: random.Random,
+) -> float:
+    """The monotonic instant a token obtained at ``obtained_at`` should be refreshed."""
+    lifetime = expires_at - obtained_at
+    window = refresh_window(lifetime, refresh_before, min_ttl)
+    jitter = rng.uniform(0.0, JITTER_SHARE * window)
+    return max(obtained_at, expires_at - window - jitter)
+
+
+def backoff_ceiling(attempt: int, *, base: float, cap: float) -> float:
+    """The upper bound of the ``attempt``-th (1-based) exponential backoff, clamped to ``cap``.
+
+    Safe for any attempt number: the exponent is bounded before it is computed.
+    """
+    if attempt <= 0:
+        return 0.0
+    # 2**exponent overflows floats near 1024; far earlier the cap wins anyway.
+    exponent = min(attempt - 1, 64)
+    return min(cap, base * math.pow(2.0, exponent))
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    rng: random.Random,
+    servable_for: float | None = None,
+) -> float:
+    """Full-jitter backoff for the ``attempt``-th consecutive failure.
+
+    ``servable_for`` is how long the current token stays servable; the delay
+    never sleeps past that point, so the last chance to refresh is not missed.
+    """
+    delay = rng.uniform(0.0, backoff_ceiling(attempt, base=base, cap=cap))
+    if servable_for is not None and servable_for > 0:
+        delay = min(delay, servable_for)
+    return delay
+
+
+def rate_limit_delay(
+    *,
+    retry_after: float | None,
+    fallback: float,
+) -> float:
+    """How long to wait after a 429: what the IdP asked for, else the usual backoff."""
+    if retry_after is not None and retry_after > 0:
+        return retry_after
+    return fallback

@@ -1,0 +1,537 @@
+"""The per-profile refresh-ahead engine: one token, one refresh loop, one IdP request at a time.
+
+A :class:`ProfileRefresher` owns exactly one background task. Every IdP
+request of the profile happens in that task, which makes single flight a
+property of the structure rather than of a lock: callers never talk to the
+IdP, they only wake the loop and wait for the attempt to settle.
+
+Invariants:
+- a failed refresh never replaces a valid token;
+- a token with ``min_ttl`` or less left is never served;
+- callers wait only when no servable token exists, on an event, bounded by
+  ``wait_timeout`` of clock time;
+- transient failures back off with full jitter, but never past the instant the
+  current token stops being servable; 429s wait what the IdP asked; rejected
+  requests (misconfigured) retry every 5 minutes, or at once when the
+  credentials change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.breaker import CircuitBreaker, CircuitState
+from sidecar.clock import Clock, wait_until
+from sidecar.config import ProfileConfig
+from sidecar.credentials import CredentialStore
+from sidecar.errors import (
+    CircuitOpenError,
+    IdPError,
+    IdPRateLimitedError,
+    IdPRejectedError,
+    IdPResponseError,
+    IdPUnavailableError,
+    InvalidTokenError,
+    TokenUnavailableError,
+)
+from sidecar.idp import IdPClient, IssuedToken
+from sidecar.metrics import Metrics
+from sidecar.policy import (
+    MISCONFIGURED_RETRY_SECONDS,
+    backoff_delay,
+    rate_limit_delay,
+    refresh_at,
+)
+from sidecar.token import Token, TokenState, fingerprint
+from sidecar.verify import TokenVerifier
+
+log = logging.getLogger("sidecar.refresh")
+
+#: How often file-backed credentials are checked for a change.
+WATCH_INTERVAL = 10.0
+#: At most one forced refresh per profile per this many seconds (invalidate).
+INVALIDATE_THROTTLE = 10.0
+
+
+class ProfileState(enum.Enum):
+    """What ``/status`` says about a profile."""
+
+    WARMING = "warming"
+    READY = "ready"
+    REFRESHING = "refreshing"
+    STALE = "stale"
+    UNAVAILABLE = "unavailable"
+    MISCONFIGURED = "misconfigured"
+
+
+@dataclass(frozen=True)
+class Served:
+    """A token handed to a caller, and whether it is a fallback (refreshes failing)."""
+
+    token: Token
+    stale: bool
+
+
+@dataclass(frozen=True)
+class LastError:
+    """The most recent refresh failure, safe to show (no secrets)."""
+
+    kind: str
+    error: str | None
+    description: str | None
+    at: float  # UNIX time
+
+    @classmethod
+    def of(cls, exc: IdPError, at: float) -> LastError:
+        return cls(kind=exc.kind, error=exc.error, description=exc.description or str(exc), at=at)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The shared collaborators every refresher of a daemon uses."""
+
+    idp: IdPClient
+    verifier: TokenVerifier
+    metrics: Metrics
+    clock: Clock
+    rng: random.Random
+
+
+def build_token(
+    issued: IssuedToken,
+    claims: dict[str, Any],
+    profile: ProfileConfig,
+    *,
+    now: float,
+    wall_now: float,
+    rng: random.Random,
+) -> Token:
+    """Turn a verified response into a :class:`Token` with monotonic deadlines.
+
+    Lifetime is min(``expires_in``, JWT ``exp`` - now); a token without either
+    is garbage, and one that would never be servable is refused.
+    """
+    lifetimes = []
+    if issued.expires_in is not None:
+        lifetimes.append(issued.expires_in)
+    exp = claims.get("exp")
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        lifetimes.append(exp - wall_now)
+    if not lifetimes:
+        raise IdPResponseError("token response has no expires_in and the token no exp")
+    lifetime = min(lifetimes)
+    if lifetime <= profile.min_ttl:
+        raise InvalidTokenError(
+            "token lifetime is not above min_ttl",
+            error="invalid_token",
+            description=f"lifetime {lifetime:.0f}s <= min_ttl {profile.min_ttl:.0f}s",
+        )
+    expires_at = now + lifetime
+    return Token(
+        value=issued.access_token,
+        token_type=issued.token_type,
+        scope=issued.scope if issued.scope is not None else _scope_claim(claims),
+        obtained_at=now,
+        refresh_at=refresh_at(
+            obtained_at=now,
+            expires_at=expires_at,
+            refresh_before=profile.refresh_before,
+            min_ttl=profile.min_ttl,
+            rng=rng,
+        ),
+        expires_at=expires_at,
+        expires_at_wall=wall_now + lifetime,
+        fingerprint=fingerprint(issued.access_token),
+    )
+
+
+def _scope_claim(claims: dict[str, Any]) -> str | None:
+    scope = claims.get("scope")
+    return scope if isinstance(scope, str) and scope else None
+
+
+class ProfileRefresher:
+    """Keeps one profile's token warm; see the module docstring for the invariants."""
+
+    def __init__(
+        self,
+        profile: ProfileConfig,
+        engine: Engine,
+        breaker: CircuitBreaker,
+        credentials: CredentialStore,
+        *,
+        watch_interval: float = WATCH_INTERVAL,
+    ) -> None:
+        self.profile = profile
+        self.name = profile.name
+        self._engine = engine
+        self._clock = engine.clock
+        self._metrics = engine.metrics
+        self._breaker = breaker
+        self._credentials = credentials
+        self._watch_interval = watch_interval
+        self._token: Token | None = None
+        self._failures = 0  # consecutive failed attempts, any kind
+        self._transient_failures = 0  # consecutive transient ones: the backoff exponent
+        self._not_before = 0.0  # no attempt before this monotonic instant
+        self._last_error: LastError | None = None
+        self._last_success_at: float | None = None  # UNIX time
+        self._last_forced_at: float | None = None
+        self._force = False
+        self._in_flight = False
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.attempts = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the refresh loop; the first attempt goes out at once."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"refresh:{self.name}")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the refresh loop is running (``/livez``)."""
+        return self._task is not None and not self._task.done()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Cancel the refresh loop and wait for it (bounded)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, timeout)
+
+    def adopt(self, other: ProfileRefresher) -> None:
+        """Take over the token of a refresher being replaced (config reload)."""
+        self._token = other._token
+        if self._token is not None:
+            self._metrics.token_expiry.labels(self.name).set(self._token.expires_at_wall)
+
+    # -- serving -----------------------------------------------------------
+
+    @property
+    def token(self) -> Token | None:
+        return self._token
+
+    def peek(self, min_ttl: float | None = None) -> Served | None:
+        """The servable token now, without waiting; the hot path of the token API."""
+        token = self._token
+        if token is None:
+            return None
+        now = self._clock.monotonic()
+        need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
+        if token.expires_at - now <= need:
+            return None
+        stale = self._failures > 0 and now >= token.refresh_at
+        if stale:
+            reason = "circuit_open" if self._last_kind == "circuit_open" else "refresh_failing"
+            self._metrics.fallback_total.labels(self.name, reason).inc()
+        return Served(token, stale)
+
+    async def get(self, min_ttl: float | None = None) -> Served:
+        """A servable token with at least ``min_ttl`` left, waiting for a refresh if needed."""
+        served = self.peek(min_ttl)
+        if served is not None:
+            return served
+        need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
+        deadline = self._clock.monotonic() + self.profile.wait_timeout
+        while True:
+            self._raise_if_hopeless(deadline)
+            settled = self._settled
+            if not self._in_flight:
+                self._request_attempt()
+            if not await wait_until(self._clock, settled, deadline - self._clock.monotonic()):
+                raise self._unavailable("timed out waiting for a token", retry_after=1.0)
+            served = self.peek(min_ttl)
+            if served is not None:
+                return served
+            if self._failures == 0 and self._token is not None:
+                # A fresh token arrived and still lives less than asked for.
+                raise self._unavailable(
+                    f"the IdP issues tokens shorter than min_ttl {need:.0f}s", retry_after=1.0
+                )
+
+    async def invalidate(self, token_fingerprint: str) -> tuple[str, Served]:
+        """Drop the current token if it is the reported one; answer the current valid token.
+
+        Returns ``(result, served)`` where result is ``refreshed``,
+        ``already_rotated`` or ``throttled``.
+        """
+        current = self._token
+        if current is None or current.fingerprint != token_fingerprint:
+            result = "already_rotated"
+        else:
+            now = self._clock.monotonic()
+            if (
+                self._last_forced_at is not None
+                and now - self._last_forced_at < INVALIDATE_THROTTLE
+            ):
+                result = "throttled"
+            else:
+                self._last_forced_at = now
+                self._token = None
+                result = "refreshed"
+                log.info(
+                    "token.invalidated",
+                    extra={"profile": self.name, "fingerprint": current.fingerprint},
+                )
+        self._metrics.invalidations_total.labels(self.name, result).inc()
+        return result, await self.get()
+
+    def credentials_changed(self) -> None:
+        """New credentials: forget backoff and misconfiguration, refresh at once."""
+        log.info("credentials.changed", extra={"profile": self.name})
+        self._not_before = 0.0
+        self._request_attempt()
+
+    def _request_attempt(self) -> None:
+        self._force = True
+        self._wake.set()
+
+    def _raise_if_hopeless(self, deadline: float) -> None:
+        """Fail fast when waiting cannot help: the next attempt comes after ``deadline``."""
+        if not self._failures or self._in_flight or self._not_before <= deadline:
+            return
+        retry_after = max(1.0, self._not_before - self._clock.monotonic())
+        if self._last_kind in ("rejected", "invalid_token") and self._last_error is not None:
+            err = self._last_error
+            raise self._unavailable(
+                f"{err.kind}: {err.error or 'error'}: {err.description or 'no description'}",
+                code="misconfigured",
+                retry_after=retry_after,
+            )
+        raise self._unavailable(
+            "no servable token while refreshes are failing", retry_after=retry_after
+        )
+
+    def _unavailable(
+        self, message: str, *, retry_after: float, code: str = "token_unavailable"
+    ) -> TokenUnavailableError:
+        return TokenUnavailableError(self.name, message, code=code, retry_after=retry_after)
+
+    @property
+    def _last_kind(self) -> str | None:
+        return self._last_error.kind if self._failures and self._last_error else None
+
+    # -- the refresh loop -------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wait_until_due()
+            try:
+                await self._attempt()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The loop must outlive any bug in one attempt: log it with the
+                # traceback, count it as an error, back off, and keep going.
+                log.exception("refresh.crashed", extra={"profile": self.name})
+                self._metrics.refresh_total.labels(self.name, "error").inc()
+                self._failures += 1
+                self._not_before = self._clock.monotonic() + self.profile.backoff.cap
+            finally:
+                self._in_flight = False
+                settled, self._settled = self._settled, asyncio.Event()
+                settled.set()
+
+    def _due(self, now: float) -> float:
+        if self._force:
+            return max(now, self._not_before)
+        if self._failures or self._token is None:
+            return self._not_before
+        return self._token.refresh_at
+
+    async def _wait_until_due(self) -> None:
+        while True:
+            now = self._clock.monotonic()
+            delay = self._due(now) - now
+            if delay <= 0:
+                break
+            if self._credentials.watches_files:
+                delay = min(delay, self._watch_interval)
+            self._wake.clear()
+            await wait_until(self._clock, self._wake, delay)
+            if self._credentials.changed():
+                self.credentials_changed()
+        self._force = False
+        self._in_flight = True
+
+    async def _attempt(self) -> None:
+        self.attempts += 1
+        e = self._engine
+        start = self._clock.monotonic()
+        try:
+            creds = self._credentials.load()
+            if not self._breaker.allow():
+                raise CircuitOpenError(
+                    "circuit open: not calling the IdP",
+                    retry_after=self._breaker.retry_in() or self.profile.backoff.base,
+                )
+            try:
+                issued = await e.idp.request_token(self.profile, creds)
+                claims = await e.verifier.verify(self.profile, issued.access_token)
+                token = build_token(
+                    issued,
+                    claims,
+                    self.profile,
+                    now=self._clock.monotonic(),
+                    wall_now=self._clock.time(),
+                    rng=e.rng,
+                )
+            except IdPUnavailableError:
+                self._breaker.record_failure()
+                raise
+            except IdPError:
+                self._breaker.record_success()
+                raise
+            except asyncio.CancelledError:
+                self._breaker.release()
+                raise
+            self._breaker.record_success()
+        except IdPError as exc:
+            self._on_failure(exc)
+        else:
+            self._on_success(token)
+        finally:
+            elapsed = self._clock.monotonic() - start
+            self._metrics.refresh_duration.labels(self.name).observe(elapsed)
+
+    def _on_success(self, token: Token) -> None:
+        self._token = token
+        self._failures = self._transient_failures = 0
+        self._not_before = 0.0
+        self._last_success_at = self._clock.time()
+        self._metrics.refresh_total.labels(self.name, "success").inc()
+        self._metrics.token_expiry.labels(self.name).set(token.expires_at_wall)
+        now = self._clock.monotonic()
+        log.info(
+            "token.refreshed",
+            extra={
+                "profile": self.name,
+                "fingerprint": token.fingerprint,
+                "expires_in": token.expires_in(now),
+                "next_refresh_in": round(token.refresh_at - now, 3),
+            },
+        )
+
+    def _on_failure(self, exc: IdPError) -> None:
+        now = self._clock.monotonic()
+        self._failures += 1
+        self._last_error = LastError.of(exc, self._clock.time())
+        self._metrics.refresh_total.labels(self.name, exc.result).inc()
+        delay = self._retry_delay(exc, now)
+        self._not_before = now + delay
+        level = (
+            logging.ERROR
+            if isinstance(exc, IdPRejectedError | InvalidTokenError)
+            else logging.WARNING
+        )
+        log.log(
+            level,
+            "refresh.failed",
+            extra={
+                "profile": self.name,
+                "kind": exc.kind,
+                "error": exc.error,
+                "description": exc.description or str(exc),
+                "status": exc.status,
+                "consecutive_failures": self._failures,
+                "retry_in": round(delay, 3),
+                "token_servable": self.servable(),
+            },
+        )
+
+    def _retry_delay(self, exc: IdPError, now: float) -> float:
+        """How long to wait after ``exc``, by failure class (DESIGN.md lifecycle rules)."""
+        cfg = self.profile.backoff
+        servable_for = None
+        if self._token is not None:
+            servable_for = self._token.expires_at - self.profile.min_ttl - now
+        if isinstance(exc, IdPUnavailableError):
+            self._transient_failures += 1
+            return backoff_delay(
+                self._transient_failures,
+                base=cfg.base,
+                cap=cfg.cap,
+                rng=self._engine.rng,
+                servable_for=servable_for,
+            )
+        if isinstance(exc, IdPRateLimitedError):
+            fallback = backoff_delay(
+                self._transient_failures + 1, base=cfg.base, cap=cfg.cap, rng=self._engine.rng
+            )
+            return rate_limit_delay(retry_after=exc.retry_after, fallback=fallback)
+        if isinstance(exc, CircuitOpenError):
+            return exc.retry_after
+        return MISCONFIGURED_RETRY_SECONDS
+
+    # -- status ------------------------------------------------------------
+
+    def state(self) -> ProfileState:
+        now = self._clock.monotonic()
+        token = self._token
+        servable = token is not None and token.servable(now, self.profile.min_ttl)
+        if self._last_kind in ("rejected", "invalid_token"):
+            return ProfileState.MISCONFIGURED
+        if servable and self._in_flight:
+            return ProfileState.REFRESHING
+        if servable:
+            assert token is not None  # noqa: S101 - servable implies a token
+            stale = (
+                self._failures > 0 and token.state(now, self.profile.min_ttl) is TokenState.STALE
+            )
+            return ProfileState.STALE if stale else ProfileState.READY
+        if self._token is None and self._failures == 0:
+            return ProfileState.WARMING
+        return ProfileState.UNAVAILABLE
+
+    def servable(self) -> bool:
+        token = self._token
+        return token is not None and token.servable(self._clock.monotonic(), self.profile.min_ttl)
+
+    @property
+    def circuit(self) -> CircuitState:
+        return self._breaker.state
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._failures
+
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` entry of this profile: states and instants, never a secret."""
+        now, wall = self._clock.monotonic(), self._clock.time()
+        token = self._token
+        next_refresh = self._due(now) if self.alive else None
+        err = self._last_error
+        return {
+            "state": self.state().value,
+            "expires_at": int(token.expires_at_wall) if token else None,
+            "next_refresh_at": int(wall + max(0.0, next_refresh - now))
+            if next_refresh is not None
+            else None,
+            "last_success_at": int(self._last_success_at) if self._last_success_at else None,
+            "last_error": (
+                {"kind": err.kind, "error": err.error, "description": err.description}
+                if err
+                else None
+            ),
+            "consecutive_failures": self._failures,
+            "circuit": self._breaker.state.value,
+            "fingerprint": token.fingerprint if token else None,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"ProfileRefresher(name={self.name!r}, state={self.state().value}, "
+            f"failures={self._failures}, token={self._token!r})"
+        )

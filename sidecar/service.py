@@ -1,0 +1,205 @@
+"""The token service: every profile's refresher, the shared breakers, and reloads.
+
+One :class:`TokenService` per daemon. It builds a :class:`ProfileRefresher`
+per profile, shares one :class:`CircuitBreaker` per token endpoint between
+the profiles that use it, answers readiness and status, and applies a new
+config without disturbing profiles whose config did not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from sidecar._version import __version__
+from sidecar.breaker import CircuitBreaker, CircuitState
+from sidecar.clock import Clock, SystemClock
+from sidecar.config import Config, ProfileConfig
+from sidecar.credentials import CredentialStore
+from sidecar.errors import UnknownProfileError
+from sidecar.idp import IdPClient
+from sidecar.metrics import Metrics
+from sidecar.refresher import WATCH_INTERVAL, Engine, ProfileRefresher, Served
+from sidecar.verify import TokenVerifier
+
+log = logging.getLogger("sidecar.service")
+
+
+class TokenService:
+    """All profiles of one daemon. Owns their tasks; :meth:`aclose` ends them all."""
+
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        *,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+        environ: Mapping[str, str] | None = None,
+        watch_interval: float = WATCH_INTERVAL,
+    ) -> None:
+        clock = clock if clock is not None else SystemClock()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.config = config
+        self._engine = Engine(
+            idp=IdPClient(session, clock),
+            verifier=TokenVerifier(session, clock),
+            metrics=self.metrics,
+            clock=clock,
+            rng=rng if rng is not None else random.Random(),  # noqa: S311 - jitter, not crypto
+        )
+        self._environ = environ if environ is not None else os.environ
+        self._watch_interval = watch_interval
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self.refreshers: dict[str, ProfileRefresher] = {
+            name: self._make_refresher(profile) for name, profile in config.profiles.items()
+        }
+        self._started = False
+
+    @property
+    def clock(self) -> Clock:
+        return self._engine.clock
+
+    def _breaker(self, profile: ProfileConfig) -> CircuitBreaker:
+        """The breaker of the profile's token endpoint; the first profile's settings win."""
+        breaker = self._breakers.get(profile.token_url)
+        if breaker is None:
+            breaker = CircuitBreaker(
+                self._engine.clock,
+                failures=profile.breaker.failures,
+                reset=profile.breaker.reset,
+                name=profile.token_url,
+            )
+            breaker.add_listener(functools.partial(self._on_circuit, breaker))
+            self._breakers[profile.token_url] = breaker
+        return breaker
+
+    def _on_circuit(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+        event = {"open": "circuit.opened", "half_open": "circuit.half_opened"}.get(
+            new.value, "circuit.closed"
+        )
+        users = [r.name for r in self.refreshers.values() if r.profile.token_url == breaker.name]
+        level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
+        log.log(
+            level,
+            event,
+            extra={"endpoint": breaker.name, "from": old.value, "profiles": users},
+        )
+        for name in users:
+            self.metrics.circuit_state.labels(name).set(new.gauge)
+
+    def _make_refresher(self, profile: ProfileConfig) -> ProfileRefresher:
+        self.metrics.add_profile(profile.name)
+        return ProfileRefresher(
+            profile,
+            self._engine,
+            self._breaker(profile),
+            CredentialStore(profile, self._environ),
+            watch_interval=self._watch_interval,
+        )
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every profile's refresh loop."""
+        self._started = True
+        for refresher in self.refreshers.values():
+            refresher.start()
+
+    async def aclose(self) -> None:
+        """Stop every refresh loop and wait for them (bounded)."""
+        await asyncio.gather(*(r.aclose() for r in self.refreshers.values()))
+
+    async def reload(self, config: Config) -> None:
+        """Apply ``config``: unchanged profiles keep running; changed ones restart warm."""
+        old = self.refreshers
+        new: dict[str, ProfileRefresher] = {}
+        for name, profile in config.profiles.items():
+            current = old.get(name)
+            if current is not None and current.profile == profile:
+                new[name] = current
+                continue
+            refresher = self._make_refresher(profile)
+            if current is not None and _same_identity(current.profile, profile):
+                # Only serving knobs changed: the token stays valid for the new profile.
+                refresher.adopt(current)
+            new[name] = refresher
+        self.refreshers = new
+        self.config = config
+        stopped = [r for name, r in old.items() if new.get(name) is not r]
+        await asyncio.gather(*(r.aclose() for r in stopped))
+        for refresher in stopped:
+            if refresher.name not in new:
+                self.metrics.remove_profile(refresher.name)
+        if self._started:
+            for refresher in new.values():
+                refresher.start()
+        log.info(
+            "config.reloaded",
+            extra={
+                "source": config.source,
+                "restarted": sorted(r.name for r in stopped if r.name in new),
+                "removed": sorted(r.name for r in stopped if r.name not in new),
+                "added": sorted(set(new) - set(old)),
+            },
+        )
+
+    # -- serving -----------------------------------------------------------
+
+    def refresher(self, profile: str) -> ProfileRefresher:
+        try:
+            return self.refreshers[profile]
+        except KeyError:
+            raise UnknownProfileError(profile) from None
+
+    async def get(self, profile: str, min_ttl: float | None = None) -> Served:
+        return await self.refresher(profile).get(min_ttl)
+
+    # -- health ------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Whether every required profile is servable, and each profile's reason."""
+        reasons: dict[str, str] = {}
+        ready = True
+        for name, refresher in self.refreshers.items():
+            if refresher.servable():
+                reasons[name] = "ok"
+                continue
+            reasons[name] = refresher.state().value
+            if refresher.profile.required:
+                ready = False
+        self.metrics.ready.set(1 if ready else 0)
+        return ready, reasons
+
+    def alive(self) -> bool:
+        """Whether every refresh loop is running."""
+        return all(r.alive for r in self.refreshers.values())
+
+    def status(self) -> dict[str, Any]:
+        ready, _ = self.readiness()
+        return {
+            "version": __version__,
+            "ready": ready,
+            "cache": {"backend": self.config.cache.backend, "state": "ok"},
+            "profiles": {name: r.status() for name, r in self.refreshers.items()},
+        }
+
+
+def _same_identity(a: ProfileConfig, b: ProfileConfig) -> bool:
+    """Whether tokens of ``a`` are tokens of ``b``: same endpoint, client, audience, scope."""
+    return (a.token_url, a.client_id, a.audience, a.resource, a.scope, a.extra_params) == (
+        b.token_url,
+        b.client_id,
+        b.audience,
+        b.resource,
+        b.scope,
+        b.extra_params,
+    )
