@@ -187,6 +187,7 @@ class ProfileRefresher:
         self._in_flight = False
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()
+        self._parked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.attempts = 0
 
@@ -210,6 +211,10 @@ class ProfileRefresher:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, timeout)
+
+    async def wait_idle(self) -> None:
+        """Return once the loop is waiting for its next due instant (no attempt running)."""
+        await self._parked.wait()
 
     def adopt(self, other: ProfileRefresher) -> None:
         """Take over the token of a refresher being replaced (config reload)."""
@@ -360,7 +365,9 @@ class ProfileRefresher:
             if self._credentials.watches_files:
                 delay = min(delay, self._watch_interval)
             self._wake.clear()
+            self._parked.set()
             await wait_until(self._clock, self._wake, delay)
+            self._parked.clear()
             if self._credentials.changed():
                 self.credentials_changed()
         self._force = False

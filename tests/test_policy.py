@@ -38,7 +38,7 @@ def test_refresh_window(lifetime, refresh_before, min_ttl, expected):
 class _FixedRandom(random.Random):
     """A Random whose uniform() returns the upper bound: worst-case jitter."""
 
-    def uniform(self, a: float, b: float) -> float:
+    def uniform(self, _a: float, b: float) -> float:
         return b
 
 

@@ -1,0 +1,263 @@
+"""The daemon: wires the token service to its listeners and handles signals.
+
+:class:`Daemon` owns, in start order: one aiohttp client session, the
+:class:`~sidecar.service.TokenService`, the token API (loopback TCP and/or a
+Unix socket) and the ops API. :meth:`Daemon.aclose` undoes them in reverse:
+listeners stop accepting first, in-flight requests get up to
+:data:`SHUTDOWN_GRACE` seconds, then refresh tasks and the session close.
+
+Signals: SIGTERM or SIGINT stop the daemon gracefully (a second one forces
+exit); SIGHUP reloads the config, keeping the old one if the new is invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from sidecar.api import make_token_app
+from sidecar.clock import Clock
+from sidecar.config import Config, ServerConfig
+from sidecar.errors import ConfigError
+from sidecar.metrics import Metrics
+from sidecar.ops import make_ops_app
+from sidecar.service import TokenService
+
+log = logging.getLogger("sidecar.daemon")
+
+#: How long in-flight requests may run after a stop signal.
+SHUTDOWN_GRACE = 5.0
+
+ConfigLoader = Callable[[], Config]
+
+
+class ListenError(Exception):
+    """A listener could not be opened (port in use, socket path taken)."""
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8700"`` or ``"[::1]:8700"`` to ``(host, port)``."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make ``path`` free for a new Unix socket, removing only a dead socket.
+
+    A live socket means another sidecar is serving there: refuse. Anything
+    that is not a socket is never deleted.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ListenError(f"{path} exists and is not a socket; not removing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ListenError(f"{path}: {exc.strerror}") from None
+        path.unlink(missing_ok=True)  # a socket nobody listens on: left by a crash
+    else:
+        raise ListenError(f"{path}: another process is serving on this socket")
+    finally:
+        probe.close()
+
+
+class Daemon:
+    """One running token-sidecar: listeners, service and signal handling."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        reload_config: ConfigLoader | None = None,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self._reload_config = reload_config
+        self._clock = clock
+        self._environ = environ
+        self._metrics = metrics
+        self._session: aiohttp.ClientSession | None = None
+        self.service: TokenService | None = None
+        self._runners: list[web.AppRunner] = []
+        self._socket_path: Path | None = None
+        self._stop = asyncio.Event()
+        self._reloading: asyncio.Task[None] | None = None
+        self.addresses: dict[str, str] = {}
+
+    async def start(self) -> None:
+        """Open the session, start refreshing, and open every listener."""
+        self._session = aiohttp.ClientSession(
+            headers={"User-Agent": "token-sidecar"}, raise_for_status=False
+        )
+        self.service = TokenService(
+            self.config,
+            self._session,
+            clock=self._clock,
+            environ=self._environ,
+            metrics=self._metrics,
+        )
+        self.service.start()
+        try:
+            await self._open_token_api(self.config.server)
+            await self._open_ops_api(self.config.server)
+        except OSError as exc:
+            await self.aclose()
+            raise ListenError(f"cannot listen: {exc.strerror or exc}") from None
+        except ListenError:
+            await self.aclose()
+            raise
+        log.info(
+            "sidecar.started",
+            extra={"listen": self.addresses, "profiles": sorted(self.config.profiles)},
+        )
+
+    async def _open_token_api(self, server: ServerConfig) -> None:
+        assert self.service is not None  # noqa: S101 - start() created it
+        app = make_token_app(self.service, server)
+        runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_GRACE, access_log=_access_log(server))
+        await runner.setup()
+        self._runners.append(runner)
+        if server.listen:
+            host, port = split_host_port(server.listen)
+            site = web.TCPSite(runner, host, port, shutdown_timeout=SHUTDOWN_GRACE)
+            await site.start()
+            self.addresses["token"] = _bound_address(runner, 0)
+        if server.socket is not None:
+            prepare_socket_path(server.socket)
+            old_umask = os.umask(0o177)  # never world-accessible, even for an instant
+            try:
+                site_unix = web.UnixSite(runner, server.socket, shutdown_timeout=SHUTDOWN_GRACE)
+                await site_unix.start()
+            finally:
+                os.umask(old_umask)
+            server.socket.chmod(server.socket_mode)
+            self._socket_path = server.socket
+            self.addresses["socket"] = str(server.socket)
+
+    async def _open_ops_api(self, server: ServerConfig) -> None:
+        if not server.ops_listen:
+            return
+        assert self.service is not None  # noqa: S101 - start() created it
+        runner = web.AppRunner(
+            make_ops_app(self.service), shutdown_timeout=SHUTDOWN_GRACE, access_log=None
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        host, port = split_host_port(server.ops_listen)
+        await web.TCPSite(runner, host, port, shutdown_timeout=SHUTDOWN_GRACE).start()
+        self.addresses["ops"] = _bound_address(runner, 0)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.create_task(self.reload(), name="config-reload")
+
+    async def reload(self) -> None:
+        """Load the config again and apply it; an invalid one is logged and ignored."""
+        if self._reload_config is None or self.service is None:
+            return
+        try:
+            config = self._reload_config()
+        except ConfigError as exc:
+            log.error("config.reload_failed", extra={"error": str(exc)})  # noqa: TRY400 - expected, no traceback
+            return
+        if config.server != self.config.server or config.cache != self.config.cache:
+            log.warning(
+                "config.restart_needed",
+                extra={"reason": "[server] and [cache] changes apply on restart only"},
+            )
+        await self.service.reload(config)
+        self.config = config
+
+    async def run(self, on_started: Callable[[Daemon], None] | None = None) -> None:
+        """Serve until a stop signal, then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        with _signal_handlers(loop, self):
+            await self.start()
+            if on_started is not None:
+                on_started(self)
+            await self._stop.wait()
+            log.info("sidecar.stopping", extra={"grace_seconds": SHUTDOWN_GRACE})
+            await self.aclose()
+        log.info("sidecar.stopped")
+
+    async def aclose(self) -> None:
+        """Stop listeners (in-flight requests finish), then refreshes, then the session."""
+        if self._reloading is not None:
+            self._reloading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloading
+        runners, self._runners = self._runners, []
+        await asyncio.gather(*(r.cleanup() for r in runners))
+        if self._socket_path is not None:
+            self._socket_path.unlink(missing_ok=True)
+            self._socket_path = None
+        if self.service is not None:
+            await self.service.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _access_log(server: ServerConfig) -> logging.Logger | None:
+    """The aiohttp access logger when enabled; its format never includes headers."""
+    return logging.getLogger("aiohttp.access") if server.access_log else None
+
+
+def _bound_address(runner: web.AppRunner, index: int) -> str:
+    """The real address of a runner's listener (port 0 resolved), for logs and tests."""
+    sockets = runner.addresses
+    addr = sockets[index] if index < len(sockets) else sockets[-1]
+    if isinstance(addr, tuple):
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(addr)
+
+
+@contextlib.contextmanager
+def _signal_handlers(loop: asyncio.AbstractEventLoop, daemon: Daemon) -> Iterator[None]:
+    """Route SIGTERM/SIGINT to a graceful stop (twice: force) and SIGHUP to reload."""
+    stops = 0
+
+    def on_stop() -> None:
+        nonlocal stops
+        stops += 1
+        if stops > 1:
+            log.warning("sidecar.forced_exit")
+            os._exit(1)
+        daemon.request_stop()
+
+    installed = []
+    for sig, handler in (
+        (signal.SIGTERM, on_stop),
+        (signal.SIGINT, on_stop),
+        (signal.SIGHUP, daemon.request_reload),
+    ):
+        loop.add_signal_handler(sig, handler)
+        installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

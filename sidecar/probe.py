@@ -1,0 +1,58 @@
+"""``token-sidecar check --probe``: fetch and verify one token per profile, once."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from sidecar.clock import SystemClock
+from sidecar.config import Config, ProfileConfig
+from sidecar.credentials import CredentialStore
+from sidecar.errors import IdPError
+from sidecar.idp import IdPClient
+from sidecar.refresher import build_token
+from sidecar.verify import TokenVerifier
+
+
+@dataclass
+class ProbeResults:
+    ok: bool = True
+    lines: list[str] = field(default_factory=list)
+
+
+async def probe_all(config: Config) -> ProbeResults:
+    """Try every profile once; the lines name each profile and what happened."""
+    results = ProbeResults()
+    clock = SystemClock()
+    async with aiohttp.ClientSession(headers={"User-Agent": "token-sidecar"}) as session:
+        idp = IdPClient(session, clock)
+        verifier = TokenVerifier(session, clock)
+        for profile in config.profiles.values():
+            line = await _probe_one(profile, idp, verifier, clock)
+            results.ok = results.ok and line.startswith("ok")
+            results.lines.append(f"{line}")
+    return results
+
+
+async def _probe_one(
+    profile: ProfileConfig, idp: IdPClient, verifier: TokenVerifier, clock: SystemClock
+) -> str:
+    try:
+        creds = CredentialStore(profile).load()
+        issued = await idp.request_token(profile, creds)
+        claims = await verifier.verify(profile, issued.access_token)
+        token = build_token(
+            issued,
+            claims,
+            profile,
+            now=clock.monotonic(),
+            wall_now=clock.time(),
+            rng=random.Random(),  # noqa: S311 - jitter only
+        )
+    except IdPError as exc:
+        detail = ": ".join(p for p in (exc.error, exc.description) if p) or str(exc)
+        return f"FAILED profile {profile.name}: {exc.kind}: {detail}"
+    lifetime = int(token.lifetime)
+    return f"ok profile {profile.name}: token {token.fingerprint} lives {lifetime}s"

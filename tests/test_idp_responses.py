@@ -1,0 +1,138 @@
+"""Token endpoint answers map to one typed result each, at one boundary."""
+
+import base64
+
+import orjson
+import pytest
+
+from sidecar.errors import (
+    IdPRateLimitedError,
+    IdPRejectedError,
+    IdPResponseError,
+    IdPUnavailableError,
+)
+from sidecar.idp import basic_auth_header, classify_response, retry_after_seconds
+
+NOW = 1_800_000_000.0
+
+
+def test_success_parses_and_ignores_unknown_fields():
+    """A 200 with extra fields yields the token, type and scope."""
+    issued = classify_response(
+        200,
+        {},
+        b'{"access_token":"abc","token_type":"Bearer","expires_in":86400,"x":1,"scope":"a b"}',
+        now=NOW,
+    )
+    assert issued.expires_in == 86400
+    assert issued.scope == "a b"
+    assert repr(issued) == "IssuedToken(expires_in=86400.0, scope='a b', value=[secure])"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("3600", 3600.0), (3600, 3600.0), (1.5, 1.5), (None, None)]
+)
+def test_expires_in_int_string_or_missing(raw, expected):
+    """expires_in is accepted as a number or a numeric string, and may be missing."""
+    body = {"access_token": "t", "token_type": "bearer"}
+    if raw is not None:
+        body["expires_in"] = raw
+    assert classify_response(200, {}, orjson.dumps(body), now=NOW).expires_in == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>oops</html>",
+        b"[]",
+        b'{"token_type":"Bearer"}',
+        b'{"access_token":""}',
+        b'{"access_token":"t","expires_in":"soon"}',
+        b'{"access_token":"t","expires_in":-5}',
+        b'{"access_token":"t","expires_in":true}',
+        b'{"access_token":"t","token_type":"mac"}',
+    ],
+)
+def test_garbage_200_is_a_response_error(body):
+    """A 200 that is not a usable token response is transient garbage, not a token."""
+    with pytest.raises(IdPResponseError):
+        classify_response(200, {}, body, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (401, b'{"error":"access_denied","error_description":"Unauthorized"}', "access_denied"),
+        (403, b'{"error":"access_denied","error_description":"no grant"}', "access_denied"),
+        (403, b'{"error":"unauthorized_client"}', "unauthorized_client"),
+        (400, b'{"error":"invalid_scope"}', "invalid_scope"),
+        (401, b'{"error":"invalid_client"}', "invalid_client"),
+        (401, b"", "http_401"),
+        (404, b"not found", "http_404"),
+        (302, b"", "http_302"),
+    ],
+)
+def test_rejections(status, body, error):
+    """OAuth errors on 4xx (Auth0's 401 access_denied included) mean misconfigured."""
+    with pytest.raises(IdPRejectedError) as info:
+        classify_response(status, {}, body, now=NOW)
+    assert info.value.error == error
+    assert info.value.result == "rejected"
+
+
+def test_rejection_carries_description():
+    """The IdP's error_description is kept for logs, /status and the 503 body."""
+    with pytest.raises(IdPRejectedError) as info:
+        classify_response(
+            401, {}, b'{"error":"access_denied","error_description":"Unauthorized"}', now=NOW
+        )
+    assert info.value.description == "Unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (500, b'{"error":"server_error"}'),
+        (502, b"<html>bad gateway</html>"),
+        (503, b""),
+        (408, b""),
+        (400, b'{"error":"temporarily_unavailable"}'),
+        (400, b"not json"),
+    ],
+)
+def test_transient(status, body):
+    """5xx, 408, temporarily_unavailable and an unexplained 400 are transient."""
+    with pytest.raises(IdPUnavailableError) as info:
+        classify_response(status, {}, body, now=NOW)
+    assert info.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "30"}, 30.0),
+        ({"Retry-After": "30", "x-ratelimit-reset": str(int(NOW) + 5)}, 30.0),
+        ({"x-ratelimit-reset": str(int(NOW) + 5)}, 5.0),
+        ({"Retry-After": "Fri, 15 Jan 2027 08:00:10 GMT"}, 10.0),
+        ({}, None),
+        ({"x-ratelimit-reset": "garbage"}, None),
+    ],
+)
+def test_rate_limit_waits(headers, expected):
+    """Retry-After wins, else x-ratelimit-reset minus now (a UNIX time), else nothing."""
+    with pytest.raises(IdPRateLimitedError) as info:
+        classify_response(429, headers, b'{"error":"too_many_requests"}', now=NOW)
+    assert info.value.retry_after == expected
+    assert info.value.result == "rate_limited"
+
+
+def test_retry_after_never_negative():
+    """A Retry-After date in the past means no wait, not a negative one."""
+    assert retry_after_seconds({"Retry-After": "Fri, 15 Jan 2027 08:00:00 GMT"}, now=NOW) == 0.0
+
+
+def test_basic_auth_urlencodes_before_base64():
+    """Client id and secret are form-urlencoded, then joined and base64-encoded (RFC 6749)."""
+    header = basic_auth_header("id:with space", "s3cr&t/+")
+    raw = base64.b64decode(header.removeprefix("Basic ")).decode()
+    assert raw == "id%3Awith+space:s3cr%26t%2F%2B"
