@@ -23,7 +23,7 @@ from sidecar.daemon import Daemon, ListenError
 from sidecar.dev import run_dev
 from sidecar.errors import ConfigError
 from sidecar.fetch import fetch_token_command
-from sidecar.logs import configure_logging
+from sidecar.logs import LogFormat, configure_logging
 from sidecar.probe import probe_all
 
 log = logging.getLogger("sidecar.cli")
@@ -81,10 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``token-sidecar`` console script."""
     args = build_parser().parse_args(argv)
-    default_format = "text" if args.command == "dev" else "json"
-    configure_logging(
-        args.log_format or default_format, level=getattr(logging, args.log_level.upper())
-    )
+    log_format: LogFormat = args.log_format or ("text" if args.command == "dev" else "json")
+    configure_logging(log_format, level=getattr(logging, args.log_level.upper()))
     try:
         return _dispatch(args)
     except ConfigError as exc:

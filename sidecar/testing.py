@@ -65,7 +65,12 @@ class FakeClock:
         await self.advance_to(self._now + seconds)
 
     async def advance_to(self, target: float) -> None:
-        """Move time to ``target``; never backwards."""
+        """Move time to ``target``; never backwards.
+
+        Tasks that are ready run first, so a sleep they are about to start
+        counts from the current instant, not from ``target``.
+        """
+        await settle()
         while True:
             self._prune()
             if not self._sleepers or self._sleepers[0][0] > target:
