@@ -599,8 +599,10 @@ def _verify(t: _Table, jwks_url: str | None) -> Verify | None:
 
 
 def _timeouts(t: _Table) -> tuple[float, float]:
-    connect = t.duration("connect_timeout", default=ProfileConfig.connect_timeout)
     total = t.duration("timeout", default=ProfileConfig.timeout)
+    # The default connect timeout shrinks with a short total one; only an
+    # explicit connect_timeout above timeout is a mistake worth refusing.
+    connect = t.duration("connect_timeout", default=min(ProfileConfig.connect_timeout, total))
     if connect > total:
         raise t.error(
             "connect_timeout",

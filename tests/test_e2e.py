@@ -1,0 +1,502 @@
+"""End to end: a real ``token-sidecar serve`` process against the development IdP.
+
+The IdP runs in the test process on loopback with the real clock; the sidecar
+is a subprocess started from a TOML file. Readiness is awaited by reading the
+daemon's own JSON log events, not by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from sidecar.devidp import DevClient, DevIdP
+
+pytestmark = pytest.mark.slow
+
+AUDIENCE = "https://api.example.com/"
+CLIENT_ID = "e2e-client"
+SECRET = "e2e-secret-LEAKCANARY-5b2c"
+HEADERS = {"Token-Sidecar": "1"}
+START_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory for Unix sockets (paths are limited to about 100 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp"))
+    yield path
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+@pytest.fixture
+async def real_idp(leaks) -> AsyncIterator[DevIdP]:
+    """The development IdP on the real clock, as a sidecar process would see any IdP."""
+    dev = DevIdP(audience=AUDIENCE, token_lifetime=3600)
+    dev.add_client(
+        DevClient(client_id=CLIENT_ID, client_secret=SECRET, audiences={AUDIENCE: ("read:tools",)})
+    )
+    await dev.start()
+    leaks.idps.append(dev)
+    yield dev
+    dev.release_hang()
+    await dev.stop()
+
+
+def profile_toml(idp: DevIdP, name: str = "api", secret: str = SECRET, **extra: str) -> str:
+    lines = [
+        f"[profiles.{name}]",
+        f'token_url = "{idp.base_url}/oauth/token"',
+        f'issuer = "{idp.issuer}"',
+        f'jwks_url = "{idp.base_url}/.well-known/jwks.json"',
+        f'client_id = "{CLIENT_ID}"',
+        f'client_secret = "{secret}"',
+        f'audience = "{AUDIENCE}"',
+        'scope = "read:tools"',
+        'timeout = "2s"',
+        *(f"{k} = {v}" for k, v in extra.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class Sidecar:
+    """A ``token-sidecar serve`` subprocess, with its log events and addresses."""
+
+    def __init__(self, config: Path, *, socket_path: Path | None = None) -> None:
+        self.config = config
+        self.port = free_port()
+        self.ops_port = free_port()
+        self.socket_path = socket_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.events: list[dict[str, Any]] = []
+        self.stderr = bytearray()
+        self._changed = asyncio.Condition()
+        self._reader: asyncio.Task[None] | None = None
+
+    def server_toml(self) -> str:
+        lines = [
+            "[server]",
+            f'listen = "127.0.0.1:{self.port}"',
+            f'ops_listen = "127.0.0.1:{self.ops_port}"',
+        ]
+        if self.socket_path is not None:
+            lines.append(f'socket = "{self.socket_path}"')
+        return "\n".join(lines) + "\n"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ops(self) -> str:
+        return f"http://127.0.0.1:{self.ops_port}"
+
+    async def start(self, *, wait_for: str = "sidecar.started") -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_SIDECAR_")}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sidecar",
+            "serve",
+            "--config",
+            str(self.config),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+        )
+        self._reader = asyncio.create_task(self._read_stderr())
+        await self.wait_event(wait_for)
+
+    async def _read_stderr(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr.extend(line)
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                event = {"event": "<unparsed>", "line": line.decode(errors="replace")}
+            async with self._changed:
+                self.events.append(event)
+                self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
+
+    def count(self, name: str) -> int:
+        return sum(1 for e in self.events if e.get("event") == name)
+
+    async def wait_event(self, name: str, count: int = 1) -> dict[str, Any]:
+        """Wait until the daemon logged ``name`` ``count`` times (bounded)."""
+
+        def seen() -> bool:
+            exited = self._reader is not None and self._reader.done()
+            return self.count(name) >= count or exited
+
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(seen), START_TIMEOUT)
+        matching = [e for e in self.events if e.get("event") == name]
+        assert len(matching) >= count, f"no {name!r}; stderr: {self.stderr.decode()[-2000:]}"
+        return matching[-1]
+
+    async def stop(self, sig: int | None = signal.SIGTERM) -> int:
+        """Send ``sig`` (None: it was sent already) and wait for the exit code."""
+        assert self.proc is not None
+        if sig is not None and self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        code = await asyncio.wait_for(self.proc.wait(), 10)
+        if self._reader is not None:
+            await self._reader
+        return code
+
+
+@pytest.fixture
+async def sidecar_factory(tmp_path) -> AsyncIterator[Any]:
+    made: list[Sidecar] = []
+
+    async def make(
+        profiles: str, *, socket_path: Path | None = None, start: bool = True
+    ) -> Sidecar:
+        config = tmp_path / f"config-{len(made)}.toml"
+        sidecar = Sidecar(config, socket_path=socket_path)
+        config.write_text(sidecar.server_toml() + profiles)
+        made.append(sidecar)
+        if start:
+            await sidecar.start()
+        return sidecar
+
+    yield make
+    for sidecar in made:
+        if sidecar.proc is not None and sidecar.proc.returncode is None:
+            sidecar.proc.kill()
+            await sidecar.proc.wait()
+        if sidecar._reader is not None:
+            await sidecar._reader
+
+
+async def wait_ready(http: aiohttp.ClientSession, sidecar: Sidecar) -> None:
+    """Wait for the first token: the daemon logs token.refreshed."""
+    await sidecar.wait_event("token.refreshed")
+    async with http.get(f"{sidecar.ops}/readyz") as resp:
+        assert resp.status == 200
+
+
+async def get_json(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, Any]:
+    async with http.get(url, **kwargs) as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_serves_over_tcp_and_unix_socket(real_idp, sidecar_factory, http, short_tmp):
+    """One token is served over loopback TCP and the Unix socket, and the guards hold."""
+    sock = short_tmp / "t.sock"
+    sidecar = await sidecar_factory(profile_toml(real_idp), socket_path=sock)
+    await wait_ready(http, sidecar)
+    status, body = await get_json(http, f"{sidecar.url}/v1/token/api", headers=HEADERS)
+    assert status == 200
+    assert body["profile"] == "api"
+    assert body["stale"] is False
+    assert 3500 < body["expires_in"] <= 3600
+    assert oct(sock.stat().st_mode & 0o777) == oct(0o660)
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as unix,
+        unix.get("http://localhost/v1/token/api", headers=HEADERS) as resp,
+    ):
+        assert resp.status == 200
+        assert (await resp.json())["access_token"] == body["access_token"]
+    guards = [
+        ({}, 400, "missing_header"),
+        ({**HEADERS, "X-Forwarded-For": "10.0.0.1"}, 403, "forbidden"),
+        ({**HEADERS, "Forwarded": "for=1.2.3.4"}, 403, "forbidden"),
+        ({**HEADERS, "Via": "1.1 proxy"}, 403, "forbidden"),
+        ({**HEADERS, "Host": "evil.example"}, 403, "forbidden"),
+    ]
+    for headers, expected_status, code in guards:
+        status, error = await get_json(http, f"{sidecar.url}/v1/token/api", headers=headers)
+        assert (status, error["error"]) == (expected_status, code)
+        assert body["access_token"] not in orjson.dumps(error).decode()
+    assert await sidecar.stop() == 0
+    assert not sock.exists()
+    assert sidecar.count("sidecar.stopped") == 1
+
+
+async def test_readiness_waits_for_first_token_and_livez_ignores_outage(
+    real_idp, sidecar_factory, http
+):
+    """/readyz is 503 until the first token arrives; /livez stays 200 through an IdP outage."""
+    real_idp.faults.hang = True
+    sidecar = await sidecar_factory(profile_toml(real_idp, wait_timeout='"1s"'))
+    await real_idp.faults.wait_hung(1)
+    status, body = await get_json(http, f"{sidecar.ops}/readyz")
+    assert status == 503
+    assert body == {"ready": False, "profiles": {"api": "warming"}}
+    real_idp.faults.hang = False
+    real_idp.release_hang()
+    await wait_ready(http, sidecar)
+    real_idp.faults.status = 503
+    token = (await get_json(http, f"{sidecar.url}/v1/token/api", headers=HEADERS))[1]
+    async with http.post(
+        f"{sidecar.url}/v1/token/api/invalidate",
+        headers=HEADERS,
+        json={"access_token": token["access_token"]},
+    ) as resp:
+        assert resp.status == 503  # the reported token is dropped and the IdP is down
+        assert resp.headers["Retry-After"]
+    await sidecar.wait_event("refresh.failed")
+    status, _ = await get_json(http, f"{sidecar.ops}/livez")
+    assert status == 200
+    assert await sidecar.stop() == 0
+
+
+async def test_invalidate_min_ttl_and_metrics(real_idp, sidecar_factory, http):
+    """Invalidate rotates once then throttles; min_ttl is validated; metrics count both."""
+    sidecar = await sidecar_factory(profile_toml(real_idp))
+    await wait_ready(http, sidecar)
+    url = f"{sidecar.url}/v1/token/api"
+    first = (await get_json(http, url, headers=HEADERS))[1]
+    results = []
+    for report in (first["access_token"], None, first["access_token"]):
+        current = (await get_json(http, url, headers=HEADERS))[1]
+        payload = {"access_token": report or current["access_token"]}
+        async with http.post(f"{url}/invalidate", headers=HEADERS, json=payload) as resp:
+            assert resp.status == 200
+            results.append((await resp.json())["access_token"])
+    assert results[0] != first["access_token"]  # refreshed
+    assert results[1] == results[0]  # throttled: same token back
+    assert results[2] == results[0]  # already rotated
+    assert (await get_json(http, url, headers=HEADERS, params={"min_ttl": "60"}))[0] == 200
+    for bad in ("abc", "-1", "3000"):
+        status, body = await get_json(http, url, headers=HEADERS, params={"min_ttl": bad})
+        assert (status, body["error"]) == (400, "bad_request")
+    async with http.get(f"{sidecar.ops}/metrics") as resp:
+        text = await resp.text()
+    for outcome in ("refreshed", "throttled", "already_rotated"):
+        assert f'token_sidecar_invalidations_total{{profile="api",result="{outcome}"}} 1.0' in text
+    assert 'token_sidecar_refresh_total{profile="api",result="success"} 2.0' in text
+    assert await sidecar.stop() == 0
+
+
+async def test_sighup_under_load_loses_no_request(real_idp, sidecar_factory, http):
+    """A SIGHUP reload under concurrent load answers every request and adds the new profile."""
+    sidecar = await sidecar_factory(profile_toml(real_idp))
+    await wait_ready(http, sidecar)
+    url = f"{sidecar.url}/v1/token/api"
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def caller() -> None:
+        while not stop.is_set():
+            async with http.get(url, headers=HEADERS) as resp:
+                statuses.append(resp.status)
+
+    callers = [asyncio.create_task(caller()) for _ in range(16)]
+    await asyncio.sleep(0.05)
+    sidecar.config.write_text(
+        sidecar.server_toml() + profile_toml(real_idp) + profile_toml(real_idp, name="second")
+    )
+    assert sidecar.proc is not None
+    sidecar.proc.send_signal(signal.SIGHUP)
+    reloaded = await sidecar.wait_event("config.reloaded")
+    assert reloaded["added"] == ["second"]
+    assert reloaded["restarted"] == []
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*callers)
+    assert len(statuses) > 50
+    assert set(statuses) == {200}
+    status, _ = await get_json(http, f"{sidecar.url}/v1/token/second", headers=HEADERS)
+    assert status == 200
+    # A broken config is logged and the running one kept.
+    sidecar.config.write_text("[server]\nlisten = 5\n" + profile_toml(real_idp))
+    sidecar.proc.send_signal(signal.SIGHUP)
+    failed = await sidecar.wait_event("config.reload_failed")
+    assert "server.listen" in failed["error"]
+    assert (await get_json(http, url, headers=HEADERS))[0] == 200
+    assert await sidecar.stop() == 0
+
+
+async def test_sigterm_lets_in_flight_requests_finish(real_idp, sidecar_factory, http):
+    """SIGTERM while callers wait for a hanging IdP completes their requests and exits 0."""
+    real_idp.faults.hang = True
+    sidecar = await sidecar_factory(profile_toml(real_idp))
+    pending = [
+        asyncio.create_task(get_json(http, f"{sidecar.url}/v1/token/api", headers=HEADERS))
+        for _ in range(20)
+    ]
+    await real_idp.faults.wait_hung(1)
+    await asyncio.sleep(0.1)  # let every caller's request reach the sidecar
+    assert sidecar.proc is not None
+    sidecar.proc.send_signal(signal.SIGTERM)
+    await sidecar.wait_event("sidecar.stopping")
+    real_idp.faults.hang = False
+    real_idp.release_hang()
+    results = await asyncio.gather(*pending)
+    assert [status for status, _ in results] == [200] * 20
+    assert await sidecar.stop(None) == 0
+
+
+async def test_secret_never_leaves_the_process(real_idp, sidecar_factory, http):
+    """Through success, failure and misconfiguration, no secret or token reaches any output."""
+    profiles = profile_toml(real_idp, wait_timeout='"1s"') + profile_toml(
+        real_idp, name="broken", secret="wrong-LEAKCANARY-secret", required="false"
+    )
+    sidecar = await sidecar_factory(profiles)
+    await wait_ready(http, sidecar)
+    await sidecar.wait_event("refresh.failed")
+    outputs = []
+    status, token = await get_json(http, f"{sidecar.url}/v1/token/api", headers=HEADERS)
+    assert status == 200
+    status, error = await get_json(http, f"{sidecar.url}/v1/token/broken", headers=HEADERS)
+    assert (status, error["error"]) == (503, "misconfigured")
+    assert "access_denied" in error["message"]
+    outputs.append(orjson.dumps(error).decode())
+    real_idp.faults.status = 500
+    async with http.post(
+        f"{sidecar.url}/v1/token/api/invalidate",
+        headers=HEADERS,
+        json={"access_token": token["access_token"]},
+    ) as resp:
+        outputs.append(await resp.text())
+    for path in ("/status", "/metrics", "/readyz", "/livez"):
+        async with http.get(f"{sidecar.ops}{path}") as resp:
+            outputs.append(await resp.text())
+    assert await sidecar.stop() == 0
+    outputs.append(sidecar.stderr.decode())
+    secrets = {SECRET, "wrong-LEAKCANARY-secret", *real_idp.issued_tokens}
+    for text in outputs:
+        for secret in secrets:
+            assert secret not in text
+
+
+async def test_cli_token_check_and_exit_codes(real_idp, sidecar_factory, http, tmp_path):
+    """`token` prints a token; `check` exits 0, 1 on a failed probe, 2 on a bad config."""
+    sidecar = await sidecar_factory(profile_toml(real_idp))
+    await wait_ready(http, sidecar)
+    code, out, err = await run_cli("token", "api", "--url", sidecar.url)
+    assert code == 0
+    assert out.strip() in real_idp.issued_tokens
+    code, out, err = await run_cli("token", "api", "--url", sidecar.url, "--json")
+    assert orjson.loads(out)["profile"] == "api"
+    code, out, err = await run_cli("token", "nope", "--url", sidecar.url)
+    assert (code, err.count("\n")) == (1, 1)
+    assert "unknown_profile" in err
+    code, out, err = await run_cli("token", "api", "--url", f"http://127.0.0.1:{free_port()}")
+    assert code == 1
+    assert "cannot reach the sidecar" in err
+    assert "Traceback" not in err
+
+    code, out, err = await run_cli("check", "--config", str(sidecar.config))
+    assert code == 0
+    assert SECRET not in out
+    code, out, err = await run_cli("check", "--config", str(sidecar.config), "--probe")
+    assert code == 0, err
+    assert "ok profile api" in out
+    bad_secret = tmp_path / "bad-secret.toml"
+    bad_secret.write_text(profile_toml(real_idp, secret="nope-wrong"))
+    code, out, err = await run_cli("check", "--config", str(bad_secret), "--probe")
+    assert code == 1
+    assert "FAILED profile api: rejected: access_denied" in out
+    broken = tmp_path / "broken.toml"
+    broken.write_text(profile_toml(real_idp) + 'client_auth = "magic"\n')
+    code, out, err = await run_cli("check", "--config", str(broken))
+    assert code == 2
+    assert str(broken) in err
+    assert "profiles.api.client_auth" in err
+    assert "Traceback" not in err
+    assert await sidecar.stop() == 0
+
+
+async def test_serve_refuses_bad_config_and_busy_port(real_idp, tmp_path):
+    """serve exits 2 on a non-loopback listen and 1 on a port in use, in one line each."""
+    config = tmp_path / "public.toml"
+    config.write_text('[server]\nlisten = "0.0.0.0:8700"\n' + profile_toml(real_idp))
+    code, _, err = await run_cli("serve", "--config", str(config))
+    assert code == 2
+    assert "server.listen" in err
+    assert "loopback" in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config.write_text(
+            f'[server]\nlisten = "127.0.0.1:{port}"\nops_listen = ""\n' + profile_toml(real_idp)
+        )
+        code, _, err = await run_cli("serve", "--config", str(config))
+    assert code == 1
+    assert "cannot listen" in err
+    assert "Traceback" not in err
+
+
+async def test_dev_serves_a_token_within_seconds(http):
+    """`token-sidecar dev` prints a curl command whose URL answers with a demo token."""
+    port, ops_port = free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "dev",
+        "--port",
+        str(port),
+        "--ops-port",
+        str(ops_port),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        curl = ""
+        while "curl" not in curl:
+            curl = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode()
+        url = curl.split()[-1]
+        assert url == f"http://127.0.0.1:{port}/v1/token/demo"
+        status, body = await get_json(http, url, headers=HEADERS)
+        assert status == 200
+        assert body["profile"] == "demo"
+        assert body["token_type"] == "Bearer"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 10)
+    assert code == 0
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_SIDECAR_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
