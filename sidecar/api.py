@@ -1,0 +1,338 @@
+"""The token API: the aiohttp app that hands tokens to local callers.
+
+Every request first passes the guards (``Token-Sidecar: 1`` header, no proxy
+headers, a loopback ``Host``, and for Unix-socket peers an allowed uid), so a
+tool that fetches arbitrary URLs on behalf of a model can never read a token
+(SSRF and DNS-rebinding defence). Errors of every kind are mapped to the JSON
+error body of DESIGN.md in one middleware; no error body ever holds a token, a
+secret, or request input that is not a configured profile name.
+
+The hot path (a cached, servable token) is a dictionary lookup, a clock read
+and one ``orjson.dumps``: it never waits and never talks to the IdP.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import math
+import re
+import socket
+import struct
+from typing import Any, Final, Protocol
+
+import orjson
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from sidecar.config import ServerConfig
+from sidecar.errors import TokenUnavailableError, UnknownProfileError
+from sidecar.refresher import ProfileRefresher, Served
+from sidecar.service import TokenService
+from sidecar.token import fingerprint
+
+log = logging.getLogger("sidecar.api")
+
+SERVICE: Final = web.AppKey("service", TokenService)
+SERVER: Final = web.AppKey("server", ServerConfig)
+
+#: The header every caller must send; browsers and URL fetchers do not.
+GUARD_HEADER: Final = "Token-Sidecar"
+#: Largest accepted invalidate body, in bytes.
+MAX_BODY: Final = 16 * 1024
+
+_PROXY_HEADERS = (hdrs.FORWARDED, hdrs.X_FORWARDED_FOR, hdrs.VIA)
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_MIN_TTL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{0,6})?")
+_FINGERPRINT = re.compile(r"[0-9a-f]{12}")
+# A Host header: a bracketed IPv6 literal or a name without colons, then an optional port.
+_HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]+))(?::[0-9]{1,5})?")
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class _PeerSocket(Protocol):
+    """What the guards need of the transport's socket (``asyncio.trsock.TransportSocket``)."""
+
+    @property
+    def family(self) -> int: ...
+
+    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
+
+
+class ApiError(Exception):
+    """An error answer of the token API; the message is fixed text, never request input."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        profile: str | None = None,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.profile = profile
+        self.retry_after = retry_after
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {
+            "error": self.code,
+            "message": self.message,
+            "profile": self.profile,
+        }
+        headers = {**_NO_STORE, **self.headers}
+        if self.retry_after is not None:
+            seconds = max(1, math.ceil(self.retry_after))
+            body["retry_after"] = seconds
+            headers[hdrs.RETRY_AFTER] = str(seconds)
+        return _json(body, status=self.status, headers=headers)
+
+
+def make_token_app(service: TokenService, server: ServerConfig) -> web.Application:
+    """Build the token API app (serve it on loopback TCP and/or a Unix socket).
+
+    Args:
+        service: the daemon's token service; profiles are looked up per request,
+            so a config reload takes effect at once.
+        server: the ``[server]`` config, for ``allow_uids``.
+
+    Returns:
+        The app, with ``GET /v1/token/{profile}`` and
+        ``POST /v1/token/{profile}/invalidate``.
+    """
+    app = web.Application(middlewares=[_boundary])
+    app[SERVICE] = service
+    app[SERVER] = server
+    # No HEAD: asking for a token has effects (metrics, possibly a refresh).
+    app.router.add_get("/v1/token/{profile}", _get_token, allow_head=False)
+    app.router.add_post("/v1/token/{profile}/invalidate", _invalidate)
+    return app
+
+
+# -- the boundary: guards and error mapping ----------------------------------
+
+
+@web.middleware
+async def _boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run the guards, then the handler; turn every expected failure into a JSON error."""
+    try:
+        _check_guards(request)
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except UnknownProfileError:
+        return ApiError(404, "unknown_profile", "unknown profile").response()
+    except TokenUnavailableError as exc:
+        request.app[SERVICE].metrics.token_requests.labels(exc.profile, "unavailable").inc()
+        return ApiError(
+            503, exc.code, str(exc), profile=exc.profile, retry_after=exc.retry_after
+        ).response()
+    except web.HTTPMethodNotAllowed as exc:
+        allow = ", ".join(sorted(exc.allowed_methods))
+        return ApiError(
+            405, "method_not_allowed", "method not allowed", headers={hdrs.ALLOW: allow}
+        ).response()
+    except web.HTTPNotFound:
+        return ApiError(404, "not_found", "no such endpoint").response()
+
+
+def _check_guards(request: web.Request) -> None:
+    """Refuse anything that is not a deliberate call from a local process."""
+    if request.headers.getall(GUARD_HEADER, []) != ["1"]:
+        refresher = _known_refresher(request)
+        raise ApiError(
+            400,
+            "missing_header",
+            f"the header '{GUARD_HEADER}: 1' is required",
+            profile=refresher.name if refresher is not None else None,
+        )
+    if any(name in request.headers for name in _PROXY_HEADERS):
+        raise _forbidden(request, "proxied requests are refused")
+    sock = _socket(request)
+    unix = sock.family == socket.AF_UNIX
+    hosts = request.headers.getall(hdrs.HOST, [])
+    if len(hosts) > 1 or not _host_allowed(hosts[0] if hosts else None, unix=unix):
+        raise _forbidden(request, "the Host header must name a loopback address")
+    if unix:
+        _check_peer(request, sock)
+
+
+def _socket(request: web.Request) -> _PeerSocket:
+    transport = request.transport
+    sock: _PeerSocket | None = transport.get_extra_info("socket") if transport else None
+    if sock is None:
+        # The connection is gone, so nobody can read the answer; still fail closed.
+        raise _forbidden(request, "connection closed")
+    return sock
+
+
+# Callers send the same few Host values over and over; the bound keeps junk from piling up.
+@functools.lru_cache(maxsize=64)
+def _host_allowed(host: str | None, *, unix: bool) -> bool:
+    """Whether ``host`` is localhost or a loopback address (absent: only on the Unix socket)."""
+    if host is None:
+        return unix
+    match = _HOST.fullmatch(host)
+    if match is None:
+        return False
+    ipv6, name = match.group("ipv6"), match.group("name")
+    try:
+        if ipv6 is not None:
+            return ipaddress.IPv6Address(ipv6).is_loopback
+        if name.lower() == "localhost":
+            return True
+        return ipaddress.IPv4Address(name).is_loopback
+    except ValueError:  # not an address at all, e.g. "127.0.0.1.nip.io"
+        return False
+
+
+def _check_peer(request: web.Request, sock: _PeerSocket) -> None:
+    """Refuse a Unix-socket peer whose uid is not allowed (profile list, else server list)."""
+    allowed = _allowed_uids(request)
+    if not allowed:
+        return
+    peercred = getattr(socket, "SO_PEERCRED", None)
+    if peercred is None:
+        raise _forbidden(request, "peer credentials are not available on this platform")
+    try:
+        _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, peercred, _UCRED.size))
+    except OSError:
+        raise _forbidden(request, "peer credentials are not available") from None
+    if uid not in allowed:
+        raise _forbidden(request, "this user may not read tokens")
+
+
+def _allowed_uids(request: web.Request) -> tuple[int, ...]:
+    refresher = _known_refresher(request)
+    if refresher is not None and refresher.profile.allow_uids is not None:
+        return refresher.profile.allow_uids
+    return request.app[SERVER].allow_uids
+
+
+def _known_refresher(request: web.Request) -> ProfileRefresher | None:
+    """The refresher of the profile named in the path, when it is configured."""
+    name = request.match_info.get("profile")
+    if name is None:
+        return None
+    try:
+        return request.app[SERVICE].refresher(name)
+    except UnknownProfileError:
+        return None
+
+
+def _forbidden(request: web.Request, reason: str) -> ApiError:
+    """A 403, counted as ``denied`` when the path names a configured profile."""
+    refresher = _known_refresher(request)
+    name = refresher.name if refresher is not None else None
+    if name is not None:
+        request.app[SERVICE].metrics.token_requests.labels(name, "denied").inc()
+    log.info("request.denied", extra={"profile": name, "reason": reason})
+    return ApiError(403, "forbidden", reason, profile=name)
+
+
+# -- handlers ---------------------------------------------------------------
+
+
+async def _get_token(request: web.Request) -> web.Response:
+    """``GET /v1/token/{profile}[?min_ttl=SECONDS]``."""
+    service = request.app[SERVICE]
+    refresher = service.refresher(request.match_info["profile"])
+    min_ttl = _min_ttl(request, refresher)
+    served = refresher.peek(min_ttl)
+    if served is None:
+        served = await refresher.get(min_ttl)
+    return _token_response(service, refresher.name, served)
+
+
+async def _invalidate(request: web.Request) -> web.Response:
+    """``POST /v1/token/{profile}/invalidate``: drop the reported token if still current."""
+    service = request.app[SERVICE]
+    refresher = service.refresher(request.match_info["profile"])
+    reported = _reported_fingerprint(await _read_body(request, refresher.name), refresher.name)
+    _result, served = await refresher.invalidate(reported)
+    return _token_response(service, refresher.name, served)
+
+
+def _min_ttl(request: web.Request, refresher: ProfileRefresher) -> float | None:
+    """The ``min_ttl`` query parameter: seconds, at most half the current token's lifetime."""
+    values = request.query.getall("min_ttl", [])
+    if not values:
+        return None
+    if len(values) > 1 or _MIN_TTL.fullmatch(values[0]) is None:
+        raise _bad_request("min_ttl must be a non-negative number of seconds", refresher.name)
+    min_ttl = float(values[0])
+    token = refresher.token
+    # Without a token the lifetime is unknown: the engine refuses what the IdP cannot give.
+    if token is not None and min_ttl > token.lifetime / 2:
+        limit = math.floor(token.lifetime / 2)
+        raise _bad_request(
+            f"min_ttl must not exceed half the token lifetime ({limit}s)", refresher.name
+        )
+    return min_ttl
+
+
+async def _read_body(request: web.Request, profile: str) -> bytes:
+    """The request body, refusing more than :data:`MAX_BODY` bytes without buffering them."""
+    too_big = _bad_request(f"the body must not exceed {MAX_BODY} bytes", profile)
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise too_big
+    return bytes(body)
+
+
+def _reported_fingerprint(body: bytes, profile: str) -> str:
+    """The fingerprint named by ``{"access_token": ...}`` or ``{"fingerprint": ...}``."""
+    shape = 'the body must be JSON {"access_token": "..."} or {"fingerprint": "..."}'
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _bad_request(shape, profile) from None
+    if not isinstance(data, dict):
+        raise _bad_request(shape, profile)
+    given = [key for key in ("access_token", "fingerprint") if key in data]
+    if len(given) != 1 or not isinstance(data[given[0]], str) or not data[given[0]]:
+        raise _bad_request(shape, profile)
+    value: str = data[given[0]]
+    if given[0] == "access_token":
+        return fingerprint(value)
+    if _FINGERPRINT.fullmatch(value) is None:
+        raise _bad_request("fingerprint must be 12 lowercase hex digits", profile)
+    return value
+
+
+def _token_response(service: TokenService, profile: str, served: Served) -> web.Response:
+    """The 200 answer of both endpoints; counts the request as served or stale."""
+    token = served.token
+    outcome = "stale" if served.stale else "served"
+    service.metrics.token_requests.labels(profile, outcome).inc()
+    body = {
+        "access_token": token.value,
+        "token_type": "Bearer",
+        "expires_in": token.expires_in(service.clock.monotonic()),
+        "expires_at": math.floor(token.expires_at_wall),
+        "scope": token.scope,
+        "profile": profile,
+        "stale": served.stale,
+    }
+    return _json(body, status=200, headers=_NO_STORE)
+
+
+def _bad_request(message: str, profile: str) -> ApiError:
+    return ApiError(400, "bad_request", message, profile=profile)
+
+
+def _json(body: dict[str, Any], *, status: int, headers: dict[str, str]) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
