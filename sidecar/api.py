@@ -158,7 +158,10 @@ def _check_guards(request: web.Request) -> None:
     sock = _socket(request)
     unix = sock.family == socket.AF_UNIX
     hosts = request.headers.getall(hdrs.HOST, [])
-    if len(hosts) > 1 or not _host_allowed(hosts[0] if hosts else None, unix=unix):
+    host = hosts[0] if len(hosts) == 1 else None
+    if len(hosts) > 1 or not (
+        _host_allowed(host, unix=unix) or _is_listen_host(host, request.app[SERVER])
+    ):
         raise _forbidden(request, "the Host header must name a loopback address")
     if unix:
         _check_peer(request, sock)
@@ -191,6 +194,18 @@ def _host_allowed(host: str | None, *, unix: bool) -> bool:
         return ipaddress.IPv4Address(name).is_loopback
     except ValueError:  # not an address at all, e.g. "127.0.0.1.nip.io"
         return False
+
+
+def _is_listen_host(host: str | None, server: ServerConfig) -> bool:
+    """With ``allow_non_loopback``, the configured listen address is a valid Host too."""
+    if host is None or not server.allow_non_loopback or not server.listen:
+        return False
+    listen_host = server.listen.rpartition(":")[0]
+    match = _HOST.fullmatch(host)
+    if match is None:
+        return False
+    named = match.group("ipv6") or match.group("name")
+    return f"[{named}]" == listen_host if match.group("ipv6") else named == listen_host
 
 
 def _check_peer(request: web.Request, sock: _PeerSocket) -> None:

@@ -103,8 +103,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(
             fetch_token_command(
                 args.profile,
-                url=args.url or os.environ.get("TOKEN_SIDECAR_URL"),
-                socket=args.socket or os.environ.get("TOKEN_SIDECAR_SOCKET"),
+                # A flag on the command line beats both environment defaults.
+                url=args.url or (None if args.socket else os.environ.get("TOKEN_SIDECAR_URL")),
+                socket=args.socket
+                or (None if args.url else os.environ.get("TOKEN_SIDECAR_SOCKET")),
                 min_ttl=args.min_ttl,
                 as_json=args.json,
             )

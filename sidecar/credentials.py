@@ -70,6 +70,10 @@ class Credentials:
         return f"Credentials(client_id={self.client_id!r}, version={self.version[:8]!r})"
 
 
+#: Stands for "the last load failed": any readable credentials differ from it.
+_UNREADABLE = Credentials(client_id="", client_secret=None, private_key=None, version="")
+
+
 class CredentialStore:
     """Loads a profile's credentials and tells when their files changed."""
 
@@ -85,6 +89,31 @@ class CredentialStore:
 
     def load(self) -> Credentials:
         """Read every credential now; raise :class:`CredentialsError` naming what failed."""
+        try:
+            creds = self._read_all()
+        except CredentialsError:
+            self._loaded = _UNREADABLE
+            raise
+        self._loaded = creds
+        return creds
+
+    def changed(self) -> bool:
+        """Whether reading the credentials now would give other values than last time.
+
+        A file that could not be read at the last load counts as changed as
+        soon as it reads, so a Secret mounted after start is used at once.
+        """
+        if self._loaded is None or not self._files():
+            return False
+        try:
+            current = self._read_all()
+        except CredentialsError:
+            # A file mid-swap or still missing is not a change worth acting on;
+            # the next refresh reads it again and reports a real problem.
+            return False
+        return current.version != self._loaded.version
+
+    def _read_all(self) -> Credentials:
         p = self._profile
         client_id = self._read(p.client_id, "client_id")
         secret = self._read(p.client_secret, "client_secret") if p.client_secret else None
@@ -94,33 +123,12 @@ class CredentialStore:
         digest = hashlib.sha256()
         for part in (client_id, secret or "", key or ""):
             digest.update(hashlib.sha256(part.encode()).digest())
-        creds = Credentials(
+        return Credentials(
             client_id=client_id,
             client_secret=Secret(secret) if secret is not None else None,
             private_key=Secret(key) if key is not None else None,
             version=digest.hexdigest(),
         )
-        self._loaded = creds
-        return creds
-
-    def changed(self) -> bool:
-        """Whether reading the credentials now would give other values than last time."""
-        if self._loaded is None or not self._files():
-            return False
-        try:
-            return self.load_quietly().version != self._loaded.version
-        except CredentialsError:
-            # A file mid-swap or briefly missing is not a change worth acting on;
-            # the next refresh reads it again and reports a real problem.
-            return False
-
-    def load_quietly(self) -> Credentials:
-        """Like :meth:`load`, without remembering the result."""
-        previous = self._loaded
-        try:
-            return self.load()
-        finally:
-            self._loaded = previous
 
     def _files(self) -> list[Path]:
         p = self._profile

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from sidecar.api import make_token_app
 from sidecar.clock import Clock
 from sidecar.config import Config, ServerConfig
 from sidecar.errors import ConfigError
+from sidecar.logs import AccessLogger
 from sidecar.metrics import Metrics
 from sidecar.ops import make_ops_app
 from sidecar.service import TokenService
@@ -50,6 +52,16 @@ def split_host_port(value: str) -> tuple[str, int]:
     """``"127.0.0.1:8700"`` or ``"[::1]:8700"`` to ``(host, port)``."""
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen host is ``localhost`` or a loopback address."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -132,8 +144,22 @@ class Daemon:
 
     async def _open_token_api(self, server: ServerConfig) -> None:
         assert self.service is not None  # noqa: S101 - start() created it
+        if server.listen and not is_loopback_host(split_host_port(server.listen)[0]):
+            log.warning(
+                "server.non_loopback",
+                extra={
+                    "listen": server.listen,
+                    "warning": "the token API is reachable from other hosts: anyone who can "
+                    "connect gets tokens; restrict it with a network policy",
+                },
+            )
         app = make_token_app(self.service, server)
-        runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_GRACE, access_log=_access_log(server))
+        runner = web.AppRunner(
+            app,
+            shutdown_timeout=SHUTDOWN_GRACE,
+            access_log=logging.getLogger("sidecar.access") if server.access_log else None,
+            access_log_class=AccessLogger,
+        )
         await runner.setup()
         self._runners.append(runner)
         if server.listen:
@@ -218,11 +244,6 @@ class Daemon:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def _access_log(server: ServerConfig) -> logging.Logger | None:
-    """The aiohttp access logger when enabled; its format never includes headers."""
-    return logging.getLogger("aiohttp.access") if server.access_log else None
 
 
 def _bound_address(runner: web.AppRunner, index: int) -> str:

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import orjson
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
 
 #: Field names whose values are never written, whatever the caller passes.
 SENSITIVE_FIELDS = frozenset(
@@ -87,6 +89,23 @@ def configure_logging(
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    access = logging.getLogger("aiohttp.access")
-    access.handlers[:] = [handler]
-    access.propagate = False
+    # Access events (opt-in per server) go through the sidecar logger tree.
+
+
+class AccessLogger(AbstractAccessLogger):
+    """``http.access`` events: method, path without query string, status, duration.
+
+    Never the query string (it may carry anything), never a header: the
+    Authorization header and tokens in bodies cannot reach the log.
+    """
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.info(
+            "http.access",
+            extra={
+                "method": request.method,
+                "path": request.rel_url.path,
+                "status": response.status,
+                "duration_ms": round(time * 1000, 3),
+            },
+        )

@@ -119,9 +119,9 @@ def effective_mode(profile: ProfileConfig, token: str) -> Verify:
     """The verify mode for one token: configured, or automatic per DESIGN.md."""
     if profile.verify is not None:
         return profile.verify
-    if not looks_like_jwt(token):
-        return "none"
-    return "jwks" if profile.jwks_url else "claims"
+    if profile.jwks_url:
+        return "jwks"
+    return "claims" if looks_like_jwt(token) else "none"
 
 
 class TokenVerifier:

@@ -186,6 +186,18 @@ async def test_loopback_hosts_are_accepted(api, host):
     assert resp.status == 200
 
 
+async def test_non_loopback_listen_host_is_accepted_only_when_allowed(api):
+    """With allow_non_loopback the configured listen address is a valid Host; others are not."""
+    server = ServerConfig(listen="10.1.2.3:8700", allow_non_loopback=True)
+    _service, client = await api(server=server)
+    for host, status in (("10.1.2.3:8700", 200), ("10.1.2.4:8700", 403), ("evil.example", 403)):
+        resp = await client.get("/v1/token/api", headers={**HEADERS, "Host": host})
+        assert resp.status == status
+    _service, strict = await api(server=ServerConfig(listen="10.1.2.3:8700"))
+    resp = await strict.get("/v1/token/api", headers={**HEADERS, "Host": "10.1.2.3:8700"})
+    assert resp.status == 403
+
+
 async def test_missing_host_over_tcp_is_forbidden(api):
     """Over TCP a request without any Host header gets 403."""
     _service, client = await api()

@@ -81,8 +81,11 @@ def profile_toml(idp: DevIdP, name: str = "api", secret: str = SECRET, **extra: 
 class Sidecar:
     """A ``token-sidecar serve`` subprocess, with its log events and addresses."""
 
-    def __init__(self, config: Path, *, socket_path: Path | None = None) -> None:
+    def __init__(
+        self, config: Path, *, socket_path: Path | None = None, server_extra: str = ""
+    ) -> None:
         self.config = config
+        self.server_extra = server_extra
         self.port = free_port()
         self.ops_port = free_port()
         self.socket_path = socket_path
@@ -100,6 +103,8 @@ class Sidecar:
         ]
         if self.socket_path is not None:
             lines.append(f'socket = "{self.socket_path}"')
+        if self.server_extra:
+            lines.append(self.server_extra)
         return "\n".join(lines) + "\n"
 
     @property
@@ -174,14 +179,13 @@ async def sidecar_factory(tmp_path) -> AsyncIterator[Any]:
     made: list[Sidecar] = []
 
     async def make(
-        profiles: str, *, socket_path: Path | None = None, start: bool = True
+        profiles: str, *, socket_path: Path | None = None, server_extra: str = ""
     ) -> Sidecar:
         config = tmp_path / f"config-{len(made)}.toml"
-        sidecar = Sidecar(config, socket_path=socket_path)
+        sidecar = Sidecar(config, socket_path=socket_path, server_extra=server_extra)
         config.write_text(sidecar.server_toml() + profiles)
         made.append(sidecar)
-        if start:
-            await sidecar.start()
+        await sidecar.start()
         return sidecar
 
     yield make
@@ -274,7 +278,7 @@ async def test_readiness_waits_for_first_token_and_livez_ignores_outage(
 
 async def test_invalidate_min_ttl_and_metrics(real_idp, sidecar_factory, http):
     """Invalidate rotates once then throttles; min_ttl is validated; metrics count both."""
-    sidecar = await sidecar_factory(profile_toml(real_idp))
+    sidecar = await sidecar_factory(profile_toml(real_idp), server_extra="access_log = true")
     await wait_ready(http, sidecar)
     url = f"{sidecar.url}/v1/token/api"
     first = (await get_json(http, url, headers=HEADERS))[1]
@@ -298,6 +302,9 @@ async def test_invalidate_min_ttl_and_metrics(real_idp, sidecar_factory, http):
         assert f'token_sidecar_invalidations_total{{profile="api",result="{outcome}"}} 1.0' in text
     assert 'token_sidecar_refresh_total{profile="api",result="success"} 2.0' in text
     assert await sidecar.stop() == 0
+    access = [e for e in sidecar.events if e.get("event") == "http.access"]
+    assert {"method": "GET", "path": "/v1/token/api", "status": 200}.items() <= access[0].items()
+    assert not any("min_ttl" in orjson.dumps(e).decode() for e in access)
 
 
 async def test_sighup_under_load_loses_no_request(real_idp, sidecar_factory, http):

@@ -260,6 +260,37 @@ async def test_new_credentials_are_used_while_old_token_is_served(
     assert (await service.get("api")).token.value != first.value
 
 
+async def test_secret_file_mounted_after_start_is_used_at_once(idp, make_service, clock, tmp_path):
+    """A secret file missing at start is picked up by the watcher when it appears."""
+    secret_file = tmp_path / "client_secret"
+    service = make_service(make_profile(idp, client_secret=SecretRef(file=secret_file)))
+    refresher = service.refresher("api")
+    await run_for(clock, service, 0)
+    assert refresher.state() is ProfileState.MISCONFIGURED
+    assert refresher.status()["last_error"]["error"] == "credentials_unavailable"
+    assert idp.token_requests == 0
+    write_secret(secret_file, CLIENT_SECRET)
+    await run_for(clock, service, 10)
+    assert idp.token_requests == 1
+    assert refresher.state() is ProfileState.READY
+
+
+async def test_automatic_verify_mode(idp, make_service, clock, metrics):
+    """Automatic verify is jwks when a JWKS URL is known (opaque refused), else lenient."""
+    idp.faults.opaque = True
+    with_jwks = make_service(make_profile(idp))
+    await run_for(clock, with_jwks, 0)
+    assert with_jwks.refresher("api").state() is ProfileState.MISCONFIGURED
+    without = make_service(make_profile(idp, name="opaque", jwks_url=None))
+    await run_for(clock, without, 0)
+    assert without.refresher("opaque").state() is ProfileState.READY
+    idp.faults.opaque = False
+    claims_only = make_service(make_profile(idp, name="claims", jwks_url=None))
+    await run_for(clock, claims_only, 0)
+    assert claims_only.refresher("claims").state() is ProfileState.READY
+    assert idp.jwks_requests == 0
+
+
 def _fast_backoff():
 
     return BackoffConfig(base=1.0, cap=30.0)
