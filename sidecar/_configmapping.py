@@ -1,0 +1,99 @@
+"""The config document: its top-level keys and the ``[server]`` and ``[cache]`` tables.
+
+:func:`config_from_mapping` is where parsed TOML (or an equivalent dict from
+the environment) becomes a :class:`~sidecar.config.Config`; the
+``[profiles.NAME]`` tables are read by :mod:`sidecar._configprofile`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, cast, get_args
+
+from sidecar._configprofile import _profiles
+from sidecar._configread import _address, _is_loopback, _Table
+from sidecar.config import CacheBackend, CacheConfig, Config, ServerConfig
+
+_TOP_KEYS = ("server", "cache", "profiles")
+_SERVER_KEYS = (
+    "listen",
+    "socket",
+    "socket_mode",
+    "allow_uids",
+    "ops_listen",
+    "allow_non_loopback",
+    "access_log",
+)
+_CACHE_KEYS = ("backend", "url", "namespace", "key_file")
+_CACHE_BACKENDS: tuple[str, ...] = get_args(CacheBackend)
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]+")
+_SOCKET_MODE = re.compile(r"[0-7]{3,4}")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _server(t: _Table) -> ServerConfig:
+    allow_non_loopback = t.boolean("allow_non_loopback", default=False)
+    listen, host = _address(t, "listen", default=ServerConfig.listen)
+    if listen is not None and not allow_non_loopback and not _is_loopback(host):
+        raise t.error(
+            "listen",
+            "the token API must listen on loopback; "
+            "set server.allow_non_loopback = true to override",
+        )
+    socket = t.path_value("socket")
+    if listen is None and socket is None:
+        raise t.error("listen", "the token API needs a TCP listener or a Unix socket; both are off")
+    ops_listen, _ = _address(t, "ops_listen", default=ServerConfig.ops_listen)
+    return ServerConfig(
+        listen=listen,
+        socket=socket,
+        socket_mode=_socket_mode(t),
+        allow_uids=t.uids("allow_uids") or (),
+        ops_listen=ops_listen,
+        allow_non_loopback=allow_non_loopback,
+        access_log=t.boolean("access_log", default=ServerConfig.access_log),
+    )
+
+
+def _socket_mode(t: _Table) -> int:
+    value = t.raw("socket_mode", "")
+    if value == "":
+        return ServerConfig.socket_mode
+    # A TOML integer is refused on purpose: `socket_mode = 660` would be decimal.
+    if not isinstance(value, str) or not _SOCKET_MODE.fullmatch(value) or int(value, 8) > 0o777:
+        raise t.error("socket_mode", 'expected a string of octal digits, like "0660"')
+    return int(value, 8)
+
+
+def _cache(t: _Table) -> CacheConfig:
+    backend = t.choice("backend", _CACHE_BACKENDS, default=CacheConfig.backend)
+    url = t.string("url") or CacheConfig.url
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise t.error("url", "expected a redis://, rediss:// or unix:// URL")
+    namespace = t.string("namespace") or CacheConfig.namespace
+    if not _NAMESPACE.fullmatch(namespace):
+        raise t.error("namespace", "may contain only letters, digits and _ . : -")
+    return CacheConfig(
+        backend=cast("CacheBackend", backend),
+        url=url,
+        namespace=namespace,
+        key_file=t.path_value("key_file"),
+    )
+
+
+def config_from_mapping(data: Mapping[str, Any], *, source: str) -> Config:
+    """Validate parsed TOML (or an equivalent dict) into a :class:`Config`.
+
+    Raises:
+        ConfigError: naming ``source``, the key path and the problem.
+    """
+    root = _Table(data, source=source, path="", allowed=_TOP_KEYS)
+    return Config(
+        profiles=_profiles(root),
+        server=_server(root.table("server", _SERVER_KEYS)),
+        cache=_cache(root.table("cache", _CACHE_KEYS)),
+        source=source,
+    )

@@ -1,0 +1,101 @@
+"""The redacted view of a config, as ``token-sidecar check`` prints it.
+
+Inline secrets never appear: they show as ``"[redacted]"``, references show
+where the value comes from, and passwords in URLs are masked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from sidecar._configread import format_duration
+from sidecar.config import Config, ProfileConfig, SecretRef
+
+_REDACTED = "[redacted]"
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective config as plain JSON-able data, for ``token-sidecar check``.
+
+    Inline credentials show as ``"[redacted]"`` (an inline client id, which
+    is not a secret, is shown); env and file references show where the
+    value comes from. Durations are written the way the config writes them.
+    """
+    server, cache = config.server, config.cache
+    return {
+        "source": config.source,
+        "server": {
+            "listen": server.listen,
+            "socket": _path_view(server.socket),
+            "socket_mode": f"{server.socket_mode:04o}",
+            "allow_uids": list(server.allow_uids),
+            "ops_listen": server.ops_listen,
+            "allow_non_loopback": server.allow_non_loopback,
+            "access_log": server.access_log,
+        },
+        "cache": {
+            "backend": cache.backend,
+            "url": _url_view(cache.url),
+            "namespace": cache.namespace,
+            "key_file": _path_view(cache.key_file),
+        },
+        "profiles": {name: _profile_view(p) for name, p in config.profiles.items()},
+    }
+
+
+def _profile_view(p: ProfileConfig) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "token_url": _url_view(p.token_url),
+        "issuer": p.issuer,
+        "jwks_url": _url_view(p.jwks_url) if p.jwks_url else None,
+        "client_id": p.client_id.value or p.client_id.describe(),
+        "client_secret": _secret_view(p.client_secret),
+        "client_auth": p.client_auth,
+    }
+    if p.client_auth == "private_key_jwt":
+        view["private_key_file"] = _path_view(p.private_key_file)
+        view["private_key_kid"] = p.private_key_kid
+        view["assertion_alg"] = p.assertion_alg
+        view["assertion_audience"] = p.effective_assertion_audience
+    before = p.refresh_before
+    return view | {
+        "audience": p.audience,
+        "resource": p.resource,
+        "scope": p.scope,
+        "extra_params": dict(p.extra_params),
+        "required": p.required,
+        "refresh_before": (
+            format_duration(before.seconds)
+            if before.seconds is not None
+            else f"{(before.share or 0) * 100:g}%"
+        ),
+        "min_ttl": format_duration(p.min_ttl),
+        "wait_timeout": format_duration(p.wait_timeout),
+        "verify": p.verify or "auto",
+        "allow_uids": None if p.allow_uids is None else list(p.allow_uids),
+        "connect_timeout": format_duration(p.connect_timeout),
+        "timeout": format_duration(p.timeout),
+        "backoff": {"base": format_duration(p.backoff.base), "cap": format_duration(p.backoff.cap)},
+        "breaker": {"failures": p.breaker.failures, "reset": format_duration(p.breaker.reset)},
+    }
+
+
+def _secret_view(ref: SecretRef | None) -> str | None:
+    if ref is None:
+        return None
+    return _REDACTED if ref.value is not None else ref.describe()
+
+
+def _path_view(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _url_view(url: str) -> str:
+    """The URL with any password replaced (``redis://:pw@host`` keeps no ``pw``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{_REDACTED}@{host}"))

@@ -1,0 +1,61 @@
+"""The development IdP: an Auth0-compatible token endpoint with runtime fault injection.
+
+:class:`DevIdP` is a real :class:`aiohttp.web.Application` that issues
+client-credentials tokens the way an Auth0 tenant does (RS256 JWTs with
+``iss``/``sub``/``aud``/``azp``/``gty``, Auth0's error shapes and rate-limit
+headers) and publishes its keys at ``/.well-known/jwks.json``. Tests serve it on
+an ephemeral loopback port and flip the knobs of :class:`Faults` on the Python
+object between requests; ``token-sidecar dev`` embeds it in the same process.
+
+Endpoints::
+
+    POST /oauth/token                       form or JSON body; faults apply here only
+    GET  /.well-known/jwks.json             the published signing keys
+    GET  /.well-known/openid-configuration  issuer, token_endpoint, jwks_uri
+
+A request to the token endpoint goes through, in order: fault knobs that
+replace the answer (delay, hang, reset, status, rate limit, garbage), then
+``grant_type``, client authentication (exactly one of ``client_secret_post``,
+``client_secret_basic``, ``private_key_jwt``), the client's grants (audience,
+scopes), and issuance, where the token-shaping knobs apply. Time for claims
+and rate-limit headers comes from the injected :class:`~sidecar.clock.Clock`;
+only ``delay`` waits in real time. Secrets, assertions and tokens never appear
+in a repr.
+
+The package holds one concept per module: ``_keys`` (signing keys),
+``_records`` (registered clients and recorded requests), ``_faults`` (the
+fault knobs), ``_oauth`` (Auth0's wire format and error answers), ``_admin``
+(the IdP's state and the methods tests drive it with), ``_grant`` (the token
+endpoint) and ``_server`` (:class:`DevIdP` itself, serving it all).
+"""
+
+from sidecar.devidp._faults import WRONG_AUDIENCE, Faults
+from sidecar.devidp._keys import generate_private_key, public_key_pem
+from sidecar.devidp._oauth import (
+    ASSERTION_TYPE,
+    AUTH_METHODS,
+    MAX_ASSERTION_BYTES,
+    MAX_ASSERTION_LIFETIME,
+    NO_AUDIENCE,
+    RATE_LIMIT,
+)
+from sidecar.devidp._records import DevClient, MaskedValues, RecordedRequest
+from sidecar.devidp._server import DEV_IDP, DevIdP
+
+__all__ = [
+    "ASSERTION_TYPE",
+    "AUTH_METHODS",
+    "DEV_IDP",
+    "MAX_ASSERTION_BYTES",
+    "MAX_ASSERTION_LIFETIME",
+    "NO_AUDIENCE",
+    "RATE_LIMIT",
+    "WRONG_AUDIENCE",
+    "DevClient",
+    "DevIdP",
+    "Faults",
+    "MaskedValues",
+    "RecordedRequest",
+    "generate_private_key",
+    "public_key_pem",
+]

@@ -1,0 +1,84 @@
+"""What the dev IdP knows about clients and requests: registered clients, recorded requests.
+
+Secrets stay out of every repr: :class:`DevClient` hides its secret and key,
+:class:`MaskedValues` shows only the names of the values it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(repr=False)
+class DevClient:
+    """A registered machine-to-machine application.
+
+    ``audiences`` maps each API the client may call to the scopes granted
+    there (Auth0 "client grants"); an audience not in it is refused. The repr
+    never shows the secret or the key.
+    """
+
+    client_id: str
+    client_secret: str | None = None
+    public_key_pem: bytes | None = None
+    audiences: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    grant_types: tuple[str, ...] = ("client_credentials",)
+
+    def __repr__(self) -> str:
+        secret = "[secure]" if self.client_secret is not None else None
+        key = "[set]" if self.public_key_pem is not None else None
+        return (
+            f"DevClient(client_id={self.client_id!r}, client_secret={secret}, "
+            f"public_key_pem={key}, audiences={sorted(self.audiences)!r}, "
+            f"grant_types={self.grant_types!r})"
+        )
+
+
+class MaskedValues(Mapping[str, str]):
+    """Secret request values (client secret, client assertion) whose repr shows only names."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, str] | None = None) -> None:
+        self._values = dict(values or {})
+
+    def __getitem__(self, key: str) -> str:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"MaskedValues({', '.join(f'{name}=[secure]' for name in self._values)})"
+
+
+@dataclass
+class RecordedRequest:
+    """One request to the token endpoint, as the IdP saw and answered it.
+
+    ``fields`` holds the body without ``client_secret`` and ``client_assertion``;
+    those (and a Basic-auth secret) live only in ``sensitive``, which masks them.
+    ``status`` stays ``None`` while the request hangs and when it was reset.
+    """
+
+    content_type: str
+    fields: dict[str, str] = field(default_factory=dict)
+    sensitive: MaskedValues = field(default_factory=MaskedValues)
+    auth_method: str | None = None
+    client_id: str | None = None
+    status: int | None = None
+    error: str | None = None
+
+    @property
+    def client_secret(self) -> str | None:
+        """The client secret sent (in the body or a Basic header), if any."""
+        return self.sensitive.get("client_secret")
+
+    @property
+    def client_assertion(self) -> str | None:
+        """The ``private_key_jwt`` client assertion sent, if any."""
+        return self.sensitive.get("client_assertion")
