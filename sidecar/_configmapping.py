@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from typing import Any, cast, get_args
 
 from sidecar._configprofile import _profiles
-from sidecar._configread import _address, _is_loopback, _Table
-from sidecar.config import CacheBackend, CacheConfig, Config, ServerConfig
+from sidecar._configread import _address, _Table
+from sidecar.config import CacheBackend, CacheConfig, Config, ServerConfig, is_loopback_host
 
 _TOP_KEYS = ("server", "cache", "profiles")
 _SERVER_KEYS = (
@@ -37,7 +37,7 @@ _SOCKET_MODE = re.compile(r"[0-7]{3,4}")
 def _server(t: _Table) -> ServerConfig:
     allow_non_loopback = t.boolean("allow_non_loopback", default=False)
     listen, host = _address(t, "listen", default=ServerConfig.listen)
-    if listen is not None and not allow_non_loopback and not _is_loopback(host):
+    if listen is not None and not allow_non_loopback and not is_loopback_host(host):
         raise t.error(
             "listen",
             "the token API must listen on loopback; "

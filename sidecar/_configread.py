@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from sidecar.config import is_loopback_host
 from sidecar.errors import ConfigError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -218,15 +219,6 @@ def _one_of(t: _Table, names: tuple[str, ...]) -> str | None:
 # --------------------------------------------------------------------------- addresses
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _http_url(t: _Table, name: str, clear_text_risk: str) -> str | None:
     """An absolute http(s) URL; plain http only for loopback hosts."""
     value = t.string(name)
@@ -240,7 +232,7 @@ def _http_url(t: _Table, name: str, clear_text_risk: str) -> str | None:
         raise t.error(name, absolute) from None
     if host is None or parts.scheme not in {"http", "https"}:
         raise t.error(name, absolute)
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback_host(host):
         raise t.error(name, f"plain http {clear_text_risk}; use https")
     return value
 

@@ -8,6 +8,7 @@ Secret values never appear in a repr.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -20,6 +21,16 @@ CacheBackend = Literal["memory", "redis"]
 PROFILE_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
 
 _EMPTY: MappingProxyType[str, str] = MappingProxyType({})
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a host is ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import signal
@@ -29,7 +28,7 @@ from aiohttp import web
 
 from sidecar.api import make_token_app
 from sidecar.clock import Clock
-from sidecar.config import Config, ServerConfig
+from sidecar.config import Config, ServerConfig, is_loopback_host
 from sidecar.errors import ConfigError
 from sidecar.logs import AccessLogger
 from sidecar.metrics import Metrics
@@ -52,16 +51,6 @@ def split_host_port(value: str) -> tuple[str, int]:
     """``"127.0.0.1:8700"`` or ``"[::1]:8700"`` to ``(host, port)``."""
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether a listen host is ``localhost`` or a loopback address."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def prepare_socket_path(path: Path) -> None:
