@@ -153,7 +153,11 @@ def _check_guards(request: web.Request) -> None:
             f"the header '{GUARD_HEADER}: 1' is required",
             profile=refresher.name if refresher is not None else None,
         )
-    if any(name in request.headers for name in _PROXY_HEADERS):
+    if any(name in request.headers for name in _PROXY_HEADERS) or not request.raw_path.startswith(
+        "/"
+    ):
+        # An absolute-form target (GET http://host/...) is what proxies send;
+        # RFC 9112 would have its host override Host, so refuse it outright.
         raise _forbidden(request, "proxied requests are refused")
     sock = _socket(request)
     unix = sock.family == socket.AF_UNIX

@@ -92,9 +92,9 @@ async def error_body(resp, status, code, leaks, profile=None):
     return body
 
 
-async def raw_get(reader, writer, headers):
+async def raw_get(reader, writer, headers, target="/v1/token/api"):
     """Send an HTTP/1.0 GET with exactly ``headers`` and return the status code."""
-    lines = ["GET /v1/token/api HTTP/1.0", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+    lines = [f"GET {target} HTTP/1.0", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
     writer.write("\r\n".join(lines).encode())
     await writer.drain()
     answer = await reader.read()
@@ -196,6 +196,16 @@ async def test_non_loopback_listen_host_is_accepted_only_when_allowed(api):
     _service, strict = await api(server=ServerConfig(listen="10.1.2.3:8700"))
     resp = await strict.get("/v1/token/api", headers={**HEADERS, "Host": "10.1.2.3:8700"})
     assert resp.status == 403
+
+
+@pytest.mark.parametrize(
+    "target", ["http://evil.example/v1/token/api", "http://127.0.0.1/v1/token/api"]
+)
+async def test_absolute_form_request_target_is_forbidden(api, target):
+    """A proxy-style absolute URL in the request line is refused, whatever Host says."""
+    _service, client = await api()
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    assert await raw_get(reader, writer, {**HEADERS, "Host": "127.0.0.1"}, target) == 403
 
 
 async def test_missing_host_over_tcp_is_forbidden(api):
