@@ -7,6 +7,7 @@ secret that exists only in this process.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import sys
 from types import MappingProxyType
@@ -48,13 +49,14 @@ def curl_command(daemon: Daemon) -> str:
     return f"curl -s -H 'Token-Sidecar: 1' http://{address}/v1/token/{DEMO_PROFILE}"
 
 
-def _announce(daemon: Daemon) -> None:
+def _announce(idp: DevIdP, daemon: Daemon) -> None:
     ops = daemon.addresses.get("ops", "")
     sys.stdout.write(
         "token-sidecar dev is running with profile 'demo' against an embedded IdP.\n"
         "Fetch a token:\n\n"
         f"  {curl_command(daemon)}\n\n"
         f"Status: curl -s http://{ops}/status   Metrics: curl -s http://{ops}/metrics\n"
+        f"IdP issuer: {idp.issuer}   JWKS: {idp.base_url}/.well-known/jwks.json\n"
         "Stop with Ctrl-C.\n"
     )
     sys.stdout.flush()
@@ -74,7 +76,7 @@ async def run_dev(*, port: int, ops_port: int, token_lifetime: int) -> int:
     await idp.start()
     try:
         daemon = Daemon(demo_config(idp, secret, port=port, ops_port=ops_port))
-        await daemon.run(on_started=_announce)
+        await daemon.run(on_started=functools.partial(_announce, idp))
     except ListenError as exc:
         sys.stderr.write(f"token-sidecar: {exc} (try --port / --ops-port)\n")
         return 1

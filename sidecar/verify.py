@@ -50,31 +50,53 @@ class JWKSCache:
         self._fetched_at: float | None = None
 
     async def key(self, kid: str) -> jwt.PyJWK:
-        """The key with ``kid``; fetch the JWKS when stale or when ``kid`` is new."""
+        """The key with ``kid``; fetch the JWKS when stale or when ``kid`` is new.
+
+        An unknown ``kid`` is refetched at most once per cooldown. Inside the
+        cooldown the key may simply not be fetched yet (a rotation right after
+        our last fetch), so that is a transient failure, retried with backoff;
+        only a ``kid`` still unknown after a fresh fetch is an invalid token.
+        """
         now = self._clock.monotonic()
+        fetched = False
         if self._fetched_at is None or now - self._fetched_at >= JWKS_MAX_AGE:
-            await self._refetch_keeping_old_on_failure()
-        elif kid not in self._keys and now - self._fetched_at >= UNKNOWN_KID_COOLDOWN:
+            fetched = await self._refetch_keeping_old_on_failure()
+        elif kid not in self._keys:
+            if now - self._fetched_at < UNKNOWN_KID_COOLDOWN:
+                raise IdPUnavailableError(
+                    "token signed with a key the JWKS did not have moments ago; retrying",
+                    error="unknown_kid",
+                    description=f"unknown kid {kid[:64]!r} within the JWKS refetch cooldown",
+                )
             await self.fetch()
+            fetched = True
         try:
             return self._keys[kid]
         except KeyError:
+            if not fetched:
+                # The refetch failed and we kept the old keys: try again later.
+                raise IdPUnavailableError(
+                    "cannot fetch the JWKS to find the token's key", error="unknown_kid"
+                ) from None
             raise InvalidTokenError(
                 "token signed with a key not in the issuer's JWKS",
                 error="invalid_token",
                 description=f"unknown kid {kid[:64]!r}",
             ) from None
 
-    async def _refetch_keeping_old_on_failure(self) -> None:
+    async def _refetch_keeping_old_on_failure(self) -> bool:
+        """Refetch a stale JWKS; returns whether fresh keys arrived."""
         if not self._keys:
             await self.fetch()
-            return
+            return True
         try:
             await self.fetch()
         except IdPUnavailableError:
             # Known keys stay good while the JWKS endpoint hiccups; the next
             # verification tries again.
             self._fetched_at = self._clock.monotonic() - JWKS_MAX_AGE + UNKNOWN_KID_COOLDOWN
+            return False
+        return True
 
     async def fetch(self) -> None:
         """Fetch the JWKS now and replace the cached keys."""

@@ -360,6 +360,27 @@ async def test_key_rotation_refetches_jwks_once(idp, make_service, clock):
     assert refresher.token.value != first.value
 
 
+async def test_rotation_within_jwks_cooldown_is_transient(idp, make_service, clock, metrics):
+    """A new kid seen moments after a JWKS fetch is retried, not declared misconfigured."""
+    service = make_service(make_profile(idp, wait_timeout=60.0))
+    first = (await service.get("api")).token
+    idp.rotate_signing_key(publish=True)
+    refresher = service.refresher("api")
+    invalidated = asyncio.ensure_future(refresher.invalidate(first.fingerprint))
+    await run_for(clock, service, 0)
+    assert refresher.status()["last_error"]["error"] == "unknown_kid"
+    assert refresher.state() is ProfileState.UNAVAILABLE
+    await run_for(clock, service, 40)
+    result, served = await invalidated
+    assert result == "refreshed"
+    assert served.token.value != first.value
+    assert refresher.state() is ProfileState.READY
+    assert idp.jwks_requests == 2
+    assert (
+        sample(metrics, "token_sidecar_refresh_total", profile="api", result="invalid_token") == 0
+    )
+
+
 async def test_cancellation_mid_request_leaves_consistent_state(idp, make_service, clock):
     """Closing the service during an IdP request leaves no task and no half state."""
     idp.faults.hang = True
