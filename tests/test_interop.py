@@ -1,0 +1,530 @@
+"""Interop: ``token-sidecar serve`` against npm's oidc-provider, and the full MCP chain.
+
+oidc-provider (a certified OpenID Connect implementation nobody on this project
+wrote) runs as a Node subprocess from ``interop/oidc/server.js``, installed by
+``scripts/install-tools`` from the committed lock file. The sidecar is a real
+subprocess too (the ``Sidecar`` helper of ``test_e2e``). Everything listens on
+127.0.0.1.
+
+Without Node or the installed provider these tests skip locally with the reason;
+under ``CI=true`` they fail instead, so CI can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import jwt
+import orjson
+import pytest
+import uvicorn
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from test_e2e import HEADERS, Sidecar, free_port
+
+from sidecar.client import TokenClient
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+OIDC_DIR = ROOT / "interop" / "oidc"
+EXAMPLE_DIR = ROOT / "examples" / "fastmcp_server"
+RESOURCE = "https://api.example.com/"
+SCOPE = "read:tools"
+SECRETS = {
+    "basic": "basic-secret-LEAKCANARY-1f0c9e6a4b2d8e7f",
+    "post": "post-secret-LEAKCANARY-9a7b5c3d1e2f4a6b",
+}
+KEY_KID = "interop-client-key-1"
+READY_TIMEOUT = 15.0
+MIN_NODE = (20, 19)
+
+
+def _node_problem() -> str | None:
+    """Why the interop tests cannot run here, or None when they can."""
+    node = shutil.which("node")
+    if node is None:
+        return "node is not installed (scripts/install-tools installs Debian's nodejs)"
+    version = subprocess.run(  # noqa: S603 - a fixed argv, no shell
+        [node, "--version"], capture_output=True, text=True, check=False, timeout=10
+    ).stdout.strip()
+    try:
+        major, minor = (int(part) for part in version.lstrip("v").split(".")[:2])
+    except ValueError:
+        return f"cannot read the node version from {version!r}"
+    if (major, minor) < MIN_NODE:
+        return f"node {version} is too old for oidc-provider 9 (needs >= 20.19)"
+    if not (OIDC_DIR / "node_modules" / "oidc-provider" / "package.json").is_file():
+        return "oidc-provider is not installed: run scripts/install-tools (npm ci in interop/oidc)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def node_ready() -> None:
+    problem = _node_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"interop tests must run in CI: {problem}")
+    pytest.skip(problem)
+
+
+class OIDCProvider:
+    """``node interop/oidc/server.js`` on 127.0.0.1, with its discovery document."""
+
+    def __init__(self, config_path: Path, port: int) -> None:
+        self.config_path = config_path
+        self.port = port
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stderr = bytearray()
+        self.discovery: dict[str, Any] = {}
+        self.ready: dict[str, Any] = {}
+        self._stderr_task: asyncio.Task[None] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def issuer(self) -> str:
+        return str(self.discovery["issuer"])
+
+    @property
+    def token_url(self) -> str:
+        return str(self.discovery["token_endpoint"])
+
+    @property
+    def jwks_url(self) -> str:
+        return str(self.discovery["jwks_uri"])
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            "node",
+            "server.js",
+            str(self.config_path),
+            cwd=OIDC_DIR,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "NODE_ENV": "test"},
+        )
+        self._stderr_task = asyncio.create_task(self._drain_stderr())
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), READY_TIMEOUT)
+        assert line, f"oidc-provider exited: {self.stderr.decode(errors='replace')[-2000:]}"
+        self.ready = orjson.loads(line)
+        assert self.ready["event"] == "ready"
+        async with http.get(f"{self.base}/.well-known/openid-configuration") as resp:
+            assert resp.status == 200
+            self.discovery = await resp.json()
+
+    async def _drain_stderr(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr.extend(line)
+
+    async def rotate(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        async with http.post(f"{self.base}/__admin/rotate") as resp:
+            assert resp.status == 200
+            result: dict[str, Any] = await resp.json()
+            return result
+
+    async def jwks(self, http: aiohttp.ClientSession) -> jwt.PyJWKSet:
+        async with http.get(self.jwks_url) as resp:
+            return jwt.PyJWKSet.from_dict(await resp.json())
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._stderr_task is not None:
+            await self._stderr_task
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def client_key(tmp_path) -> tuple[Path, dict[str, Any]]:
+    """A fresh RSA key for private_key_jwt: the PEM file and its public JWK."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "client-key.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    pem.chmod(0o600)
+    public = orjson.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    public.update(kid=KEY_KID, alg="RS256", use="sig")
+    return pem, public
+
+
+@pytest.fixture
+async def oidc(node_ready, tmp_path, client_key, http) -> AsyncIterator[OIDCProvider]:
+    """oidc-provider with one client per authentication method and one resource server."""
+    _, public_jwk = client_key
+    port = free_port()
+    config = {
+        "port": port,
+        "resources": {RESOURCE: {"scope": "read:tools write:tools", "ttl": 600}},
+        "clients": [
+            {
+                "client_id": "basic",
+                "client_secret": SECRETS["basic"],
+                "token_endpoint_auth_method": "client_secret_basic",
+            },
+            {
+                "client_id": "post",
+                "client_secret": SECRETS["post"],
+                "token_endpoint_auth_method": "client_secret_post",
+            },
+            {
+                "client_id": "pkjwt",
+                "token_endpoint_auth_method": "private_key_jwt",
+                "token_endpoint_auth_signing_alg": "RS256",
+                "jwks": {"keys": [public_jwk]},
+            },
+        ],
+    }
+    path = tmp_path / "oidc.json"
+    path.write_bytes(orjson.dumps(config))
+    provider = OIDCProvider(path, port)
+    try:
+        await provider.start(http)
+        yield provider
+    finally:
+        await provider.stop()
+
+
+def profile(oidc: OIDCProvider, name: str, client_id: str, **fields: str) -> str:
+    lines = [
+        f"[profiles.{name}]",
+        f'token_url = "{oidc.token_url}"',
+        f'issuer = "{oidc.issuer}"',
+        f'jwks_url = "{oidc.jwks_url}"',
+        f'client_id = "{client_id}"',
+        f'scope = "{SCOPE}"',
+        'timeout = "3s"',
+        *(f"{key} = {value}" for key, value in fields.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def jwt_profiles(oidc: OIDCProvider, pem: Path) -> str:
+    resource = f'"{RESOURCE}"'
+    return (
+        profile(
+            oidc,
+            "basic",
+            "basic",
+            client_auth='"client_secret_basic"',
+            client_secret=f'"{SECRETS["basic"]}"',
+            resource=resource,
+            verify='"jwks"',
+        )
+        + profile(
+            oidc,
+            "post",
+            "post",
+            client_auth='"client_secret_post"',
+            client_secret=f'"{SECRETS["post"]}"',
+            resource=resource,
+            verify='"jwks"',
+        )
+        + profile(
+            oidc,
+            "pkjwt",
+            "pkjwt",
+            client_auth='"private_key_jwt"',
+            private_key_file=f'"{pem}"',
+            private_key_kid=f'"{KEY_KID}"',
+            assertion_alg='"RS256"',
+            resource=resource,
+            verify='"jwks"',
+        )
+    )
+
+
+SidecarFactory = Callable[[str], Awaitable[Sidecar]]
+
+
+@pytest.fixture
+async def sidecar_factory(tmp_path) -> AsyncIterator[SidecarFactory]:
+    made: list[Sidecar] = []
+
+    async def make(profiles: str) -> Sidecar:
+        config = tmp_path / f"sidecar-{len(made)}.toml"
+        sidecar = Sidecar(config)
+        config.write_text(sidecar.server_toml() + profiles)
+        made.append(sidecar)
+        await sidecar.start()
+        return sidecar
+
+    yield make
+    for sidecar in made:
+        if sidecar.proc is not None and sidecar.proc.returncode is None:
+            sidecar.proc.kill()
+            await sidecar.proc.wait()
+        if sidecar._reader is not None:
+            await sidecar._reader
+
+
+async def fetch_token(http: aiohttp.ClientSession, sidecar: Sidecar, name: str) -> dict[str, Any]:
+    async with http.get(f"{sidecar.url}/v1/token/{name}", headers=HEADERS) as resp:
+        body: dict[str, Any] = await resp.json()
+        assert resp.status == 200, body
+        return body
+
+
+def assert_no_secrets(sidecar: Sidecar, *values: str) -> None:
+    output = sidecar.stderr.decode(errors="replace")
+    leaked = [v for v in (*SECRETS.values(), *values) if v and v in output]
+    assert not leaked, f"{len(leaked)} secret value(s) in the sidecar's logs"
+
+
+async def test_jwt_access_tokens_for_each_client_auth_method(
+    oidc, sidecar_factory, http, client_key
+):
+    """basic, post and private_key_jwt each get an RS256 JWT for the resource, verified."""
+    pem, _ = client_key
+    sidecar = await sidecar_factory(jwt_profiles(oidc, pem))
+    await sidecar.wait_event("token.refreshed", count=3)
+    async with http.get(f"{sidecar.ops}/readyz") as resp:
+        assert resp.status == 200, await resp.text()
+    jwks = await oidc.jwks(http)
+    for name in ("basic", "post", "pkjwt"):
+        body = await fetch_token(http, sidecar, name)
+        assert body["profile"] == name
+        assert body["stale"] is False
+        assert body["scope"] == SCOPE
+        assert 500 < body["expires_in"] <= 600
+        token = body["access_token"]
+        header = jwt.get_unverified_header(token)
+        assert header["alg"] == "RS256"
+        assert header["typ"] == "at+jwt"  # RFC 9068
+        assert header["kid"] == oidc.ready["active_kid"]
+        claims = jwt.decode(
+            token,
+            key=jwks[header["kid"]].key,
+            algorithms=["RS256"],
+            audience=RESOURCE,
+            issuer=oidc.issuer,
+        )
+        assert claims["client_id"] == name
+        assert claims["scope"] == SCOPE
+        assert abs(claims["exp"] - body["expires_at"]) <= 1
+        assert_no_secrets(sidecar, token)
+    assert await sidecar.stop() == 0
+
+
+async def test_opaque_token_without_resource(oidc, sidecar_factory, http):
+    """Without `resource` oidc-provider issues an opaque token; verify = "none" serves it."""
+    profiles = profile(
+        oidc,
+        "opaque",
+        "post",
+        client_auth='"client_secret_post"',
+        client_secret=f'"{SECRETS["post"]}"',
+        verify='"none"',
+    )
+    sidecar = await sidecar_factory(profiles)
+    await sidecar.wait_event("token.refreshed")
+    body = await fetch_token(http, sidecar, "opaque")
+    token = body["access_token"]
+    assert token.count(".") == 0, "expected an opaque token"
+    assert body["scope"] == SCOPE
+    assert 500 < body["expires_in"] <= 600
+    # The IdP knows it: introspection says active, for this client and scope.
+    basic = base64.b64encode(f"post:{SECRETS['post']}".encode()).decode()
+    async with http.post(
+        oidc.discovery["introspection_endpoint"],
+        data={"token": token},
+        headers={"Authorization": f"Basic {basic}"},
+    ) as resp:
+        info = await resp.json()
+    assert info["active"] is True
+    assert info["client_id"] == "post"
+    assert_no_secrets(sidecar, token)
+    assert await sidecar.stop() == 0
+
+
+async def test_rejected_client_is_misconfigured_with_the_idps_error(oidc, sidecar_factory, http):
+    """A wrong secret: the profile is misconfigured and shows oidc-provider's invalid_client."""
+    wrong = "wrong-secret-LEAKCANARY-0000000000000000"
+    profiles = profile(
+        oidc,
+        "wrong",
+        "basic",
+        client_auth='"client_secret_basic"',
+        client_secret=f'"{wrong}"',
+        resource=f'"{RESOURCE}"',
+        required="false",
+    )
+    sidecar = await sidecar_factory(profiles)
+    await sidecar.wait_event("refresh.failed")
+    async with http.get(f"{sidecar.ops}/status") as resp:
+        status = (await resp.json())["profiles"]["wrong"]
+    assert status["state"] == "misconfigured"
+    assert status["last_error"]["error"] == "invalid_client"
+    async with http.get(f"{sidecar.url}/v1/token/wrong", headers=HEADERS) as resp:
+        assert resp.status == 503
+        assert (await resp.json())["error"] == "misconfigured"
+        assert resp.headers["Retry-After"]
+    assert_no_secrets(sidecar, wrong)
+    assert await sidecar.stop() == 0
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/fastmcp_server/<name>.py`` under a unique module name."""
+    spec = importlib.util.spec_from_file_location(
+        f"fastmcp_example_{name}", EXAMPLE_DIR / f"{name}.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class ProtectedAPIServer:
+    """The example's protected API, in-process on 127.0.0.1, counting answers by status."""
+
+    def __init__(self, module: ModuleType, oidc: OIDCProvider) -> None:
+        self.keys = module.KeySet(oidc.jwks_url)
+        self.app = module.make_app(
+            jwks_url=oidc.jwks_url,
+            issuer=oidc.issuer,
+            audience=RESOURCE,
+            admin=True,
+            keys=self.keys,
+        )
+        self.statuses: list[int] = []
+        self.app.middlewares.append(self._count)
+        self.runner = web.AppRunner(self.app)
+        self.url = ""
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        if request.path == "/things":
+            self.statuses.append(response.status)
+        return response
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self.runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def serve_mcp_over_http(mcp: Any) -> AsyncIterator[str]:
+    """Serve a FastMCP server over streamable HTTP on 127.0.0.1 (uvicorn, in this loop)."""
+    port = free_port()
+    config = uvicorn.Config(
+        mcp.http_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            while not server.started:
+                assert not task.done(), "uvicorn exited before it started"
+                await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def test_mcp_tool_call_survives_signing_key_rotation(oidc, sidecar_factory, http, client_key):
+    """MCP client -> FastMCP tool -> protected API with a sidecar token: 200, and after the
+    IdP rotates its signing key (API key cache refreshed), 401 -> invalidate -> retry -> 200."""
+    from fastmcp import Client  # noqa: PLC0415 - heavy import, only this test needs it
+
+    profiles = profile(
+        oidc,
+        "api",
+        "basic",
+        client_auth='"client_secret_basic"',
+        client_secret=f'"{SECRETS["basic"]}"',
+        resource=f'"{RESOURCE}"',
+        verify='"jwks"',
+    )
+    sidecar = await sidecar_factory(profiles)
+    await sidecar.wait_event("token.refreshed")
+
+    api = ProtectedAPIServer(load_example("protected_api"), oidc)
+    await api.start()
+    tokens = TokenClient(sidecar.url, profile="api")
+    mcp = load_example("server").make_server(f"{api.url}", tokens=tokens)
+    try:
+        async with serve_mcp_over_http(mcp) as mcp_url, Client(mcp_url) as client:
+            tools = {tool.name for tool in await client.list_tools()}
+            assert "list_things" in tools
+
+            first = await client.call_tool("list_things", {})
+            assert first.data == {"things": ["alpha", "beta", "gamma"], "caller": "basic"}
+            assert api.statuses == [200]
+            old = await fetch_token(http, sidecar, "api")
+            old_kid = jwt.get_unverified_header(old["access_token"])["kid"]
+
+            rotated = await oidc.rotate(http)
+            assert rotated["active_kid"] != old_kid
+            async with http.post(f"{api.url}/admin/refresh-keys") as resp:
+                kids = (await resp.json())["kids"]
+            assert old_kid not in kids
+            assert rotated["active_kid"] in kids
+            # The API now rejects the token the MCP server holds, as RFC 6750 says.
+            bearer = {"Authorization": f"Bearer {old['access_token']}"}
+            async with http.get(f"{api.url}/things", headers=bearer) as resp:
+                assert resp.status == 401
+                assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+            api.statuses.clear()
+
+            second = await client.call_tool("list_things", {})
+            assert second.data == first.data
+            assert api.statuses == [401, 200]
+            await sidecar.wait_event("token.invalidated")
+            new = await fetch_token(http, sidecar, "api")
+            assert new["access_token"] != old["access_token"]
+            assert jwt.get_unverified_header(new["access_token"])["kid"] == rotated["active_kid"]
+
+            third = await client.call_tool("list_things", {})
+            assert third.data == first.data
+            assert api.statuses == [401, 200, 200]
+            assert sidecar.count("token.invalidated") == 1
+            assert_no_secrets(sidecar, old["access_token"], new["access_token"])
+    finally:
+        await tokens.aclose()
+        await api.stop()
+    assert await sidecar.stop() == 0
