@@ -86,6 +86,16 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
+        # Bound children of token_requests: the hot path skips label lookup.
+        self._request_children: dict[tuple[str, str], Counter] = {}
+
+    def count_request(self, profile: str, outcome: str) -> None:
+        """Count one token API request of ``profile`` with ``outcome``."""
+        child = self._request_children.get((profile, outcome))
+        if child is None:
+            child = self.token_requests.labels(profile, outcome)
+            self._request_children[profile, outcome] = child
+        child.inc()
 
     def add_profile(self, profile: str) -> None:
         """Create every labelled series of a profile at zero, so dashboards see them at once."""
@@ -102,6 +112,8 @@ class Metrics:
 
     def remove_profile(self, profile: str) -> None:
         """Drop a profile's series (after a reload removed it)."""
+        for outcome in REQUEST_OUTCOMES:
+            self._request_children.pop((profile, outcome), None)
         for metric, label_sets in (
             (self.refresh_total, [(profile, r) for r in REFRESH_RESULTS]),
             (self.token_requests, [(profile, o) for o in REQUEST_OUTCOMES]),
