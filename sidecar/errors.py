@@ -15,6 +15,7 @@ aiohttp, asyncio or JSON exception.
     │   ├── IdPRejectedError        400/401/403 OAuth error: misconfigured
     │   ├── InvalidTokenError       signature, aud, iss or exp check failed
     │   └── CircuitOpenError        the breaker kept the request from the IdP (retryable)
+    ├── CacheUnavailableError       the shared token cache (Redis) did not answer (retryable)
     ├── TokenUnavailableError       no servable token for a caller (``code``, ``retry_after``)
     └── UnknownProfileError         no such profile
 
@@ -116,6 +117,17 @@ class CircuitOpenError(IdPError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class CacheUnavailableError(SidecarError):
+    """The shared token cache could not be reached or did not answer in time.
+
+    Fleet mode maps every Redis connection, timeout and protocol error to this
+    one type at :mod:`sidecar.rediscache`; the engine falls back to a local
+    refresh when it sees it, so serving never fails because of the cache.
+    """
+
+    retryable = True
 
 
 class TokenUnavailableError(SidecarError):

@@ -23,6 +23,7 @@ REFRESH_RESULTS = (
 REQUEST_OUTCOMES = ("served", "stale", "unavailable", "denied")
 FALLBACK_REASONS = ("refresh_failing", "circuit_open", "cache_backend_down")
 INVALIDATION_RESULTS = ("refreshed", "already_rotated", "throttled")
+CACHE_ERROR_REASONS = ("unavailable", "undecryptable", "unencrypted", "malformed")
 
 
 class Metrics:
@@ -79,6 +80,26 @@ class Metrics:
             "1 when every required profile holds a servable token.",
             registry=r,
         )
+        self.tokens_minted = Counter(
+            "token_sidecar_tokens_minted_total",
+            "Tokens this sidecar obtained from the IdP (sum over the fleet for IdP issuance).",
+            ["profile"],
+            registry=r,
+        )
+        self.cache_up = Gauge(
+            "token_sidecar_cache_backend_up",
+            "1 while the token cache backend answers (always 1 for memory).",
+            registry=r,
+        )
+        self.cache_up.set(1)
+        self.cache_errors = Counter(
+            "token_sidecar_cache_errors_total",
+            "Shared token cache failures: backend unavailable, or a value that could not be read.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in CACHE_ERROR_REASONS:
+            self.cache_errors.labels(reason=reason)
         self.build_info = Gauge(
             "token_sidecar_build_info",
             "Build information; the value is always 1.",
@@ -108,6 +129,7 @@ class Metrics:
         for result in INVALIDATION_RESULTS:
             self.invalidations_total.labels(profile=profile, result=result)
         self.refresh_duration.labels(profile=profile)
+        self.tokens_minted.labels(profile=profile)
         self.circuit_state.labels(profile=profile).set(0)
 
     def remove_profile(self, profile: str) -> None:
@@ -122,7 +144,12 @@ class Metrics:
         ):
             for labels in label_sets:
                 metric.remove(*labels)
-        for single in (self.refresh_duration, self.token_expiry, self.circuit_state):
+        for single in (
+            self.refresh_duration,
+            self.token_expiry,
+            self.circuit_state,
+            self.tokens_minted,
+        ):
             try:
                 single.remove(profile)
             except KeyError:

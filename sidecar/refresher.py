@@ -21,15 +21,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import random
 from dataclasses import dataclass
 from typing import Any
 
 from sidecar.breaker import CircuitBreaker, CircuitState
+from sidecar.cache import CacheState, SharedToken, identity_of
 from sidecar.clock import Clock, wait_until
 from sidecar.config import ProfileConfig
-from sidecar.credentials import CredentialStore
+from sidecar.credentials import Credentials, CredentialStore
 from sidecar.errors import (
     CircuitOpenError,
     IdPError,
@@ -39,6 +41,14 @@ from sidecar.errors import (
     IdPUnavailableError,
     InvalidTokenError,
     TokenUnavailableError,
+)
+from sidecar.fleet import (
+    LOCK_MARGIN,
+    FleetRefresh,
+    FleetRequest,
+    Obtained,
+    Source,
+    token_from_shared,
 )
 from sidecar.idp import IdPClient, IssuedToken
 from sidecar.metrics import Metrics
@@ -101,6 +111,8 @@ class Engine:
     metrics: Metrics
     clock: Clock
     rng: random.Random
+    #: Where tokens are shared with other sidecars (memory: nowhere).
+    fleet: FleetRefresh
 
 
 def build_token(
@@ -183,6 +195,7 @@ class ProfileRefresher:
         self._last_error: LastError | None = None
         self._last_success_at: float | None = None  # UNIX time
         self._last_forced_at: float | None = None
+        self._rejected: str | None = None  # fingerprint a caller reported: never adopt it again
         self._force = False
         self._in_flight = False
         self._wake = asyncio.Event()
@@ -241,6 +254,8 @@ class ProfileRefresher:
         if stale:
             reason = "circuit_open" if self._last_kind == "circuit_open" else "refresh_failing"
             self._metrics.fallback_total.labels(self.name, reason).inc()
+        if self._engine.fleet.cache.state is CacheState.DOWN:
+            self._metrics.fallback_total.labels(self.name, "cache_backend_down").inc()
         return Served(token, stale)
 
     async def get(self, min_ttl: float | None = None) -> Served:
@@ -285,6 +300,7 @@ class ProfileRefresher:
             else:
                 self._last_forced_at = now
                 self._token = None
+                self._rejected = current.fingerprint
                 result = "refreshed"
                 log.info(
                     "token.invalidated",
@@ -375,45 +391,75 @@ class ProfileRefresher:
 
     async def _attempt(self) -> None:
         self.attempts += 1
-        e = self._engine
         start = self._clock.monotonic()
         try:
             creds = self._credentials.load()
-            if not self._breaker.allow():
-                raise CircuitOpenError(
-                    "circuit open: not calling the IdP",
-                    retry_after=self._breaker.retry_in() or self.profile.backoff.base,
+            obtained = await self._engine.fleet.obtain(
+                FleetRequest(
+                    profile=self.name,
+                    identity=identity_of(self.profile, creds.client_id),
+                    lock_ttl=self.profile.timeout + LOCK_MARGIN,
+                    mint=functools.partial(self._mint, creds),
+                    adopt=self._adoptable,
                 )
-            try:
-                issued = await e.idp.request_token(self.profile, creds)
-                claims = await e.verifier.verify(self.profile, issued.access_token)
-                token = build_token(
-                    issued,
-                    claims,
-                    self.profile,
-                    now=self._clock.monotonic(),
-                    wall_now=self._clock.time(),
-                    rng=e.rng,
-                )
-            except IdPUnavailableError:
-                self._breaker.record_failure()
-                raise
-            except IdPError:
-                self._breaker.record_success()
-                raise
-            except asyncio.CancelledError:
-                self._breaker.release()
-                raise
-            self._breaker.record_success()
+            )
         except IdPError as exc:
             self._on_failure(exc)
         else:
-            self._on_success(token)
+            self._on_success(obtained)
         finally:
             elapsed = self._clock.monotonic() - start
             self._metrics.refresh_duration.labels(self.name).observe(elapsed)
 
-    def _on_success(self, token: Token) -> None:
+    async def _mint(self, creds: Credentials) -> Token:
+        """Ask the IdP for a new token through the breaker, and verify it."""
+        e = self._engine
+        if not self._breaker.allow():
+            raise CircuitOpenError(
+                "circuit open: not calling the IdP",
+                retry_after=self._breaker.retry_in() or self.profile.backoff.base,
+            )
+        try:
+            issued = await e.idp.request_token(self.profile, creds)
+            claims = await e.verifier.verify(self.profile, issued.access_token)
+            token = build_token(
+                issued,
+                claims,
+                self.profile,
+                now=self._clock.monotonic(),
+                wall_now=self._clock.time(),
+                rng=e.rng,
+            )
+        except IdPUnavailableError:
+            self._breaker.record_failure()
+            raise
+        except IdPError:
+            self._breaker.record_success()
+            raise
+        except asyncio.CancelledError:
+            self._breaker.release()
+            raise
+        self._breaker.record_success()
+        self._metrics.tokens_minted.labels(self.name).inc()
+        return token
+
+    def _adoptable(self, shared: SharedToken) -> Token | None:
+        """``shared`` as this profile's token if it outlives ours and is servable, else None."""
+        current = self._token
+        wall = self._clock.time()
+        if shared.fingerprint == self._rejected or shared.expires_at - wall <= self.profile.min_ttl:
+            return None
+        if current is not None and (
+            shared.fingerprint == current.fingerprint
+            or shared.expires_at <= current.expires_at_wall
+        ):
+            return None
+        return token_from_shared(
+            shared, self.profile, now=self._clock.monotonic(), wall_now=wall, rng=self._engine.rng
+        )
+
+    def _on_success(self, obtained: Obtained) -> None:
+        token = obtained.token
         self._token = token
         self._failures = self._transient_failures = 0
         self._not_before = 0.0
@@ -428,8 +474,12 @@ class ProfileRefresher:
                 "fingerprint": token.fingerprint,
                 "expires_in": token.expires_in(now),
                 "next_refresh_in": round(token.refresh_at - now, 3),
+                "source": obtained.source.value,
             },
         )
+        if obtained.source is Source.LOCAL:
+            # Refreshed without the shared cache: counted once per such token.
+            self._metrics.fallback_total.labels(self.name, "cache_backend_down").inc()
 
     def _on_failure(self, exc: IdPError) -> None:
         now = self._clock.monotonic()

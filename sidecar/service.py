@@ -20,10 +20,13 @@ import aiohttp
 
 from sidecar._version import __version__
 from sidecar.breaker import CircuitBreaker, CircuitState
+from sidecar.cache import MemoryCache, TokenCache
+from sidecar.cachecodec import TokenCodec, load_key
 from sidecar.clock import Clock, SystemClock
-from sidecar.config import Config, ProfileConfig
+from sidecar.config import CacheConfig, Config, ProfileConfig
 from sidecar.credentials import CredentialStore
 from sidecar.errors import UnknownProfileError
+from sidecar.fleet import FleetRefresh
 from sidecar.idp import IdPClient
 from sidecar.metrics import Metrics
 from sidecar.refresher import WATCH_INTERVAL, Engine, ProfileRefresher, Served
@@ -45,16 +48,19 @@ class TokenService:
         rng: random.Random | None = None,
         environ: Mapping[str, str] | None = None,
         watch_interval: float = WATCH_INTERVAL,
+        cache: TokenCache | None = None,
     ) -> None:
         clock = clock if clock is not None else SystemClock()
         self.metrics = metrics if metrics is not None else Metrics()
         self.config = config
+        self.cache = cache if cache is not None else make_cache(config, clock, self.metrics)
         self._engine = Engine(
             idp=IdPClient(session, clock),
             verifier=TokenVerifier(session, clock),
             metrics=self.metrics,
             clock=clock,
             rng=rng if rng is not None else random.Random(),  # noqa: S311 - jitter, not crypto
+            fleet=FleetRefresh(self.cache, clock),
         )
         self._environ = environ if environ is not None else os.environ
         self._watch_interval = watch_interval
@@ -111,12 +117,14 @@ class TokenService:
     def start(self) -> None:
         """Start every profile's refresh loop."""
         self._started = True
+        self.cache.start()
         for refresher in self.refreshers.values():
             refresher.start()
 
     async def aclose(self) -> None:
         """Stop every refresh loop and wait for them (bounded)."""
         await asyncio.gather(*(r.aclose() for r in self.refreshers.values()))
+        await self.cache.aclose()
 
     async def reload(self, config: Config) -> None:
         """Apply ``config``: unchanged profiles keep running; changed ones restart warm."""
@@ -188,9 +196,21 @@ class TokenService:
         return {
             "version": __version__,
             "ready": ready,
-            "cache": {"backend": self.config.cache.backend, "state": "ok"},
+            "cache": {"backend": self.cache.backend, "state": self.cache.state.value},
             "profiles": {name: r.status() for name, r in self.refreshers.items()},
         }
+
+
+def make_cache(config: Config, clock: Clock, metrics: Metrics) -> TokenCache:
+    """The token cache ``[cache]`` asks for; a bad key file is a ConfigError here, at start."""
+    cfg: CacheConfig = config.cache
+    if cfg.backend == "memory":
+        return MemoryCache()
+    # Imported here so that the memory backend never needs the redis package loaded.
+    from sidecar.rediscache import RedisCache  # noqa: PLC0415
+
+    key = load_key(cfg.key_file, source=config.source) if cfg.key_file is not None else None
+    return RedisCache(cfg.url, cfg.namespace, clock=clock, metrics=metrics, codec=TokenCodec(key))
 
 
 def _same_identity(a: ProfileConfig, b: ProfileConfig) -> bool:

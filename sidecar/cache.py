@@ -1,0 +1,159 @@
+"""The token cache interface: where a profile's token can be shared with other sidecars.
+
+Two strategies sit behind :class:`TokenCache`:
+
+- :class:`MemoryCache` (``backend = "memory"``): nothing is shared; every read
+  misses, every lock is granted, so each sidecar refreshes on its own. This
+  is the behaviour of a single sidecar.
+- :class:`sidecar.rediscache.RedisCache` (``backend = "redis"``, fleet mode):
+  tokens, a refresh lock and change notifications live in Redis.
+
+The engine never talks to a backend directly; :mod:`sidecar.fleet` runs the
+one fleet single-flight algorithm over this interface. A shared token is
+identified by :func:`identity_of` (token endpoint, client, audience/resource,
+scope, extra parameters); the backend adds its namespace and hashes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from sidecar.config import ProfileConfig
+from sidecar.token import Token
+
+
+class CacheState(enum.Enum):
+    """What ``/status`` ``cache.state`` says about the backend."""
+
+    STARTING = "starting"  # not yet connected; still tried
+    OK = "ok"
+    DOWN = "down"  # unreachable: sidecars refresh on their own until it answers again
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class SharedToken:
+    """A token as stored for the fleet: wall-clock instants, since monotonic ones are local."""
+
+    value: str
+    token_type: str
+    scope: str | None
+    obtained_at: float  # UNIX time
+    expires_at: float  # UNIX time
+    fingerprint: str
+
+    @classmethod
+    def of(cls, token: Token) -> SharedToken:
+        return cls(
+            value=token.value,
+            token_type=token.token_type,
+            scope=token.scope,
+            obtained_at=token.expires_at_wall - token.lifetime,
+            expires_at=token.expires_at_wall,
+            fingerprint=token.fingerprint,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"SharedToken(fingerprint={self.fingerprint!r}, expires_at={self.expires_at:.0f}, "
+            "value=[secure])"
+        )
+
+    __str__ = __repr__
+
+
+class TokenCache(Protocol):
+    """Shared token storage with a refresh lock and write notifications."""
+
+    @property
+    def backend(self) -> str:
+        """The ``[cache].backend`` this implements."""
+        ...
+
+    @property
+    def state(self) -> CacheState: ...
+
+    def start(self) -> None:
+        """Start background work (connection watching); idempotent."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+    async def read(self, identity: str) -> SharedToken | None:
+        """The shared token, or None (absent, expired or unreadable).
+
+        Raises:
+            CacheUnavailableError: the backend did not answer.
+        """
+        ...
+
+    async def write(self, identity: str, token: SharedToken) -> None:
+        """Store ``token`` for as long as it lives; raises CacheUnavailableError."""
+        ...
+
+    def lock(self, identity: str, ttl: float) -> AbstractAsyncContextManager[bool]:
+        """Try once to take the fleet refresh lock; yields whether this sidecar holds it.
+
+        The lock expires after ``ttl`` seconds, so a holder that dies frees
+        it. Leaving the block releases it and notifies watchers.
+        """
+        ...
+
+    def watch(self, identity: str) -> AbstractAsyncContextManager[asyncio.Event]:
+        """An event set when another sidecar writes the token or releases the lock.
+
+        Entering waits (bounded) until notifications are flowing, so a write
+        after entering is never missed.
+        """
+        ...
+
+
+def identity_of(profile: ProfileConfig, client_id: str) -> str:
+    """What makes two profiles' tokens interchangeable, as one string (hashed by backends)."""
+    return orjson.dumps(
+        [
+            profile.token_url,
+            client_id,
+            profile.audience,
+            profile.resource,
+            profile.scope,
+            sorted(profile.extra_params.items()),
+        ]
+    ).decode()
+
+
+class MemoryCache:
+    """No sharing: every read misses and every lock is granted (one sidecar on its own)."""
+
+    backend = "memory"
+    state = CacheState.OK
+
+    def start(self) -> None:
+        return
+
+    async def aclose(self) -> None:
+        return
+
+    async def read(self, identity: str) -> SharedToken | None:  # noqa: ARG002 - nothing shared
+        return None
+
+    async def write(self, identity: str, token: SharedToken) -> None:  # noqa: ARG002
+        return
+
+    @contextlib.asynccontextmanager
+    async def lock(self, identity: str, ttl: float) -> AsyncIterator[bool]:  # noqa: ARG002
+        yield True
+
+    @contextlib.asynccontextmanager
+    async def watch(self, identity: str) -> AsyncIterator[asyncio.Event]:  # noqa: ARG002
+        yield asyncio.Event()
+
+    def __repr__(self) -> str:
+        return "MemoryCache()"

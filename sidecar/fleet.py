@@ -1,0 +1,153 @@
+"""Fleet single flight: adopt the fleet's token, or refresh under the fleet lock and share it.
+
+One algorithm over any :class:`~sidecar.cache.TokenCache`; with the memory
+backend it reduces to "ask the IdP". A refresher calls :meth:`FleetRefresh.obtain`
+where it used to call the IdP:
+
+1. read the shared token; if it is better than ours (the refresher decides),
+   adopt it: no IdP request;
+2. else try the fleet lock; the holder reads once more (a value may have
+   landed meanwhile), asks the IdP, writes the result, releases the lock and
+   notifies;
+3. the others wait for that notification, bounded by the lock TTL (a holder
+   that dies loses the lock at its TTL), and start again at 1, at most
+   :data:`MAX_ROUNDS` times.
+
+When the backend is down, or fails on the way, the refresher asks the IdP on
+its own (``Source.LOCAL``): serving never fails because of the cache.
+Refresh-ahead timing, jitter, backoff and the breaker stay in the refresher.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sidecar.cache import CacheState, SharedToken, TokenCache
+from sidecar.clock import Clock, wait_until
+from sidecar.config import ProfileConfig
+from sidecar.errors import CacheUnavailableError, IdPTimeoutError
+from sidecar.policy import refresh_at
+from sidecar.token import Token
+
+log = logging.getLogger("sidecar.fleet")
+
+#: Seconds added to a profile's IdP ``timeout`` for the lock TTL (verification, writes).
+LOCK_MARGIN = 2.0
+#: How many times a sidecar waits for another holder before giving up this attempt.
+MAX_ROUNDS = 3
+#: Waiters wait this much past the lock TTL, so a dead holder's lock has surely expired.
+WAIT_GRACE = 0.25
+
+
+class Source(enum.Enum):
+    """Where a refreshed token came from."""
+
+    IDP = "idp"  # minted here and shared
+    SHARED = "shared"  # adopted from the fleet: no IdP request
+    LOCAL = "local"  # minted here without the shared cache (backend down)
+
+
+@dataclass(frozen=True)
+class Obtained:
+    token: Token
+    source: Source
+
+
+@dataclass(frozen=True)
+class FleetRequest:
+    """One refresh: the token identity, how to mint, and when a shared token is better."""
+
+    profile: str
+    identity: str
+    lock_ttl: float
+    mint: Callable[[], Awaitable[Token]]
+    #: This refresher's view of a shared token, or None when it is no better than ours.
+    adopt: Callable[[SharedToken], Token | None]
+
+
+class FleetRefresh:
+    """Runs fleet single flight over one cache; shared by every refresher of a daemon."""
+
+    def __init__(self, cache: TokenCache, clock: Clock) -> None:
+        self.cache = cache
+        self._clock = clock
+
+    async def obtain(self, request: FleetRequest) -> Obtained:
+        """A new token for ``request``; IdP errors from ``mint`` propagate unchanged."""
+        if self.cache.state is CacheState.DOWN:
+            return Obtained(await request.mint(), Source.LOCAL)
+        try:
+            return await self._through_cache(request)
+        except CacheUnavailableError:
+            # Nothing was minted yet (a failed write is handled in _mint_and_share).
+            return Obtained(await request.mint(), Source.LOCAL)
+
+    async def _through_cache(self, request: FleetRequest) -> Obtained:
+        for _ in range(MAX_ROUNDS):
+            # Watch before reading, so a write between the read and the wait is not missed.
+            async with self.cache.watch(request.identity) as written:
+                adopted = await self._adoptable(request)
+                if adopted is not None:
+                    return adopted
+                async with self.cache.lock(request.identity, request.lock_ttl) as held:
+                    if held:
+                        return await self._adoptable(request) or await self._mint_and_share(request)
+                log.debug("fleet.waiting", extra={"bound": request.lock_ttl})
+                await wait_until(self._clock, written, request.lock_ttl)
+        adopted = await self._adoptable(request)
+        if adopted is not None:
+            return adopted
+        raise IdPTimeoutError("another sidecar holds the refresh lock and shared no token")
+
+    async def _adoptable(self, request: FleetRequest) -> Obtained | None:
+        shared = await self.cache.read(request.identity)
+        token = request.adopt(shared) if shared is not None else None
+        return Obtained(token, Source.SHARED) if token is not None else None
+
+    async def _mint_and_share(self, request: FleetRequest) -> Obtained:
+        log.info(
+            "fleet.refreshing", extra={"profile": request.profile, "lock_ttl": request.lock_ttl}
+        )
+        token = await request.mint()
+        try:
+            await self.cache.write(request.identity, SharedToken.of(token))
+        except CacheUnavailableError:
+            return Obtained(token, Source.LOCAL)
+        return Obtained(token, Source.IDP)
+
+
+def token_from_shared(
+    shared: SharedToken,
+    profile: ProfileConfig,
+    *,
+    now: float,
+    wall_now: float,
+    rng: random.Random,
+) -> Token:
+    """This sidecar's :class:`Token` for a shared one: same instants, its own jitter.
+
+    The refresh window counts from when the token was minted, not adopted,
+    so the fleet's refreshes line up with the token's life.
+    """
+    obtained_at = now - max(0.0, wall_now - shared.obtained_at)
+    expires_at = now + (shared.expires_at - wall_now)
+    return Token(
+        value=shared.value,
+        token_type=shared.token_type,
+        scope=shared.scope,
+        obtained_at=min(obtained_at, expires_at),
+        refresh_at=refresh_at(
+            obtained_at=min(obtained_at, expires_at),
+            expires_at=expires_at,
+            refresh_before=profile.refresh_before,
+            min_ttl=profile.min_ttl,
+            rng=rng,
+        ),
+        expires_at=expires_at,
+        expires_at_wall=shared.expires_at,
+        fingerprint=shared.fingerprint,
+    )

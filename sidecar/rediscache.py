@@ -1,0 +1,254 @@
+"""Fleet mode's token cache on Redis (``redis.asyncio``): shared tokens, a lock, notifications.
+
+Layout under ``[cache].namespace`` (``NS``), with ``H`` = SHA-256 of the
+namespace and the token identity (:func:`sidecar.cache.identity_of`):
+
+- ``NS:token:H``: the encoded token (:mod:`sidecar.cachecodec`), Redis TTL =
+  its remaining lifetime;
+- ``NS:lock:H``: the fleet refresh lock, redis-py's ``Lock`` (SET NX PX with
+  a random token, released by a Lua compare-and-delete);
+- ``NS:written:H``: a pub/sub channel; a lock holder publishes when it lets
+  go, so waiting sidecars read at once instead of polling.
+
+Every Redis call is bounded (:data:`OP_TIMEOUT` for connect and reads, no
+retries inside redis-py), and every Redis or socket error is mapped to
+:class:`~sidecar.errors.CacheUnavailableError` in :meth:`RedisCache._mapped`,
+which also marks the backend down. One owned task holds the subscription;
+while the backend is down it re-probes every :data:`PROBE_INTERVAL` and marks
+it up again, so the fleet converges once Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.lock import Lock
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import LockNotOwnedError, RedisError
+
+from sidecar.cache import CacheState, SharedToken
+from sidecar.cachecodec import TokenCodec, UnreadableValueError
+from sidecar.clock import Clock
+from sidecar.errors import CacheUnavailableError
+from sidecar.metrics import Metrics
+
+log = logging.getLogger("sidecar.cache")
+
+#: Bound on connecting to Redis and on each reply, in seconds.
+OP_TIMEOUT = 0.5
+#: How often a down backend is probed again (and how long one pub/sub read waits).
+PROBE_INTERVAL = 1.0
+
+
+class RedisCache:
+    """A :class:`~sidecar.cache.TokenCache` on Redis; never raises anything but our errors."""
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        codec: TokenCodec | None = None,
+        op_timeout: float = OP_TIMEOUT,
+        probe_interval: float = PROBE_INTERVAL,
+    ) -> None:
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=op_timeout,
+            socket_connect_timeout=op_timeout,
+            # A refresh must not stall on redis-py's own retries: one try, then fall back.
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._namespace = namespace
+        self._clock = clock
+        self._metrics = metrics
+        self._codec = codec if codec is not None else TokenCodec()
+        self._probe_interval = probe_interval
+        self._op_timeout = op_timeout
+        self._state = CacheState.STARTING
+        self._subscribed = asyncio.Event()
+        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def state(self) -> CacheState:
+        return self._state
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._subscribe_loop(), name="cache:subscribe")
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 5.0)
+        await self._redis.aclose()
+
+    # -- keys --------------------------------------------------------------
+
+    def _hash(self, identity: str) -> str:
+        return hashlib.sha256(f"{self._namespace}\n{identity}".encode()).hexdigest()
+
+    def token_key(self, identity: str) -> str:
+        return f"{self._namespace}:token:{self._hash(identity)}"
+
+    def _lock_key(self, identity: str) -> str:
+        return f"{self._namespace}:lock:{self._hash(identity)}"
+
+    def _channel(self, identity: str) -> str:
+        return f"{self._namespace}:written:{self._hash(identity)}"
+
+    # -- the TokenCache interface -----------------------------------------
+
+    async def read(self, identity: str) -> SharedToken | None:
+        key = self.token_key(identity)
+        with self._mapped("read"):
+            raw = await self._redis.get(key)
+        if raw is None:
+            return None
+        blob = raw if isinstance(raw, bytes) else raw.encode()  # bytes: no decode_responses
+        try:
+            return self._codec.decode(blob, aad=key.encode())
+        except UnreadableValueError as exc:
+            # Another key, a tampered value, or another format: a miss, never a crash.
+            self._metrics.cache_errors.labels(exc.reason).inc()
+            log.warning("cache.value_unreadable", extra={"reason": exc.reason})
+            return None
+
+    async def write(self, identity: str, token: SharedToken) -> None:
+        ttl_ms = int((token.expires_at - self._clock.time()) * 1000)
+        if ttl_ms <= 0:
+            return
+        key = self.token_key(identity)
+        blob = self._codec.encode(token, aad=key.encode())
+        with self._mapped("write"):
+            await self._redis.set(key, blob, px=ttl_ms)
+
+    @contextlib.asynccontextmanager
+    async def lock(self, identity: str, ttl: float) -> AsyncIterator[bool]:
+        lock = Lock(self._redis, self._lock_key(identity), timeout=ttl, blocking=False)
+        with self._mapped("lock"):
+            held = await lock.acquire()
+        try:
+            yield held
+        finally:
+            if held:
+                await self._release(lock, identity)
+
+    async def _release(self, lock: Lock, identity: str) -> None:
+        """Release the lock and tell waiters; failures here only cost waiters their bound."""
+        # A failure is logged and counted by _mapped; nothing more to do about it here.
+        with contextlib.suppress(CacheUnavailableError), self._mapped("release"):
+            try:
+                await lock.release()
+            except LockNotOwnedError:
+                # The refresh outlived the lock TTL; another sidecar may hold it now.
+                log.warning("cache.lock_expired", extra={"lock": lock.name})
+            await self._redis.publish(self._channel(identity), b"1")
+
+    @contextlib.asynccontextmanager
+    async def watch(self, identity: str) -> AsyncIterator[asyncio.Event]:
+        channel = self._channel(identity)
+        event = asyncio.Event()
+        self._watchers.setdefault(channel, set()).add(event)
+        if not self._subscribed.is_set():
+            # Right after start the subscription may still be on its way; without it a
+            # waiter would sleep out its whole bound. Bounded: the bound covers a miss.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), self._op_timeout)
+        try:
+            yield event
+        finally:
+            waiting = self._watchers.get(channel)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._watchers[channel]
+
+    # -- errors and state ---------------------------------------------------
+
+    @contextlib.contextmanager
+    def _mapped(self, operation: str) -> Iterator[None]:
+        """Map Redis and socket errors to CacheUnavailableError; track up/down."""
+        try:
+            yield
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._metrics.cache_errors.labels("unavailable").inc()
+            self._mark_down(operation, exc)
+            raise CacheUnavailableError(f"redis {operation} failed: {type(exc).__name__}") from exc
+        self._mark_up()
+
+    def _mark_down(self, operation: str, exc: BaseException) -> None:
+        if self._state is CacheState.DOWN:
+            return
+        self._state = CacheState.DOWN
+        self._metrics.cache_up.set(0)
+        log.warning(
+            "cache.backend_down",
+            extra={"operation": operation, "error": type(exc).__name__, "detail": str(exc)},
+        )
+
+    def _mark_up(self) -> None:
+        if self._state is CacheState.OK:
+            return
+        was = self._state
+        self._state = CacheState.OK
+        self._metrics.cache_up.set(1)
+        log.info("cache.backend_up", extra={"backend": "redis", "from": was.value})
+
+    # -- the subscription task ---------------------------------------------
+
+    async def _subscribe_loop(self) -> None:
+        while True:
+            with contextlib.suppress(CacheUnavailableError):  # logged and counted by _mapped
+                await self._listen()
+            await self._clock.sleep(self._probe_interval)
+
+    async def _listen(self) -> None:
+        pubsub = self._redis.pubsub()
+        try:
+            with self._mapped("subscribe"):
+                await pubsub.psubscribe(f"{self._namespace}:written:*")
+                # Redis confirms the subscription in order; from then on no publish is missed.
+                await pubsub.get_message(timeout=self._op_timeout)
+            self._subscribed.set()
+            while True:
+                with self._mapped("listen"):
+                    # Bounded wait so a down backend is noticed and probed; see PROBE_INTERVAL.
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self._probe_interval
+                    )
+                if message is not None:
+                    self._notify(message)
+        finally:
+            self._subscribed.clear()
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _notify(self, message: dict[str, Any]) -> None:
+        channel = message.get("channel")
+        if isinstance(channel, bytes):
+            channel = channel.decode()
+        for event in self._watchers.get(str(channel), ()):
+            event.set()
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisCache(namespace={self._namespace!r}, state={self._state.value}, "
+            f"sealed={self._codec.sealed})"
+        )

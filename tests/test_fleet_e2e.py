@@ -1,0 +1,258 @@
+"""Fleet mode end to end: several ``token-sidecar serve`` processes sharing Redis and one IdP.
+
+The IdP runs in the test process on the real clock with short token
+lifetimes, so refresh windows pass in seconds. Each test uses its own Redis
+namespace (or its own ``redis-server``) and removes its keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from redisutil import (
+    SHARED_URL,
+    RedisServer,
+    delete_namespace,
+    namespace_keys,
+    require_redis,
+    unique_namespace,
+)
+from test_e2e import AUDIENCE, CLIENT_ID, HEADERS, SECRET, Sidecar, get_json, profile_toml
+
+from sidecar.devidp import DevClient, DevIdP
+
+pytestmark = pytest.mark.slow
+
+Factory = Callable[..., Awaitable[Sidecar]]
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    """Wait until ``predicate`` holds; bounded, for state that only a poll can observe."""
+    async with asyncio.timeout(timeout):
+        while not await predicate():  # noqa: ASYNC110 - IdP counters and HTTP answers only poll
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def namespace() -> AsyncIterator[str]:
+    await require_redis()
+    ns = unique_namespace()
+    yield ns
+    await delete_namespace(SHARED_URL, ns)
+
+
+@pytest.fixture
+async def make_idp(leaks) -> AsyncIterator[Callable[..., Awaitable[DevIdP]]]:
+    made: list[DevIdP] = []
+
+    async def make(lifetime: int = 3600) -> DevIdP:
+        dev = DevIdP(audience=AUDIENCE, token_lifetime=lifetime)
+        dev.add_client(
+            DevClient(
+                client_id=CLIENT_ID, client_secret=SECRET, audiences={AUDIENCE: ("read:tools",)}
+            )
+        )
+        await dev.start()
+        leaks.idps.append(dev)
+        made.append(dev)
+        return dev
+
+    yield make
+    for dev in made:
+        dev.release_hang()
+        await dev.stop()
+
+
+@pytest.fixture
+async def fleet_factory(tmp_path) -> AsyncIterator[Factory]:
+    """Start ``serve`` processes with a [cache] table; all are killed at teardown."""
+    made: list[Sidecar] = []
+
+    async def make(profiles: str, cache: str) -> Sidecar:
+        config = tmp_path / f"fleet-{len(made)}.toml"
+        sidecar = Sidecar(config)
+        config.write_text(sidecar.server_toml() + cache + profiles)
+        made.append(sidecar)
+        await sidecar.start()
+        return sidecar
+
+    yield make
+    for sidecar in made:
+        if sidecar.proc is not None and sidecar.proc.returncode is None:
+            sidecar.proc.kill()
+            await sidecar.proc.wait()
+        if sidecar._reader is not None:
+            await sidecar._reader
+
+
+def cache_toml(namespace: str, url: str = SHARED_URL, key_file: Path | None = None) -> str:
+    lines = ["[cache]", 'backend = "redis"', f'url = "{url}"', f'namespace = "{namespace}"']
+    if key_file is not None:
+        lines.append(f'key_file = "{key_file}"')
+    return "\n".join(lines) + "\n"
+
+
+def short_lived(idp: DevIdP) -> str:
+    return profile_toml(idp, min_ttl='"1s"', refresh_before='"50%"')
+
+
+async def token_of(http: aiohttp.ClientSession, sidecar: Sidecar) -> str:
+    status, body = await get_json(http, f"{sidecar.url}/v1/token/api", headers=HEADERS)
+    assert status == 200, body
+    return str(body["access_token"])
+
+
+async def metric(http: aiohttp.ClientSession, sidecar: Sidecar, line_start: str) -> float:
+    async with http.get(f"{sidecar.ops}/metrics") as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_four_cold_sidecars_mint_once_per_window(make_idp, fleet_factory, namespace, http):
+    """Four sidecars started together mint one token, then exactly one per refresh window."""
+    idp = await make_idp(lifetime=6)
+    sidecars = await asyncio.gather(
+        *(fleet_factory(short_lived(idp), cache_toml(namespace)) for _ in range(4))
+    )
+    await asyncio.gather(*(s.wait_event("token.refreshed") for s in sidecars))
+    assert idp.token_requests == 1
+    assert len({await token_of(http, s) for s in sidecars}) == 1
+    # Three refresh windows of about 3 s each: one mint per window for the whole fleet.
+    await eventually(lambda: _at_least(idp, 4), timeout=15)
+    await asyncio.sleep(0.5)  # the other sidecars adopt at their own jittered instants
+    assert idp.token_requests == 4
+    assert len({await token_of(http, s) for s in sidecars}) == 1
+    minted = [
+        await metric(http, s, 'token_sidecar_tokens_minted_total{profile="api"}') for s in sidecars
+    ]
+    assert sum(minted) == 4
+    assert [await s.stop() for s in sidecars] == [0] * 4
+
+
+async def _at_least(idp: DevIdP, count: int) -> bool:
+    return idp.token_requests >= count
+
+
+async def test_killed_lock_holder_is_taken_over(make_idp, fleet_factory, namespace, http):
+    """The lock holder dies mid-request: another sidecar refreshes after the lock TTL."""
+    idp = await make_idp()
+    idp.faults.hang = True
+    sidecars = await asyncio.gather(
+        *(fleet_factory(profile_toml(idp), cache_toml(namespace)) for _ in range(2))
+    )
+    await idp.faults.wait_hung(1)
+    await asyncio.gather(*(s.wait_event("sidecar.started") for s in sidecars))
+    holder_events = [s.count("fleet.refreshing") for s in sidecars]
+    assert sorted(holder_events) == [0, 1]
+    holder, survivor = sidecars if holder_events[0] else sidecars[::-1]
+    assert holder.proc is not None
+    holder.proc.send_signal(signal.SIGKILL)
+    await holder.stop(None)
+    idp.release_hang()
+    # The caller waits through the dead holder's lock TTL (timeout 2 s + margin), then is served.
+    token = await token_of(http, survivor)
+    assert token in idp.issued_tokens
+    assert survivor.count("fleet.refreshing") == 1
+    assert await survivor.stop() == 0
+
+
+async def test_redis_outage_falls_back_and_converges(make_idp, fleet_factory, http):
+    """Redis stops mid-run: no caller error, fallback counted; after restart the fleet converges."""
+    redis = RedisServer()
+    await redis.start()
+    try:
+        await _outage_scenario(await make_idp(lifetime=6), fleet_factory, http, redis)
+    finally:
+        await redis.stop()
+
+
+async def _outage_scenario(
+    idp: DevIdP, fleet_factory: Factory, http: aiohttp.ClientSession, redis: RedisServer
+) -> None:
+    cache = cache_toml(unique_namespace(), url=redis.url)
+    a, b = await asyncio.gather(*(fleet_factory(short_lived(idp), cache) for _ in range(2)))
+    await asyncio.gather(*(s.wait_event("token.refreshed") for s in (a, b)))
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def caller(sidecar: Sidecar) -> None:
+        while not stop.is_set():
+            async with http.get(f"{sidecar.url}/v1/token/api", headers=HEADERS) as resp:
+                statuses.append(resp.status)
+            await asyncio.sleep(0.02)
+
+    callers = [asyncio.create_task(caller(s)) for s in (a, b) for _ in range(2)]
+    await redis.stop()
+    await asyncio.gather(*(s.wait_event("cache.backend_down") for s in (a, b)))
+    # A refresh window passes without Redis: each sidecar refreshes on its own.
+    await asyncio.gather(*(_wait_source(s, "local") for s in (a, b)))
+    for s in (a, b):
+        _, body = await get_json(http, f"{s.ops}/status")
+        assert body["cache"] == {"backend": "redis", "state": "down"}
+        fallback = 'token_sidecar_fallback_total{profile="api",reason="cache_backend_down"}'
+        assert await metric(http, s, fallback) > 1
+    await redis.start()
+    await asyncio.gather(*(s.wait_event("cache.backend_up", count=2) for s in (a, b)))
+
+    async def converged() -> bool:
+        return await token_of(http, a) == await token_of(http, b)
+
+    await eventually(converged, timeout=10)
+    stop.set()
+    await asyncio.gather(*callers)
+    assert len(statuses) > 50
+    assert set(statuses) == {200}
+    assert [await s.stop() for s in (a, b)] == [0, 0]
+
+
+async def _wait_source(sidecar: Sidecar, source: str) -> None:
+    """Wait until the sidecar logged a refresh from ``source`` (bounded)."""
+
+    def seen() -> bool:
+        return any(
+            e.get("event") == "token.refreshed" and e.get("source") == source
+            for e in sidecar.events
+        )
+
+    async with sidecar._changed:
+        await asyncio.wait_for(sidecar._changed.wait_for(seen), 10)
+
+
+async def test_sealed_tokens_warm_restart_and_wrong_key(
+    make_idp, fleet_factory, namespace, http, tmp_path
+):
+    """Sealed values hide the token; a restart adopts it; a wrong key misses without crashing."""
+    idp = await make_idp()
+    key, wrong = tmp_path / "key", tmp_path / "wrong"
+    key.write_bytes(os.urandom(32))
+    wrong.write_bytes(os.urandom(32))
+    first = await fleet_factory(profile_toml(idp), cache_toml(namespace, key_file=key))
+    token = await token_of(http, first)
+    assert await first.stop() == 0
+    stored = await namespace_keys(SHARED_URL, namespace)
+    assert stored
+    assert all(token.encode() not in v for v in stored.values())
+    restarted = await fleet_factory(profile_toml(idp), cache_toml(namespace, key_file=key))
+    assert await token_of(http, restarted) == token
+    assert idp.token_requests == 1
+    assert restarted.count("fleet.refreshing") == 0
+    stranger = await fleet_factory(profile_toml(idp), cache_toml(namespace, key_file=wrong))
+    assert await token_of(http, stranger) != token
+    assert idp.token_requests == 2
+    assert stranger.count("cache.value_unreadable") >= 1
+    assert [await s.stop() for s in (restarted, stranger)] == [0, 0]
