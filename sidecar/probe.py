@@ -12,7 +12,7 @@ from sidecar.config import Config, ProfileConfig
 from sidecar.credentials import CredentialStore
 from sidecar.errors import IdPError
 from sidecar.idp import IdPClient
-from sidecar.refresher import build_token
+from sidecar.issuance import build_token
 from sidecar.verify import TokenVerifier
 
 

@@ -1,0 +1,69 @@
+"""Issuance: turning a verified IdP answer into a :class:`~sidecar.token.Token`.
+
+The one place where ``expires_in`` and the JWT ``exp`` become monotonic
+deadlines and the refresh instant is drawn (with jitter) from the policy.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from sidecar.config import ProfileConfig
+from sidecar.errors import IdPResponseError, InvalidTokenError
+from sidecar.idp import IssuedToken
+from sidecar.policy import refresh_at
+from sidecar.token import Token, fingerprint
+
+
+def build_token(
+    issued: IssuedToken,
+    claims: dict[str, Any],
+    profile: ProfileConfig,
+    *,
+    now: float,
+    wall_now: float,
+    rng: random.Random,
+) -> Token:
+    """Turn a verified response into a :class:`Token` with monotonic deadlines.
+
+    Lifetime is min(``expires_in``, JWT ``exp`` - now); a token without either
+    is garbage, and one that would never be servable is refused.
+    """
+    lifetimes = []
+    if issued.expires_in is not None:
+        lifetimes.append(issued.expires_in)
+    exp = claims.get("exp")
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        lifetimes.append(exp - wall_now)
+    if not lifetimes:
+        raise IdPResponseError("token response has no expires_in and the token no exp")
+    lifetime = min(lifetimes)
+    if lifetime <= profile.min_ttl:
+        raise InvalidTokenError(
+            "token lifetime is not above min_ttl",
+            error="invalid_token",
+            description=f"lifetime {lifetime:.0f}s <= min_ttl {profile.min_ttl:.0f}s",
+        )
+    expires_at = now + lifetime
+    return Token(
+        value=issued.access_token,
+        token_type=issued.token_type,
+        scope=issued.scope if issued.scope is not None else _scope_claim(claims),
+        obtained_at=now,
+        refresh_at=refresh_at(
+            obtained_at=now,
+            expires_at=expires_at,
+            refresh_before=profile.refresh_before,
+            min_ttl=profile.min_ttl,
+            rng=rng,
+        ),
+        expires_at=expires_at,
+        expires_at_wall=wall_now + lifetime,
+        fingerprint=fingerprint(issued.access_token),
+    )
+
+
+def _scope_claim(claims: dict[str, Any]) -> str | None:
+    scope = claims.get("scope")
+    return scope if isinstance(scope, str) and scope else None
