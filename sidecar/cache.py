@@ -69,6 +69,16 @@ class SharedToken:
     __str__ = __repr__
 
 
+@dataclass(frozen=True)
+class SharedFailure:
+    """A failed IdP refresh, shared so the rest of the fleet holds off (no secrets in it)."""
+
+    kind: str  # "error", "timeout" or "rate_limited"
+    error: str | None
+    description: str | None
+    until: float  # UNIX time: do not ask the IdP before this
+
+
 class TokenCache(Protocol):
     """Shared token storage with a refresh lock and write notifications."""
 
@@ -96,6 +106,14 @@ class TokenCache(Protocol):
 
     async def write(self, identity: str, token: SharedToken) -> None:
         """Store ``token`` for as long as it lives; raises CacheUnavailableError."""
+        ...
+
+    async def hold_off(self, identity: str, failure: SharedFailure) -> None:
+        """Tell the fleet the IdP just failed; kept until ``failure.until``."""
+        ...
+
+    async def held_off(self, identity: str) -> SharedFailure | None:
+        """The fleet's current hold-off, if a peer's refresh failed moments ago."""
         ...
 
     def lock(self, identity: str, ttl: float) -> AbstractAsyncContextManager[bool]:
@@ -146,6 +164,12 @@ class MemoryCache:
 
     async def write(self, identity: str, token: SharedToken) -> None:  # noqa: ARG002
         return
+
+    async def hold_off(self, identity: str, failure: SharedFailure) -> None:  # noqa: ARG002
+        return
+
+    async def held_off(self, identity: str) -> SharedFailure | None:  # noqa: ARG002
+        return None
 
     @contextlib.asynccontextmanager
     async def lock(self, identity: str, ttl: float) -> AsyncIterator[bool]:  # noqa: ARG002

@@ -13,6 +13,13 @@ where it used to call the IdP:
    that dies loses the lock at its TTL), and start again at 1, at most
    :data:`MAX_ROUNDS` times.
 
+A holder whose IdP request fails transiently or is rate limited shares the
+failure as a hold-off (:data:`HOLD_OFF_SECONDS`, or the IdP's ``Retry-After``):
+until it passes, the rest of the fleet fails its attempt at once, without an
+IdP request, and backs off on its own schedule. Backoff and 429 waits thus
+apply fleet-wide. Rejections are not shared: they may be one sidecar's own
+credentials.
+
 When the backend is down, or fails on the way, the refresher asks the IdP on
 its own (``Source.LOCAL``): serving never fails because of the cache.
 Refresh-ahead timing, jitter, backoff and the breaker stay in the refresher.
@@ -26,10 +33,16 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sidecar.cache import CacheState, SharedToken, TokenCache
+from sidecar.cache import CacheState, SharedFailure, SharedToken, TokenCache
 from sidecar.clock import Clock, wait_until
 from sidecar.config import ProfileConfig
-from sidecar.errors import CacheUnavailableError, IdPTimeoutError
+from sidecar.errors import (
+    CacheUnavailableError,
+    IdPError,
+    IdPRateLimitedError,
+    IdPTimeoutError,
+    IdPUnavailableError,
+)
 from sidecar.policy import refresh_at
 from sidecar.token import Token
 
@@ -41,6 +54,8 @@ LOCK_MARGIN = 2.0
 MAX_ROUNDS = 3
 #: Waiters wait this much past the lock TTL, so a dead holder's lock has surely expired.
 WAIT_GRACE = 0.25
+#: How long a peer's transient IdP failure keeps the rest of the fleet from the IdP.
+HOLD_OFF_SECONDS = 2.0
 
 
 class Source(enum.Enum):
@@ -93,6 +108,7 @@ class FleetRefresh:
                 adopted = await self._adoptable(request)
                 if adopted is not None:
                     return adopted
+                await self._raise_if_held_off(request)
                 async with self.cache.lock(request.identity, request.lock_ttl) as held:
                     if held:
                         return await self._adoptable(request) or await self._mint_and_share(request)
@@ -112,12 +128,51 @@ class FleetRefresh:
         log.info(
             "fleet.refreshing", extra={"profile": request.profile, "lock_ttl": request.lock_ttl}
         )
-        token = await request.mint()
+        try:
+            token = await request.mint()
+        except (IdPUnavailableError, IdPRateLimitedError) as exc:
+            await self._share_failure(request, exc)
+            raise
         try:
             await self.cache.write(request.identity, SharedToken.of(token))
         except CacheUnavailableError:
             return Obtained(token, Source.LOCAL)
         return Obtained(token, Source.IDP)
+
+    async def _share_failure(self, request: FleetRequest, exc: IdPError) -> None:
+        wait = exc.retry_after if isinstance(exc, IdPRateLimitedError) else None
+        failure = SharedFailure(
+            kind=exc.kind,
+            error=exc.error,
+            description=exc.description or str(exc),
+            until=self._clock.time() + (wait or HOLD_OFF_SECONDS),
+        )
+        try:
+            await self.cache.hold_off(request.identity, failure)
+        except CacheUnavailableError:
+            return  # the others find out by themselves; nothing is lost
+
+    async def _raise_if_held_off(self, request: FleetRequest) -> None:
+        """Fail this attempt without an IdP request while a peer's failure is fresh."""
+        failure = await self.cache.held_off(request.identity)
+        # The backend's expiry is only cleanup: the instant in the value decides.
+        remaining = failure.until - self._clock.time() if failure is not None else 0.0
+        if failure is None or remaining <= 0:
+            return
+        description = f"held off by another sidecar: {failure.description or failure.kind}"
+        if failure.kind == "rate_limited":
+            raise IdPRateLimitedError(
+                "the IdP rate-limited another sidecar",
+                retry_after=remaining,
+                error=failure.error,
+                description=description,
+            )
+        error_type = IdPTimeoutError if failure.kind == "timeout" else IdPUnavailableError
+        raise error_type(
+            "another sidecar's refresh failed moments ago",
+            error=failure.error,
+            description=description,
+        )
 
 
 def token_from_shared(

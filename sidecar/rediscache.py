@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import LockNotOwnedError, RedisError
 
-from sidecar.cache import CacheState, SharedToken
+from sidecar.cache import CacheState, SharedFailure, SharedToken
 from sidecar.cachecodec import TokenCodec, UnreadableValueError
 from sidecar.clock import Clock
 from sidecar.errors import CacheUnavailableError
@@ -110,6 +112,9 @@ class RedisCache:
     def _lock_key(self, identity: str) -> str:
         return f"{self._namespace}:lock:{self._hash(identity)}"
 
+    def _hold_off_key(self, identity: str) -> str:
+        return f"{self._namespace}:holdoff:{self._hash(identity)}"
+
     def _channel(self, identity: str) -> str:
         return f"{self._namespace}:written:{self._hash(identity)}"
 
@@ -138,6 +143,24 @@ class RedisCache:
         blob = self._codec.encode(token, aad=key.encode())
         with self._mapped("write"):
             await self._redis.set(key, blob, px=ttl_ms)
+
+    async def hold_off(self, identity: str, failure: SharedFailure) -> None:
+        ttl_ms = int((failure.until - self._clock.time()) * 1000)
+        if ttl_ms <= 0:
+            return
+        value = orjson.dumps(dataclasses.asdict(failure))
+        with self._mapped("hold_off"):
+            await self._redis.set(self._hold_off_key(identity), value, px=ttl_ms)
+
+    async def held_off(self, identity: str) -> SharedFailure | None:
+        with self._mapped("held_off"):
+            raw = await self._redis.get(self._hold_off_key(identity))
+        if raw is None:
+            return None
+        try:
+            return SharedFailure(**orjson.loads(raw))
+        except (orjson.JSONDecodeError, TypeError):
+            return None  # not ours to interpret: no hold-off
 
     @contextlib.asynccontextmanager
     async def lock(self, identity: str, ttl: float) -> AsyncIterator[bool]:

@@ -340,3 +340,41 @@ async def test_redis_down_falls_back_to_local_refresh(fleet, idp, clock, log_out
         assert s.status()["cache"] == {"backend": "redis", "state": "down"}
         assert sample(s.metrics, "token_sidecar_cache_backend_up") == 0
     assert '"source":"local"' in log_output.getvalue().replace(" ", "")
+
+
+async def test_idp_failure_holds_off_the_whole_fleet(fleet, idp, clock):
+    """A holder's transient IdP failure keeps its peers from the IdP until the hold-off passes."""
+    idp.faults.status = 503
+    a, b = fleet(2)
+    await run_fleet_for(clock, [a, b], 0)
+    assert idp.token_requests == 1  # the peer failed its attempt without asking the IdP
+    for service in (a, b):
+        status = service.refresher("api").status()
+        assert status["last_error"]["kind"] == "error"
+        assert status["consecutive_failures"] >= 1
+    peer = [
+        s
+        for s in (a, b)
+        if "held off" in (s.refresher("api").status()["last_error"]["description"])
+    ]
+    assert len(peer) == 1
+    idp.faults.status = None
+    await run_fleet_for(clock, [a, b], 10)
+    assert idp.issued == 1
+    ta, tb = a.refresher("api").token, b.refresher("api").token
+    assert ta is not None
+    assert tb is not None
+    assert ta.value == tb.value
+
+
+async def test_rate_limit_holds_off_the_fleet_for_retry_after(fleet, idp, clock):
+    """A 429 with Retry-After seen by one sidecar keeps every sidecar from the IdP that long."""
+    idp.faults.rate_limit = True
+    idp.faults.retry_after = 30
+    a, b = fleet(2)
+    await run_fleet_for(clock, [a, b], 29)
+    assert idp.token_requests == 1
+    idp.faults.rate_limit = False
+    await run_fleet_for(clock, [a, b], 60)
+    assert idp.issued == 1
+    assert idp.token_requests == 2
