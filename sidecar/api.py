@@ -254,8 +254,13 @@ def _check_peer(request: web.Request, sock: _PeerSocket) -> None:
 
 
 def _allowed_uids(request: web.Request) -> tuple[int, ...]:
+    """The profile's own list when it has one, else the server's (empty: no restriction).
+
+    An empty per-profile list inherits rather than opens: copying the example
+    config's ``allow_uids = []`` must not silently lift a server-wide list.
+    """
     refresher = _known_refresher(request)
-    if refresher is not None and refresher.profile.allow_uids is not None:
+    if refresher is not None and refresher.profile.allow_uids:
         return refresher.profile.allow_uids
     return request.app[SERVER].allow_uids
 

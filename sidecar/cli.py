@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -39,21 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keeps OAuth 2.0 client-credentials tokens warm for local MCP servers.",
     )
     parser.add_argument("--version", action="version", version=f"token-sidecar {__version__}")
-    parser.add_argument(
-        "--log-format",
-        choices=("json", "text"),
-        default=None,
-        help="log line format on stderr (default: json; text for dev)",
-    )
-    parser.add_argument(
-        "--log-level", default="info", choices=("debug", "info", "warning", "error")
-    )
+    _add_log_options(parser, default_format=None, default_level="info")
+    # The same options after the command (`serve --log-format text`); SUPPRESS
+    # keeps an absent one from overwriting what was given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_log_options(common, default_format=argparse.SUPPRESS, default_level=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = functools.partial(commands.add_parser, parents=[common])
 
-    serve = commands.add_parser("serve", help="run the daemon")
+    serve = add("serve", help="run the daemon")
     serve.add_argument("--config", help="TOML config file (default: $TOKEN_SIDECAR_CONFIG)")
 
-    dev = commands.add_parser(
+    dev = add(
         "dev", help="run an embedded development IdP and a sidecar with profile 'demo'"
     )
     dev.add_argument("--port", type=int, default=8700, help="token API port on 127.0.0.1")
@@ -62,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-lifetime", type=int, default=3600, help="seconds each dev token lives"
     )
 
-    token = commands.add_parser("token", help="print a token from a running sidecar")
+    token = add("token", help="print a token from a running sidecar")
     token.add_argument("profile")
     where = token.add_mutually_exclusive_group()
     where.add_argument("--url", help="base URL (default: $TOKEN_SIDECAR_URL)")
@@ -70,12 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--min-ttl", type=float, default=None, help="seconds the token must live")
     token.add_argument("--json", action="store_true", help="print the whole JSON answer")
 
-    check = commands.add_parser("check", help="validate the config and print it, redacted")
+    check = add("check", help="validate the config and print it, redacted")
     check.add_argument("--config", help="TOML config file (default: $TOKEN_SIDECAR_CONFIG)")
     check.add_argument(
         "--probe", action="store_true", help="also fetch and verify one token per profile"
     )
     return parser
+
+
+def _add_log_options(
+    parser: argparse.ArgumentParser, *, default_format: str | None, default_level: str
+) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default=default_format,
+        help="log line format on stderr (default: json; text for dev)",
+    )
+    parser.add_argument(
+        "--log-level", default=default_level, choices=("debug", "info", "warning", "error")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -102,6 +102,7 @@ class Daemon:
         self._socket_path: Path | None = None
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
         self.addresses: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -109,13 +110,17 @@ class Daemon:
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": "token-sidecar"}, raise_for_status=False
         )
-        self.service = TokenService(
-            self.config,
-            self._session,
-            clock=self._clock,
-            environ=self._environ,
-            metrics=self._metrics,
-        )
+        try:
+            self.service = TokenService(
+                self.config,
+                self._session,
+                clock=self._clock,
+                environ=self._environ,
+                metrics=self._metrics,
+            )
+        except BaseException:
+            await self._session.close()
+            raise
         self.service.start()
         try:
             await self._open_token_api(self.config.server)
@@ -185,8 +190,17 @@ class Daemon:
         self._stop.set()
 
     def request_reload(self) -> None:
+        """Reload soon; a SIGHUP during a reload runs one more, so the newest file wins."""
         if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.create_task(self.reload(), name="config-reload")
+            self._reloading = asyncio.create_task(self._reload_until_current(), name="reload")
+        else:
+            self._reload_again = True
+
+    async def _reload_until_current(self) -> None:
+        self._reload_again = True
+        while self._reload_again:
+            self._reload_again = False
+            await self.reload()
 
     async def reload(self) -> None:
         """Load the config again and apply it; an invalid one is logged and ignored."""
@@ -221,8 +235,9 @@ class Daemon:
         """Stop listeners (in-flight requests finish), then refreshes, then the session."""
         if self._reloading is not None:
             self._reloading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloading
+            # asyncio.wait never raises the task's CancelledError, so a
+            # cancellation of aclose() itself still propagates.
+            await asyncio.wait({self._reloading}, timeout=SHUTDOWN_GRACE)
         runners, self._runners = self._runners, []
         await asyncio.gather(*(r.cleanup() for r in runners))
         if self._socket_path is not None:

@@ -39,6 +39,8 @@ MAX_BODY = 256 * 1024
 #: OAuth error codes that mean "try again later", whatever the status says.
 _TRANSIENT_OAUTH_ERRORS = frozenset({"server_error", "temporarily_unavailable"})
 _DESCRIPTION_LIMIT = 300
+#: The longest wait an IdP's 429 can impose on us.
+MAX_RETRY_AFTER = 3600.0
 
 
 @dataclass(frozen=True, repr=False)
@@ -206,19 +208,27 @@ def _expires_in(value: object) -> float | None:
 
 
 def retry_after_seconds(headers: Any, *, now: float) -> float | None:
-    """``Retry-After`` (seconds or HTTP date), else ``x-ratelimit-reset`` (UNIX time) - now."""
+    """``Retry-After`` (seconds or HTTP date), else ``x-ratelimit-reset`` (UNIX time) - now.
+
+    Clamped to [0, :data:`MAX_RETRY_AFTER`]: an absurd or non-finite value
+    from the IdP must not park a profile forever.
+    """
     raw = headers.get("Retry-After")
+    seconds: float | None = None
     if raw:
         try:
-            return max(0.0, float(raw))
+            seconds = float(raw)
         except ValueError:
-            with contextlib.suppress(TypeError, ValueError, IndexError):
-                return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
-    reset = headers.get("x-ratelimit-reset")
-    if reset:
-        with contextlib.suppress(ValueError):
-            return max(0.0, float(reset) - now)
-    return None
+            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+                seconds = parsedate_to_datetime(raw).timestamp() - now
+    if seconds is None:
+        reset = headers.get("x-ratelimit-reset")
+        if reset:
+            with contextlib.suppress(ValueError):
+                seconds = float(reset) - now
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

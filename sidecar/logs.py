@@ -85,10 +85,15 @@ def configure_logging(
     """Send the ``sidecar`` loggers to ``stream`` (stderr) in the chosen format."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger("sidecar")
+    ours = logging.getLogger("sidecar")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level)
+    ours.propagate = False
+    # aiohttp's and asyncio's own errors go out in the same format: one JSON
+    # object per line on stderr, whoever logs.
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    root.setLevel(max(level, logging.WARNING))
     # Access events (opt-in per server) go through the sidecar logger tree.
 
 

@@ -97,8 +97,7 @@ class RedisCache:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, 5.0)
+            await asyncio.wait({task}, timeout=5.0)
         await self._redis.aclose()
 
     # -- keys --------------------------------------------------------------

@@ -19,7 +19,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import functools
 import logging
@@ -168,8 +167,9 @@ class ProfileRefresher:
         if task is None:
             return
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(task, timeout)
+        # asyncio.wait never raises the task's CancelledError, so a
+        # cancellation of aclose() itself still propagates.
+        await asyncio.wait({task}, timeout=timeout)
 
     async def wait_idle(self) -> None:
         """Return once the loop is waiting for its next due instant (no attempt running)."""

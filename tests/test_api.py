@@ -552,16 +552,16 @@ async def test_unix_socket_other_uid_is_denied(unix_api, leaks, metrics):
 
 
 async def test_profile_allow_uids_override_server_list(unix_api, idp):
-    """A profile's own allow_uids replace the server list, in both directions."""
+    """A profile's own allow_uids replace the server list; an empty one inherits it."""
     me, other = os.getuid(), os.getuid() + 1
     _service, session, _path = await unix_api(
         make_profile(idp, name="mine", allow_uids=(me,)),
         make_profile(idp, name="theirs", allow_uids=(other,)),
-        make_profile(idp, name="open", allow_uids=()),
+        make_profile(idp, name="empty", allow_uids=()),
         make_profile(idp, name="inherit"),
         server=ServerConfig(allow_uids=(other,)),
     )
-    expected = {"mine": 200, "theirs": 403, "open": 200, "inherit": 403}
+    expected = {"mine": 200, "theirs": 403, "empty": 403, "inherit": 403}
     for name, status in expected.items():
         resp = await session.get(f"http://localhost/v1/token/{name}", headers=HEADERS)
         assert resp.status == status, name

@@ -126,6 +126,21 @@ def test_rate_limit_waits(headers, expected):
     assert info.value.result == "rate_limited"
 
 
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "inf"}, None),
+        ({"Retry-After": "nan"}, None),
+        ({"Retry-After": "1e308"}, 3600.0),
+        ({"x-ratelimit-reset": "1e308"}, 3600.0),
+        ({"x-ratelimit-reset": "-inf"}, None),
+    ],
+)
+def test_absurd_waits_are_refused_or_clamped(headers, expected):
+    """A non-finite wait is ignored and a huge one clamped to an hour: no profile parks forever."""
+    assert retry_after_seconds(headers, now=NOW) == expected
+
+
 def test_retry_after_never_negative():
     """A Retry-After date in the past means no wait, not a negative one."""
     assert retry_after_seconds({"Retry-After": "Fri, 15 Jan 2027 08:00:00 GMT"}, now=NOW) == 0.0

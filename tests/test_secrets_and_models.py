@@ -114,13 +114,22 @@ def test_text_formatter_is_one_line_with_fields():
 
 
 def test_configure_logging_writes_json_lines():
-    """configure_logging sends sidecar events to the stream as JSON lines."""
+    """configure_logging sends sidecar events, and other libraries' warnings, as JSON lines."""
     stream = io.StringIO()
-    configure_logging("json", stream=stream)
-    logging.getLogger("sidecar.test").info("demo.event", extra={"profile": "p"})
-    assert orjson.loads(stream.getvalue())["event"] == "demo.event"
-    logging.getLogger("sidecar").handlers.clear()
-    logging.getLogger("sidecar").propagate = True
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("json", stream=stream)
+        logging.getLogger("sidecar.test").info("demo.event", extra={"profile": "p"})
+        logging.getLogger("aiohttp.server").error("Error handling request")
+        logging.getLogger("aiohttp.server").info("not shown below warning")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        logging.getLogger("sidecar").handlers.clear()
+        logging.getLogger("sidecar").propagate = True
+    events = [orjson.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert events == ["demo.event", "Error handling request"]
 
 
 def test_leak_scan_would_catch_a_leak(leaks, log_output):
