@@ -16,6 +16,8 @@ from sidecar.config import RefreshBefore
 REFRESH_FLOOR_SECONDS = 60.0
 #: The refresh instant moves earlier by up to this share of the refresh window.
 JITTER_SHARE = 0.1
+#: The shortest time between receiving a token and refreshing it, if it serves that long.
+MIN_REFRESH_GAP = 1.0
 #: How long a misconfigured profile waits before asking the IdP again.
 MISCONFIGURED_RETRY_SECONDS = 300.0
 
@@ -49,7 +51,14 @@ def refresh_at(
     lifetime = expires_at - obtained_at
     window = refresh_window(lifetime, refresh_before, min_ttl)
     jitter = rng.uniform(0.0, JITTER_SHARE * window)
-    return max(obtained_at, expires_at - window - jitter)
+    # Never refresh before half the servable span has passed (and never sooner
+    # than MIN_REFRESH_GAP, while the token still serves): a token that lives
+    # barely longer than min_ttl must not make the loop mint back to back.
+    servable_end = expires_at - min_ttl
+    earliest = min(
+        obtained_at + max(MIN_REFRESH_GAP, (servable_end - obtained_at) / 2), servable_end
+    )
+    return max(obtained_at, earliest, expires_at - window - jitter)
 
 
 def backoff_ceiling(attempt: int, *, base: float, cap: float) -> float:

@@ -299,12 +299,15 @@ class ProfileRefresher:
                 await self._attempt()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 # The loop must outlive any bug in one attempt: log it with the
                 # traceback, count it as an error, back off, and keep going.
                 log.exception("refresh.crashed", extra={"profile": self.name})
                 self._metrics.refresh_total.labels(self.name, "error").inc()
                 self._failures += 1
+                self._last_error = LastError(
+                    "error", "internal", type(exc).__name__, self._clock.time()
+                )
                 self._not_before = self._clock.monotonic() + self.profile.backoff.cap
             finally:
                 self._in_flight = False
@@ -382,7 +385,9 @@ class ProfileRefresher:
         except IdPError:
             self._breaker.record_success()
             raise
-        except asyncio.CancelledError:
+        except BaseException:
+            # Cancelled, or a bug below us: no verdict on the IdP, but the
+            # half-open probe slot must be freed or the circuit sticks open.
             self._breaker.release()
             raise
         self._breaker.record_success()

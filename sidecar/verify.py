@@ -107,8 +107,11 @@ class JWKSCache:
                     raise IdPUnavailableError(f"JWKS endpoint answered {resp.status}")
                 body = await resp.read()
         try:
-            jwks = jwt.PyJWKSet.from_dict(orjson.loads(body))
-        except (orjson.JSONDecodeError, jwt.PyJWTError, TypeError, KeyError) as exc:
+            document = orjson.loads(body)
+            if not isinstance(document, dict):
+                raise TypeError("JWKS document is not an object")  # noqa: TRY301 - same mapping
+            jwks = jwt.PyJWKSet.from_dict(document)
+        except (orjson.JSONDecodeError, jwt.PyJWTError, TypeError, KeyError, ValueError) as exc:
             raise IdPUnavailableError(f"JWKS is not a valid key set: {type(exc).__name__}") from exc
         self._keys = {k.key_id: k for k in jwks.keys if k.key_id}
         self._fetched_at = self._clock.monotonic()

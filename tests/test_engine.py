@@ -7,6 +7,7 @@ import socket
 
 import jwt
 import pytest
+from aiohttp import web
 from conftest import AUDIENCE, CLIENT_ID, CLIENT_SECRET, make_profile, run_for, write_secret
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -480,3 +481,28 @@ async def test_short_token_refreshes_at_half_life(idp, make_service, clock):
     service = make_service(make_profile(idp, refresh_before=RefreshBefore(share=0.2)))
     token = (await service.get("api")).token
     assert 45 <= token.refresh_at - token.obtained_at <= 50
+
+
+async def test_jwks_that_is_not_an_object_is_transient_and_frees_the_probe(
+    idp, make_service, clock, metrics, aiohttp_server
+):
+    """A JWKS answering a JSON array is a transient error; the breaker's probe slot is freed."""
+
+    async def array(_request):
+        return web.json_response([1, 2, 3])
+
+    app = web.Application()
+    app.router.add_get("/jwks", array)
+    bad = await aiohttp_server(app)
+    profile = make_profile(
+        idp, jwks_url=str(bad.make_url("/jwks")), breaker=BreakerConfig(failures=1, reset=5)
+    )
+    service = make_service(profile)
+    refresher = service.refresher("api")
+    await run_for(clock, service, 0)
+    assert refresher.status()["last_error"]["kind"] == "error"
+    assert refresher.circuit is CircuitState.OPEN
+    await run_for(clock, service, 30)
+    # Every reset period lets exactly one probe through; the slot never sticks.
+    assert idp.token_requests >= 3
+    assert sample(metrics, "token_sidecar_refresh_total", profile="api", result="error") >= 3

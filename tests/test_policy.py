@@ -54,6 +54,22 @@ def test_refresh_at_moves_earlier_by_at_most_ten_percent_of_window():
     assert at == 86400 - 17280 - 1728
 
 
+@pytest.mark.parametrize(
+    ("lifetime", "min_ttl", "earliest"),
+    [(31.0, 30.0, 1.0), (3600.0, 3590.0, 5.0), (40.0, 30.0, 7.0), (30.5, 30.0, 0.5)],
+)
+def test_barely_servable_tokens_do_not_refresh_on_receipt(lifetime, min_ttl, earliest):
+    """A token barely longer-lived than min_ttl waits half its servable span before refreshing."""
+    at = refresh_at(
+        obtained_at=0.0,
+        expires_at=lifetime,
+        refresh_before=SHARE_20,
+        min_ttl=min_ttl,
+        rng=_FixedRandom(),
+    )
+    assert at == earliest
+
+
 def test_refresh_at_spreads_a_fleet():
     """Fifty instances started together get fifty different refresh instants within the band."""
     rng = random.Random(7)
