@@ -81,7 +81,7 @@ class FleetRequest:
     lock_ttl: float
     mint: Callable[[], Awaitable[Token]]
     #: This refresher's view of a shared token, or None when it is no better than ours.
-    adopt: Callable[[SharedToken], Token | None]
+    adopt: Callable[[SharedToken], Awaitable[Token | None]]
 
 
 class FleetRefresh:
@@ -121,7 +121,7 @@ class FleetRefresh:
 
     async def _adoptable(self, request: FleetRequest) -> Obtained | None:
         shared = await self.cache.read(request.identity)
-        token = request.adopt(shared) if shared is not None else None
+        token = await request.adopt(shared) if shared is not None else None
         return Obtained(token, Source.SHARED) if token is not None else None
 
     async def _mint_and_share(self, request: FleetRequest) -> Obtained:

@@ -23,7 +23,7 @@ REFRESH_RESULTS = (
 REQUEST_OUTCOMES = ("served", "stale", "unavailable", "denied")
 FALLBACK_REASONS = ("refresh_failing", "circuit_open", "cache_backend_down")
 INVALIDATION_RESULTS = ("refreshed", "already_rotated", "throttled")
-CACHE_ERROR_REASONS = ("unavailable", "undecryptable", "unencrypted", "malformed")
+CACHE_ERROR_REASONS = ("unavailable", "undecryptable", "unencrypted", "malformed", "rejected")
 
 
 class Metrics:

@@ -56,7 +56,7 @@ from sidecar.policy import (
     backoff_delay,
     rate_limit_delay,
 )
-from sidecar.token import Token, TokenState
+from sidecar.token import Token, TokenState, fingerprint
 from sidecar.verify import TokenVerifier
 
 log = logging.getLogger("sidecar.refresh")
@@ -394,8 +394,12 @@ class ProfileRefresher:
         self._metrics.tokens_minted.labels(self.name).inc()
         return token
 
-    def _adoptable(self, shared: SharedToken) -> Token | None:
-        """``shared`` as this profile's token if it outlives ours and is servable, else None."""
+    async def _adoptable(self, shared: SharedToken) -> Token | None:
+        """``shared`` as this profile's token if it outlives ours, is servable and verifies.
+
+        A shared token is verified like one from the IdP: whoever can write
+        to Redis must not be able to hand our callers a token of their choice.
+        """
         current = self._token
         wall = self._clock.time()
         if shared.fingerprint == self._rejected or shared.expires_at - wall <= self.profile.min_ttl:
@@ -404,6 +408,26 @@ class ProfileRefresher:
             shared.fingerprint == current.fingerprint
             or shared.expires_at <= current.expires_at_wall
         ):
+            return None
+        try:
+            claims = await self._engine.verifier.verify(self.profile, shared.value)
+            exp = claims.get("exp")
+            if fingerprint(shared.value) != shared.fingerprint or (
+                isinstance(exp, int | float) and exp < shared.expires_at - 1
+            ):
+                raise InvalidTokenError(  # noqa: TRY301 - one rejection path
+                    "shared token does not match its record", description="inconsistent record"
+                )
+        except InvalidTokenError as exc:
+            self._metrics.cache_errors.labels("rejected").inc()
+            log.warning(
+                "cache.token_rejected",
+                extra={
+                    "profile": self.name,
+                    "fingerprint": shared.fingerprint[:12],
+                    "reason": exc.description or str(exc),
+                },
+            )
             return None
         return token_from_shared(
             shared, self.profile, now=self._clock.monotonic(), wall_now=wall, rng=self._engine.rng

@@ -8,8 +8,10 @@ import os
 from collections.abc import AsyncIterator
 from types import MappingProxyType
 
+import jwt
 import pytest
-from conftest import make_profile
+from conftest import AUDIENCE, CLIENT_ID, make_profile
+from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 from redisutil import (
     SHARED_URL,
@@ -378,3 +380,33 @@ async def test_rate_limit_holds_off_the_fleet_for_retry_after(fleet, idp, clock)
     await run_fleet_for(clock, [a, b], 60)
     assert idp.issued == 1
     assert idp.token_requests == 2
+
+
+async def test_forged_shared_token_is_not_adopted(fleet, idp, clock, make_cache_for):
+    """A token planted in Redis that does not verify is never served; the sidecar mints its own."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = clock.time()
+    claims = {"iss": idp.issuer, "aud": AUDIENCE, "sub": "evil", "iat": int(now)}
+    claims["exp"] = int(now) + 7200
+    forged = jwt.encode(claims, key, algorithm="RS256", headers={"kid": idp.signing_kid})
+    planted = SharedToken(
+        value=forged,
+        token_type="Bearer",
+        scope=None,
+        obtained_at=now,
+        expires_at=now + 7200,
+        fingerprint=fingerprint(forged),
+    )
+    metrics = Metrics(CollectorRegistry())
+    writer = make_cache_for(metrics=metrics)
+    await writer.write(identity_of(make_profile(idp), CLIENT_ID), planted)
+    (service,) = fleet(1)
+    served = await service.get("api")
+    assert served.token.value != forged
+    assert served.token.value in idp.issued_tokens
+    assert idp.token_requests == 1
+    rejected = service.metrics.registry.get_sample_value(
+        "token_sidecar_cache_errors_total", {"reason": "rejected"}
+    )
+    assert rejected is not None
+    assert rejected >= 1  # checked before and again under the lock
