@@ -113,7 +113,7 @@ class FleetRefresh:
                     if held:
                         return await self._adoptable(request) or await self._mint_and_share(request)
                 log.debug("fleet.waiting", extra={"bound": request.lock_ttl})
-                await wait_until(self._clock, written, request.lock_ttl)
+                await wait_until(self._clock, written, request.lock_ttl + WAIT_GRACE)
         adopted = await self._adoptable(request)
         if adopted is not None:
             return adopted

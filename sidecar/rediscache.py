@@ -237,8 +237,14 @@ class RedisCache:
 
     async def _subscribe_loop(self) -> None:
         while True:
-            with contextlib.suppress(CacheUnavailableError):  # logged and counted by _mapped
+            try:
                 await self._listen()
+            except CacheUnavailableError:
+                pass  # logged and counted by _mapped
+            except Exception:
+                # This task must outlive any surprise from the client library:
+                # without it every fleet waiter sleeps out its whole bound.
+                log.exception("cache.subscription_crashed")
             await self._clock.sleep(self._probe_interval)
 
     async def _listen(self) -> None:

@@ -142,14 +142,16 @@ class TokenService:
             new[name] = refresher
         self.refreshers = new
         self.config = config
+        # Start the new loops before stopping the old ones: /livez never sees
+        # a profile without a running loop.
+        if self._started:
+            for refresher in new.values():
+                refresher.start()
         stopped = [r for name, r in old.items() if new.get(name) is not r]
         await asyncio.gather(*(r.aclose() for r in stopped))
         for refresher in stopped:
             if refresher.name not in new:
                 self.metrics.remove_profile(refresher.name)
-        if self._started:
-            for refresher in new.values():
-                refresher.start()
         log.info(
             "config.reloaded",
             extra={

@@ -333,7 +333,7 @@ async def test_sighup_under_load_loses_no_request(real_idp, sidecar_factory, htt
     await asyncio.sleep(0.05)
     stop.set()
     await asyncio.gather(*callers)
-    assert len(statuses) > 50
+    assert len(statuses) >= len(callers)  # every caller was answered at least once
     assert set(statuses) == {200}
     status, _ = await get_json(http, f"{sidecar.url}/v1/token/second", headers=HEADERS)
     assert status == 200

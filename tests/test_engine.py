@@ -383,16 +383,23 @@ async def test_rotation_within_jwks_cooldown_is_transient(idp, make_service, clo
 
 
 async def test_cancellation_mid_request_leaves_consistent_state(idp, make_service, clock):
-    """Closing the service during an IdP request leaves no task and no half state."""
-    idp.faults.hang = True
-    service = make_service(make_profile(idp))
-    await asyncio.sleep(0.05)
+    """Cancelling a half-open probe mid-request leaves no task, no token and a free probe slot."""
+    idp.faults.status = 500
+    service = make_service(make_profile(idp, breaker=BreakerConfig(failures=1, reset=5)))
     refresher = service.refresher("api")
+    await run_for(clock, service, 0)
+    assert refresher.circuit is CircuitState.OPEN
+    idp.faults.status = None
+    idp.faults.hang = True
+    await clock.advance(5)
+    await idp.faults.wait_hung(1)  # the probe is in flight at the IdP
     assert refresher.alive
     await service.aclose()
     assert not refresher.alive
     assert refresher.token is None
-    assert refresher.circuit is CircuitState.CLOSED
+    breaker = refresher._breaker
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert breaker.allow()  # the cancelled probe gave its slot back
 
 
 async def test_min_ttl_forces_refresh(idp, make_service, clock):
