@@ -12,7 +12,7 @@ import asyncio
 import io
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -167,24 +167,27 @@ async def make_service(
         await service.aclose()
 
 
-async def idle(service: TokenService, timeout: float = 5.0) -> None:
+Services = TokenService | Sequence[TokenService]
+
+
+async def idle(services: Services, timeout: float = 5.0) -> None:
     """Wait (bounded, real time) until every refresh loop is parked on the clock."""
-    await asyncio.wait_for(
-        asyncio.gather(*(r.wait_idle() for r in service.refreshers.values())), timeout
-    )
+    group = [services] if isinstance(services, TokenService) else services
+    loops = [r.wait_idle() for s in group for r in s.refreshers.values()]
+    await asyncio.wait_for(asyncio.gather(*loops), timeout)
 
 
-async def run_for(clock: FakeClock, service: TokenService, seconds: float) -> None:
+async def run_for(clock: FakeClock, services: Services, seconds: float) -> None:
     """Advance virtual time, letting each refresh that falls due finish before moving on."""
     target = clock.monotonic() + seconds
     while True:
-        await idle(service)
+        await idle(services)
         deadline = clock.next_deadline()
         if deadline is None or deadline > target:
             break
         await clock.advance_to(deadline)
     await clock.advance_to(target)
-    await idle(service)
+    await idle(services)
 
 
 def write_secret(path: Path, value: str) -> None:

@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 import jwt
 import pytest
-from conftest import AUDIENCE, CLIENT_ID, make_profile
+from conftest import AUDIENCE, CLIENT_ID, make_profile, run_for
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 from redisutil import (
@@ -242,25 +242,6 @@ async def fleet(make_service, make_cache_for, idp):
     return build
 
 
-async def idle_all(services) -> None:
-    await asyncio.wait_for(
-        asyncio.gather(*(r.wait_idle() for s in services for r in s.refreshers.values())), 5
-    )
-
-
-async def run_fleet_for(clock, services, seconds: float) -> None:
-    """Advance virtual time, letting every refresh that falls due finish before moving on."""
-    target = clock.monotonic() + seconds
-    while True:
-        await idle_all(services)
-        deadline = clock.next_deadline()
-        if deadline is None or deadline > target:
-            break
-        await clock.advance_to(deadline)
-    await clock.advance_to(target)
-    await idle_all(services)
-
-
 async def test_two_sidecars_cold_make_one_idp_request(fleet, idp, clock):
     """Two sidecars started together on a cold Redis cause exactly one IdP token request."""
     a, b = fleet(2)
@@ -280,7 +261,7 @@ async def test_fleet_refreshes_once_per_window(fleet, idp, clock):
     for window in range(1, 4):
         current = a.refresher("api").token
         assert current is not None
-        await run_fleet_for(clock, [a, b], current.expires_at - clock.monotonic() - 60)
+        await run_for(clock, [a, b], current.expires_at - clock.monotonic() - 60)
         assert idp.token_requests == 1 + window
         ta, tb = a.refresher("api").token, b.refresher("api").token
         assert ta is not None
@@ -311,13 +292,13 @@ async def test_invalidated_shared_token_is_not_adopted_again(fleet, idp, clock):
     a, b = fleet(2)
     token = (await a.get("api")).token
     await b.get("api")
-    await run_fleet_for(clock, [a, b], 100)
+    await run_for(clock, [a, b], 100)
     result, served = await b.refresher("api").invalidate(token.fingerprint)
     assert result == "refreshed"
     assert served.token.value != token.value
     assert idp.token_requests == 2
     # The other sidecar adopts the replacement at its next refresh instead of minting.
-    await run_fleet_for(clock, [a, b], token.refresh_at - clock.monotonic() + 1)
+    await run_for(clock, [a, b], token.refresh_at - clock.monotonic() + 1)
     assert a.refresher("api").token.value == served.token.value
     assert idp.token_requests == 2
 
@@ -348,7 +329,7 @@ async def test_idp_failure_holds_off_the_whole_fleet(fleet, idp, clock):
     """A holder's transient IdP failure keeps its peers from the IdP until the hold-off passes."""
     idp.faults.status = 503
     a, b = fleet(2)
-    await run_fleet_for(clock, [a, b], 0)
+    await run_for(clock, [a, b], 0)
     assert idp.token_requests == 1  # the peer failed its attempt without asking the IdP
     for service in (a, b):
         status = service.refresher("api").status()
@@ -361,7 +342,7 @@ async def test_idp_failure_holds_off_the_whole_fleet(fleet, idp, clock):
     ]
     assert len(peer) == 1
     idp.faults.status = None
-    await run_fleet_for(clock, [a, b], 10)
+    await run_for(clock, [a, b], 10)
     assert idp.issued == 1
     ta, tb = a.refresher("api").token, b.refresher("api").token
     assert ta is not None
@@ -374,10 +355,10 @@ async def test_rate_limit_holds_off_the_fleet_for_retry_after(fleet, idp, clock)
     idp.faults.rate_limit = True
     idp.faults.retry_after = 30
     a, b = fleet(2)
-    await run_fleet_for(clock, [a, b], 29)
+    await run_for(clock, [a, b], 29)
     assert idp.token_requests == 1
     idp.faults.rate_limit = False
-    await run_fleet_for(clock, [a, b], 60)
+    await run_for(clock, [a, b], 60)
     assert idp.issued == 1
     assert idp.token_requests == 2
 
