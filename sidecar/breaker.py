@@ -61,9 +61,11 @@ class CircuitBreaker:
 
     @property
     def state(self) -> CircuitState:
-        """The state now; an OPEN breaker whose reset has passed reports HALF_OPEN."""
-        if self._state is CircuitState.OPEN and self.retry_in() <= 0:
-            return CircuitState.HALF_OPEN
+        """The state as last transitioned: the same value the metric and the logs show.
+
+        An OPEN breaker whose reset has passed stays OPEN until the next
+        request actually takes the half-open probe.
+        """
         return self._state
 
     @property

@@ -31,8 +31,9 @@ async def test_half_open_allows_exactly_one_probe(clock):
     await clock.advance(29.5)
     assert not breaker.allow()
     await clock.advance(0.5)
-    assert breaker.state is CircuitState.HALF_OPEN
+    assert breaker.state is CircuitState.OPEN  # no probe has gone out yet
     assert breaker.allow()
+    assert breaker.state is CircuitState.HALF_OPEN
     assert not breaker.allow()
     breaker.record_success()
     assert breaker.state is CircuitState.CLOSED
