@@ -163,6 +163,14 @@ class Sidecar:
         assert len(matching) >= count, f"no {name!r}; stderr: {self.stderr.decode()[-2000:]}"
         return matching[-1]
 
+    async def kill(self) -> None:
+        """Teardown: SIGKILL the process if it still runs, and drain its stderr reader."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader is not None:
+            await self._reader
+
     async def stop(self, sig: int | None = signal.SIGTERM) -> int:
         """Send ``sig`` (None: it was sent already) and wait for the exit code."""
         assert self.proc is not None
@@ -190,11 +198,7 @@ async def sidecar_factory(tmp_path) -> AsyncIterator[Any]:
 
     yield make
     for sidecar in made:
-        if sidecar.proc is not None and sidecar.proc.returncode is None:
-            sidecar.proc.kill()
-            await sidecar.proc.wait()
-        if sidecar._reader is not None:
-            await sidecar._reader
+        await sidecar.kill()
 
 
 async def wait_ready(http: aiohttp.ClientSession, sidecar: Sidecar) -> None:

@@ -84,11 +84,7 @@ async def fleet_factory(tmp_path) -> AsyncIterator[Factory]:
 
     yield make
     for sidecar in made:
-        if sidecar.proc is not None and sidecar.proc.returncode is None:
-            sidecar.proc.kill()
-            await sidecar.proc.wait()
-        if sidecar._reader is not None:
-            await sidecar._reader
+        await sidecar.kill()
 
 
 def cache_toml(namespace: str, url: str = SHARED_URL, key_file: Path | None = None) -> str:

@@ -286,11 +286,7 @@ async def sidecar_factory(tmp_path) -> AsyncIterator[SidecarFactory]:
 
     yield make
     for sidecar in made:
-        if sidecar.proc is not None and sidecar.proc.returncode is None:
-            sidecar.proc.kill()
-            await sidecar.proc.wait()
-        if sidecar._reader is not None:
-            await sidecar._reader
+        await sidecar.kill()
 
 
 async def fetch_token(http: aiohttp.ClientSession, sidecar: Sidecar, name: str) -> dict[str, Any]:
