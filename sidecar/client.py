@@ -202,16 +202,21 @@ class TokenClient:
         token = self.cached(name, min_ttl=min_ttl)
         if token is not None:
             return token
+        need = self.min_ttl if min_ttl is None else min_ttl
         pending = self._inflight.get(name)
-        if pending is None:
-            need = self.min_ttl if min_ttl is None else min_ttl
-            pending = asyncio.ensure_future(self._fetch(name, need))
-            self._inflight[name] = pending
-            pending.add_done_callback(functools.partial(self._forget_inflight, name))
+        if pending is not None:
+            # Join the request in flight; it may have asked for less life than we need.
+            token = await asyncio.shield(pending)
+            if self.usable(token, need):
+                return token
+        pending = asyncio.ensure_future(self._fetch(name, need))
+        self._inflight[name] = pending
+        pending.add_done_callback(functools.partial(self._forget_inflight, name))
         return await asyncio.shield(pending)
 
-    def _forget_inflight(self, profile: str, _done: asyncio.Future[Token]) -> None:
-        self._inflight.pop(profile, None)
+    def _forget_inflight(self, profile: str, done: asyncio.Future[Token]) -> None:
+        if self._inflight.get(profile) is done:
+            del self._inflight[profile]
 
     async def _fetch(self, profile: str, min_ttl: float) -> Token:
         params = {"min_ttl": str(int(min_ttl))} if min_ttl > 0 else None
