@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
+from sidecarproc import Sidecar
 
 from sidecar.config import Config, ProfileConfig, SecretRef
 from sidecar.devidp import DevClient, DevIdP
@@ -198,3 +199,23 @@ def write_secret(path: Path, value: str) -> None:
 
 
 Predicate = Callable[[], bool]
+
+
+@pytest.fixture
+async def sidecar_factory(tmp_path: Path) -> AsyncIterator[Any]:
+    """Start ``serve`` processes from a TOML snippet; all are killed at teardown."""
+    made: list[Sidecar] = []
+
+    async def make(
+        profiles: str, *, socket_path: Path | None = None, server_extra: str = ""
+    ) -> Sidecar:
+        config = tmp_path / f"config-{len(made)}.toml"
+        sidecar = Sidecar(config, socket_path=socket_path, server_extra=server_extra)
+        config.write_text(sidecar.server_toml() + profiles)
+        made.append(sidecar)
+        await sidecar.start()
+        return sidecar
+
+    yield make
+    for sidecar in made:
+        await sidecar.kill()

@@ -23,7 +23,8 @@ from redisutil import (
     require_redis,
     unique_namespace,
 )
-from test_e2e import AUDIENCE, CLIENT_ID, HEADERS, SECRET, Sidecar, get_json, profile_toml
+from sidecarproc import Sidecar
+from test_e2e import AUDIENCE, CLIENT_ID, HEADERS, SECRET, get_json, profile_toml
 
 from sidecar.devidp import DevClient, DevIdP
 
@@ -70,21 +71,13 @@ async def make_idp(leaks) -> AsyncIterator[Callable[..., Awaitable[DevIdP]]]:
 
 
 @pytest.fixture
-async def fleet_factory(tmp_path) -> AsyncIterator[Factory]:
-    """Start ``serve`` processes with a [cache] table; all are killed at teardown."""
-    made: list[Sidecar] = []
+def fleet_factory(sidecar_factory) -> Factory:
+    """Start ``serve`` processes with a [cache] table (test_e2e's factory kills them)."""
 
     async def make(profiles: str, cache: str) -> Sidecar:
-        config = tmp_path / f"fleet-{len(made)}.toml"
-        sidecar = Sidecar(config)
-        config.write_text(sidecar.server_toml() + cache + profiles)
-        made.append(sidecar)
-        await sidecar.start()
-        return sidecar
+        return await sidecar_factory(cache + profiles)
 
-    yield make
-    for sidecar in made:
-        await sidecar.kill()
+    return make
 
 
 def cache_toml(namespace: str, url: str = SHARED_URL, key_file: Path | None = None) -> str:

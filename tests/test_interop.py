@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,7 +33,8 @@ import uvicorn
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from test_e2e import HEADERS, Sidecar, free_port
+from sidecarproc import Sidecar, free_port
+from test_e2e import HEADERS
 
 from sidecar.client import TokenClient
 
@@ -267,26 +268,6 @@ def jwt_profiles(oidc: OIDCProvider, pem: Path) -> str:
             verify='"jwks"',
         )
     )
-
-
-SidecarFactory = Callable[[str], Awaitable[Sidecar]]
-
-
-@pytest.fixture
-async def sidecar_factory(tmp_path) -> AsyncIterator[SidecarFactory]:
-    made: list[Sidecar] = []
-
-    async def make(profiles: str) -> Sidecar:
-        config = tmp_path / f"sidecar-{len(made)}.toml"
-        sidecar = Sidecar(config)
-        config.write_text(sidecar.server_toml() + profiles)
-        made.append(sidecar)
-        await sidecar.start()
-        return sidecar
-
-    yield make
-    for sidecar in made:
-        await sidecar.kill()
 
 
 async def fetch_token(http: aiohttp.ClientSession, sidecar: Sidecar, name: str) -> dict[str, Any]:

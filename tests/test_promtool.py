@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 from conftest import make_profile, run_for
+from test_ops import METRIC_NAMES
 
 from sidecar.ops import make_ops_app
 
@@ -33,17 +34,7 @@ async def test_metrics_pass_promtool_check(promtool, idp, make_service, clock, a
     resp = await client.get("/metrics")
     assert resp.status == 200
     text = await resp.read()
-    for name in (
-        "token_sidecar_refresh_total",
-        "token_sidecar_refresh_duration_seconds",
-        "token_sidecar_token_expiry_timestamp_seconds",
-        "token_sidecar_token_requests_total",
-        "token_sidecar_fallback_total",
-        "token_sidecar_circuit_state",
-        "token_sidecar_invalidations_total",
-        "token_sidecar_ready",
-        "token_sidecar_build_info",
-    ):
+    for name in METRIC_NAMES:
         assert f"# TYPE {name} ".encode() in text
     proc = await asyncio.create_subprocess_exec(
         promtool,
