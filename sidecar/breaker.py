@@ -68,10 +68,6 @@ class CircuitBreaker:
         """
         return self._state
 
-    @property
-    def consecutive_failures(self) -> int:
-        return self._failures
-
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 

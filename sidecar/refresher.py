@@ -147,7 +147,6 @@ class ProfileRefresher:
         self._settled = asyncio.Event()
         self._parked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.attempts = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -339,7 +338,6 @@ class ProfileRefresher:
         self._in_flight = True
 
     async def _attempt(self) -> None:
-        self.attempts += 1
         start = self._clock.monotonic()
         try:
             creds = self._credentials.load()
@@ -534,10 +532,6 @@ class ProfileRefresher:
     @property
     def circuit(self) -> CircuitState:
         return self._breaker.state
-
-    @property
-    def consecutive_failures(self) -> int:
-        return self._failures
 
     def status(self) -> dict[str, Any]:
         """The ``/status`` entry of this profile: states and instants, never a secret."""

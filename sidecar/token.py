@@ -50,10 +50,6 @@ class Token:
     def lifetime(self) -> float:
         return self.expires_at - self.obtained_at
 
-    def remaining(self, now: float) -> float:
-        """Seconds of life left at monotonic instant ``now``."""
-        return self.expires_at - now
-
     def state(self, now: float, min_ttl: float) -> TokenState:
         if now + min_ttl >= self.expires_at:
             return TokenState.EXPIRED
