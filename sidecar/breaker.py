@@ -1,4 +1,4 @@
-"""Circuit breaker for one token endpoint: closed, open, half-open.
+"""CircuitBreaker for one token endpoint: closed, open, half-open, and its state enum.
 
 Only transient failures (connect errors, timeouts, 5xx, garbage) count. A 429
 or an OAuth rejection proves the IdP is up and answering; they never open the
@@ -13,6 +13,7 @@ import enum
 from collections.abc import Callable
 
 from sidecar.clock import Clock
+from sidecar.errors import IllegalTransitionError
 
 
 class CircuitState(enum.Enum):
@@ -34,10 +35,6 @@ _LEGAL = {
 }
 
 Listener = Callable[[CircuitState, CircuitState], None]
-
-
-class IllegalTransitionError(RuntimeError):
-    """A breaker was asked to move between states that have no edge."""
 
 
 class CircuitBreaker:
@@ -106,7 +103,7 @@ class CircuitBreaker:
             self._opened_at = self._clock.monotonic()
             self._transition(CircuitState.OPEN)
 
-    def release(self) -> None:
+    def release_probe(self) -> None:
         """A request ended with no verdict on the IdP (cancelled): free the probe slot."""
         self._probe_out = False
 

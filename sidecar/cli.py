@@ -20,9 +20,9 @@ import orjson
 
 from sidecar._version import __version__
 from sidecar.configload import redacted, resolve_config
-from sidecar.daemon import Daemon, ListenError
+from sidecar.daemon import Daemon
 from sidecar.dev import run_dev
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, ListenError
 from sidecar.fetch import fetch_token_command
 from sidecar.logs import LogFormat, configure_logging
 from sidecar.probe import probe_all

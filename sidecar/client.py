@@ -40,7 +40,7 @@ DEFAULT_URL = "http://127.0.0.1:8700"
 GUARD_HEADERS: Mapping[str, str] = {"Token-Sidecar": "1"}
 
 
-class SidecarError(errors.SidecarError):
+class SidecarError(errors.TokenSidecarError):
     """The sidecar could not hand out a token; ``code`` is its error code.
 
     ``code`` is one of the token API codes (``token_unavailable``,

@@ -1,4 +1,4 @@
-"""Time, injected: the one seam through which the sidecar reads clocks and sleeps.
+"""Time, injected: the Clock through which the sidecar reads clocks and sleeps; bounded waits.
 
 Policy code (refresh timing, backoff, breakers, throttles) never calls
 ``time.monotonic()`` or ``asyncio.sleep()`` directly; it takes a :class:`Clock`.
@@ -67,3 +67,16 @@ async def wait_until(clock: Clock, event: asyncio.Event, timeout: float) -> bool
                 task.cancel()
         await asyncio.gather(waiter, sleeper, return_exceptions=True)
     return event.is_set()
+
+
+async def cancel_and_wait(task: asyncio.Task[object] | None, timeout: float) -> None:
+    """Cancel ``task`` and wait for it to end, at most ``timeout`` seconds of real time.
+
+    ``asyncio.wait`` never raises the task's own ``CancelledError``, so a
+    cancellation of the caller still propagates, and a task that ignores
+    cancellation cannot hold shutdown up for longer than the bound.
+    """
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.wait({task}, timeout=timeout)

@@ -20,7 +20,7 @@ import jwt
 
 from sidecar.clock import Clock
 from sidecar.config import ProfileConfig, SecretRef
-from sidecar.errors import IdPRejectedError
+from sidecar.errors import CredentialsError
 
 #: Lifetime of a client assertion: Auth0 accepts at most 5 min and recommends 1.
 ASSERTION_LIFETIME = 60
@@ -48,13 +48,6 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
-
-
-class CredentialsError(IdPRejectedError):
-    """A configured credential could not be read: the profile is misconfigured."""
-
-    def __init__(self, description: str) -> None:
-        super().__init__(description, error="credentials_unavailable", description=description)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The daemon: wires the token service to its listeners and handles signals.
+"""Daemon: the token service wired to its listeners, its lifecycle, and signal handling.
 
 :class:`Daemon` owns, in start order: one aiohttp client session, the
 :class:`~sidecar.service.TokenService`, the token API (loopback TCP and/or a
@@ -26,14 +26,14 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from sidecar.api import make_token_app
-from sidecar.clock import Clock
+from sidecar.clock import Clock, cancel_and_wait
 from sidecar.config import Config, ServerConfig, is_loopback_host
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, ListenError
 from sidecar.logs import AccessLogger
 from sidecar.metrics import Metrics
-from sidecar.ops import make_ops_app
+from sidecar.ops_api import make_ops_app
 from sidecar.service import TokenService
+from sidecar.token_api import make_token_app
 
 log = logging.getLogger("sidecar.daemon")
 
@@ -41,10 +41,6 @@ log = logging.getLogger("sidecar.daemon")
 SHUTDOWN_GRACE = 5.0
 
 ConfigLoader = Callable[[], Config]
-
-
-class ListenError(Exception):
-    """A listener could not be opened (port in use, socket path taken)."""
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -233,11 +229,7 @@ class Daemon:
 
     async def aclose(self) -> None:
         """Stop listeners (in-flight requests finish), then refreshes, then the session."""
-        if self._reloading is not None:
-            self._reloading.cancel()
-            # asyncio.wait never raises the task's CancelledError, so a
-            # cancellation of aclose() itself still propagates.
-            await asyncio.wait({self._reloading}, timeout=SHUTDOWN_GRACE)
+        await cancel_and_wait(self._reloading, SHUTDOWN_GRACE)
         runners, self._runners = self._runners, []
         await asyncio.gather(*(r.cleanup() for r in runners))
         if self._socket_path is not None:

@@ -13,8 +13,9 @@ import sys
 from types import MappingProxyType
 
 from sidecar.config import Config, ProfileConfig, SecretRef, ServerConfig
-from sidecar.daemon import Daemon, ListenError
+from sidecar.daemon import Daemon
 from sidecar.devidp import DevClient, DevIdP
+from sidecar.errors import ListenError
 
 DEMO_PROFILE = "demo"
 DEMO_CLIENT_ID = "demo-client"

@@ -1,37 +1,66 @@
-"""The exception tree of token-sidecar.
+"""Every exception of the daemon, drawn as one tree, and the failure kinds of a refresh.
 
-Every error the sidecar raises on purpose derives from :class:`SidecarError`;
-each says whether retrying can help (``retryable``). IdP failures are mapped
-to these types at one boundary (``sidecar.idp``), so nothing above it sees an
-aiohttp, asyncio or JSON exception.
+Each error the sidecar raises on purpose derives from :class:`TokenSidecarError`
+and says whether retrying can help (``retryable``). IdP failures are mapped to
+these types at one boundary (:mod:`sidecar.idp`), so nothing above it sees an
+aiohttp, asyncio or JSON exception. The client library's public
+``SidecarError`` is not in this tree: ``sidecar.client`` stands on its own.
 
-    SidecarError
+    TokenSidecarError
     ├── ConfigError                 bad config: names file, key and problem
-    ├── IdPError                    a token request did not yield a usable token
+    ├── RefreshError                a refresh did not yield a usable token (``kind``)
     │   ├── IdPUnavailableError     transient: connect error, 5xx, reset  (retryable)
     │   │   ├── IdPTimeoutError     the IdP did not answer in time        (retryable)
     │   │   └── IdPResponseError    the IdP answered garbage              (retryable)
     │   ├── IdPRateLimitedError     429; carries ``retry_after``          (retryable)
     │   ├── IdPRejectedError        400/401/403 OAuth error: misconfigured
+    │   │   └── CredentialsError    a configured credential cannot be read
     │   ├── InvalidTokenError       signature, aud, iss or exp check failed
     │   └── CircuitOpenError        the breaker kept the request from the IdP (retryable)
     ├── CacheUnavailableError       the shared token cache (Redis) did not answer (retryable)
+    ├── UnreadableValueError        a shared cache value cannot be opened or parsed
     ├── TokenUnavailableError       no servable token for a caller (``code``, ``retry_after``)
-    └── UnknownProfileError         no such profile
+    ├── UnknownProfileError         no such profile
+    ├── ApiError                    an error answer of the token API (status, code)
+    ├── ListenError                 a listener could not be opened
+    └── IllegalTransitionError      a circuit breaker was asked for a move it has no edge for
 
 Messages never contain a token, a client secret or a client assertion.
 """
 
 from __future__ import annotations
 
+import enum
 
-class SidecarError(Exception):
-    """Base class of every error raised by token-sidecar on purpose."""
+
+class FailureKind(enum.StrEnum):
+    """Why a refresh failed; the values are the ``result`` labels of ``refresh_total``."""
+
+    ERROR = "error"  # transient: connect error, 5xx, garbage
+    TIMEOUT = "timeout"  # transient: no answer in time
+    RATE_LIMITED = "rate_limited"
+    REJECTED = "rejected"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 - a failure kind, not a password
+    CIRCUIT_OPEN = "circuit_open"
+
+    @property
+    def transient(self) -> bool:
+        """Whether this kind backs off exponentially (and counts against the breaker)."""
+        return self in (FailureKind.ERROR, FailureKind.TIMEOUT)
+
+    @property
+    def misconfigured(self) -> bool:
+        """Whether this kind means the profile cannot work as configured."""
+        return self in (FailureKind.REJECTED, FailureKind.INVALID_TOKEN)
+
+
+class TokenSidecarError(Exception):
+    """Base class of every error raised by the token-sidecar daemon on purpose."""
 
     retryable: bool = False
 
 
-class ConfigError(SidecarError):
+class ConfigError(TokenSidecarError):
     """The configuration is invalid; the message names the file, key and problem."""
 
     def __init__(self, source: str, key: str, problem: str) -> None:
@@ -42,13 +71,10 @@ class ConfigError(SidecarError):
         super().__init__(f"{where}: {problem}")
 
 
-class IdPError(SidecarError):
-    """A token request failed. ``result`` is the metrics label of the failure."""
+class RefreshError(TokenSidecarError):
+    """A refresh failed; ``kind`` is its failure class (and metrics label)."""
 
-    result: str = "error"
-    #: The OAuth ``error`` code and ``error_description`` when the IdP sent them.
-    error: str | None = None
-    description: str | None = None
+    kind: FailureKind = FailureKind.ERROR
 
     def __init__(
         self,
@@ -59,17 +85,13 @@ class IdPError(SidecarError):
         status: int | None = None,
     ) -> None:
         super().__init__(message)
+        #: The OAuth ``error`` code and ``error_description`` when the IdP sent them.
         self.error = error
         self.description = description
         self.status = status
 
-    @property
-    def kind(self) -> str:
-        """The failure class shown in ``/status`` ``last_error.kind``."""
-        return self.result
 
-
-class IdPUnavailableError(IdPError):
+class IdPUnavailableError(RefreshError):
     """Transient: the IdP could not be reached or answered with a server error."""
 
     retryable = True
@@ -78,59 +100,82 @@ class IdPUnavailableError(IdPError):
 class IdPTimeoutError(IdPUnavailableError):
     """The IdP did not answer within the configured timeout."""
 
-    result = "timeout"
+    kind = FailureKind.TIMEOUT
 
 
 class IdPResponseError(IdPUnavailableError):
     """The IdP answered with a body that is not a valid token response."""
 
 
-class IdPRateLimitedError(IdPError):
+class IdPRateLimitedError(RefreshError):
     """The IdP answered 429; ``retry_after`` is how long it asked us to wait."""
 
     retryable = True
-    result = "rate_limited"
+    kind = FailureKind.RATE_LIMITED
 
-    def __init__(self, message: str, *, retry_after: float | None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None,
+        error: str | None = None,
+        description: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, error=error, description=description, status=status)
         self.retry_after = retry_after
 
 
-class IdPRejectedError(IdPError):
+class IdPRejectedError(RefreshError):
     """The IdP refused the request (bad credentials, grant, scope): misconfigured."""
 
-    result = "rejected"
+    kind = FailureKind.REJECTED
 
 
-class InvalidTokenError(IdPError):
+class CredentialsError(IdPRejectedError):
+    """A configured credential could not be read: the profile is misconfigured."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, error="credentials_unavailable", description=description)
+
+
+class InvalidTokenError(RefreshError):
     """The issued token failed verification (signature, ``aud``, ``iss`` or ``exp``)."""
 
-    result = "invalid_token"
+    kind = FailureKind.INVALID_TOKEN
 
 
-class CircuitOpenError(IdPError):
+class CircuitOpenError(RefreshError):
     """The circuit breaker of the token endpoint is open; no request was sent."""
 
     retryable = True
-    result = "circuit_open"
+    kind = FailureKind.CIRCUIT_OPEN
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
-class CacheUnavailableError(SidecarError):
+class CacheUnavailableError(TokenSidecarError):
     """The shared token cache could not be reached or did not answer in time.
 
     Fleet mode maps every Redis connection, timeout and protocol error to this
-    one type at :mod:`sidecar.rediscache`; the engine falls back to a local
-    refresh when it sees it, so serving never fails because of the cache.
+    one type in :mod:`sidecar.fleet`; a refresh falls back to the IdP on its
+    own when it sees it, so serving never fails because of the cache.
     """
 
     retryable = True
 
 
-class TokenUnavailableError(SidecarError):
+class UnreadableValueError(TokenSidecarError):
+    """A shared cache value could not be opened or parsed; ``reason`` is a metrics label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TokenUnavailableError(TokenSidecarError):
     """No servable token for a caller; ``code`` is the token API error code."""
 
     retryable = True
@@ -142,9 +187,39 @@ class TokenUnavailableError(SidecarError):
         self.retry_after = retry_after
 
 
-class UnknownProfileError(SidecarError):
+class UnknownProfileError(TokenSidecarError):
     """The caller asked for a profile that is not configured."""
 
     def __init__(self, profile: str) -> None:
         super().__init__("unknown profile")
         self.profile = profile
+
+
+class ApiError(TokenSidecarError):
+    """An error answer of the token API; the message is fixed text, never request input."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        profile: str | None = None,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.profile = profile
+        self.retry_after = retry_after
+        self.headers = headers or {}
+
+
+class ListenError(TokenSidecarError):
+    """A listener could not be opened (port in use, socket path taken)."""
+
+
+class IllegalTransitionError(TokenSidecarError, RuntimeError):
+    """A circuit breaker was asked to move between states that have no edge."""

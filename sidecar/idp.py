@@ -1,4 +1,4 @@
-"""The IdP client: one client-credentials token request, and every failure typed.
+"""IdPClient: one client-credentials token request, its TokenResponse, and every failure typed.
 
 :func:`map_transport_errors` is the one boundary where aiohttp and asyncio
 exceptions become :mod:`sidecar.errors` types; :func:`classify_response`
@@ -25,12 +25,12 @@ from sidecar.clock import Clock
 from sidecar.config import ProfileConfig
 from sidecar.credentials import Credentials, client_assertion
 from sidecar.errors import (
-    IdPError,
     IdPRateLimitedError,
     IdPRejectedError,
     IdPResponseError,
     IdPTimeoutError,
     IdPUnavailableError,
+    RefreshError,
 )
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -44,7 +44,7 @@ MAX_RETRY_AFTER = 3600.0
 
 
 @dataclass(frozen=True, repr=False)
-class IssuedToken:
+class TokenResponse:
     """A parsed, not yet verified, token response."""
 
     access_token: str
@@ -53,7 +53,7 @@ class IssuedToken:
     scope: str | None
 
     def __repr__(self) -> str:
-        return f"IssuedToken(expires_in={self.expires_in}, scope={self.scope!r}, value=[secure])"
+        return f"TokenResponse(expires_in={self.expires_in}, scope={self.scope!r}, value=[secure])"
 
 
 @contextlib.contextmanager
@@ -61,7 +61,7 @@ def map_transport_errors() -> Iterator[None]:
     """Translate aiohttp and timeout exceptions into :class:`IdPUnavailableError` types."""
     try:
         yield
-    except IdPError:
+    except RefreshError:
         raise
     except TimeoutError as exc:  # aiohttp's ServerTimeoutError is a TimeoutError too
         raise IdPTimeoutError("IdP did not answer in time") from exc
@@ -102,8 +102,8 @@ class IdPClient:
         self._session = session
         self._clock = clock
 
-    async def request_token(self, profile: ProfileConfig, creds: Credentials) -> IssuedToken:
-        """POST a client-credentials grant; return the parsed response or raise an IdPError."""
+    async def request_token(self, profile: ProfileConfig, creds: Credentials) -> TokenResponse:
+        """POST a client-credentials grant; return the parsed response or raise a RefreshError."""
         form = build_form(profile, creds, self._clock)
         headers = {"Accept": "application/json"}
         if profile.client_auth == "client_secret_basic":
@@ -133,7 +133,7 @@ async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)
 
 
-def classify_response(status: int, headers: Any, body: bytes, *, now: float) -> IssuedToken:
+def classify_response(status: int, headers: Any, body: bytes, *, now: float) -> TokenResponse:
     """Map one HTTP answer of a token endpoint to a token or the most specific error."""
     if status == 200:
         return parse_token_response(body)
@@ -173,7 +173,7 @@ def classify_response(status: int, headers: Any, body: bytes, *, now: float) -> 
     )
 
 
-def parse_token_response(body: bytes) -> IssuedToken:
+def parse_token_response(body: bytes) -> TokenResponse:
     """Parse a 200 body defensively: unknown fields ignored, ``expires_in`` int or string."""
     payload = _json_object(body)
     if payload is None:
@@ -185,7 +185,7 @@ def parse_token_response(body: bytes) -> IssuedToken:
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise IdPResponseError("token response has an unsupported token_type", status=200)
     scope = payload.get("scope")
-    return IssuedToken(
+    return TokenResponse(
         access_token=token,
         token_type="Bearer",  # noqa: S106 - a token type, not a password
         expires_in=_expires_in(payload.get("expires_in")),

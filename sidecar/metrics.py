@@ -1,4 +1,4 @@
-"""Prometheus metrics of DESIGN.md, registered on an injected registry.
+"""Metrics: the Prometheus metrics of DESIGN.md, registered on an injected registry.
 
 A :class:`Metrics` is created once per daemon (and once per test) on its own
 ``CollectorRegistry``; nothing is registered on the global registry at import
@@ -10,16 +10,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sidecar._version import __version__
+from sidecar.errors import FailureKind
 
-REFRESH_RESULTS = (
-    "success",
-    "error",
-    "timeout",
-    "rate_limited",
-    "rejected",
-    "invalid_token",
-    "circuit_open",
-)
+REFRESH_RESULTS = ("success", *(kind.value for kind in FailureKind))
 REQUEST_OUTCOMES = ("served", "stale", "unavailable", "denied")
 FALLBACK_REASONS = ("refresh_failing", "circuit_open", "cache_backend_down")
 INVALIDATION_RESULTS = ("refreshed", "already_rotated", "throttled")

@@ -1,4 +1,4 @@
-"""Scheduling policy as pure functions: when to refresh, how long to back off.
+"""Scheduling policy as pure functions: when to refresh, how long to wait after each failure kind.
 
 Nothing here reads a clock, sleeps or does I/O; every input is an argument,
 and randomness comes from an injected ``random.Random``, so tests can assert
@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import random
 
-from sidecar.config import RefreshBefore
+from sidecar.config import BackoffConfig, RefreshBefore
+from sidecar.errors import FailureKind
 
 #: Refresh no later than this many seconds before expiry, or half-life if shorter.
 REFRESH_FLOOR_SECONDS = 60.0
@@ -101,3 +102,31 @@ def rate_limit_delay(
     if retry_after is not None and retry_after > 0:
         return retry_after
     return fallback
+
+
+def retry_delay(
+    kind: FailureKind,
+    *,
+    attempt: int,
+    backoff: BackoffConfig,
+    rng: random.Random,
+    retry_after: float | None = None,
+    servable_for: float | None = None,
+) -> float:
+    """How long to wait before the next attempt after a failure of ``kind`` (DESIGN lifecycle).
+
+    ``attempt`` is the 1-based number of this failure among consecutive
+    transient ones (for a 429 without a wait of its own: the one it would
+    be); ``retry_after`` is what a 429 or an open circuit asked for;
+    ``servable_for`` how long the current token stays servable.
+    """
+    if kind.transient:
+        return backoff_delay(
+            attempt, base=backoff.base, cap=backoff.cap, rng=rng, servable_for=servable_for
+        )
+    if kind is FailureKind.RATE_LIMITED:
+        fallback = backoff_delay(attempt, base=backoff.base, cap=backoff.cap, rng=rng)
+        return rate_limit_delay(retry_after=retry_after, fallback=fallback)
+    if kind is FailureKind.CIRCUIT_OPEN:
+        return retry_after if retry_after is not None else backoff.base
+    return MISCONFIGURED_RETRY_SECONDS

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from sidecar.breaker import CircuitBreaker
 from sidecar.clock import SystemClock
 from sidecar.config import Config, ProfileConfig
 from sidecar.credentials import CredentialStore
-from sidecar.errors import IdPError
+from sidecar.errors import RefreshError
 from sidecar.idp import IdPClient
-from sidecar.issuance import build_token
+from sidecar.minter import TokenMinter
 from sidecar.verify import TokenVerifier
 
 
@@ -39,19 +40,20 @@ async def probe_all(config: Config) -> ProbeResults:
 async def _probe_one(
     profile: ProfileConfig, idp: IdPClient, verifier: TokenVerifier, clock: SystemClock
 ) -> str:
+    """One refresh of ``profile`` down the daemon's own path (breaker, IdP, verify, issuance)."""
+    minter = TokenMinter(
+        profile,
+        idp=idp,
+        verifier=verifier,
+        breaker=CircuitBreaker(
+            clock, failures=profile.breaker.failures, reset=profile.breaker.reset
+        ),
+        clock=clock,
+        rng=random.Random(),  # noqa: S311 - jitter only
+    )
     try:
-        creds = CredentialStore(profile).load()
-        issued = await idp.request_token(profile, creds)
-        claims = await verifier.verify(profile, issued.access_token)
-        token = build_token(
-            issued,
-            claims,
-            profile,
-            now=clock.monotonic(),
-            wall_now=clock.time(),
-            rng=random.Random(),  # noqa: S311 - jitter only
-        )
-    except IdPError as exc:
+        token = await minter.mint(CredentialStore(profile).load())
+    except RefreshError as exc:
         detail = ": ".join(p for p in (exc.error, exc.description) if p) or str(exc)
         return f"FAILED profile {profile.name}: {exc.kind}: {detail}"
     lifetime = int(token.lifetime)

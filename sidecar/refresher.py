@@ -1,9 +1,12 @@
-"""The per-profile refresh-ahead engine: one token, one refresh loop, one IdP request at a time.
+"""ProfileRefresher: one profile's token, its refresh loop, serving, invalidate and bookkeeping.
 
 A :class:`ProfileRefresher` owns exactly one background task. Every IdP
 request of the profile happens in that task, which makes single flight a
 property of the structure rather than of a lock: callers never talk to the
-IdP, they only wake the loop and wait for the attempt to settle.
+IdP, they only wake the loop and wait for the attempt to settle. How a token
+is minted or vetted is the :class:`~sidecar.minter.TokenMinter`'s business;
+when to try again is :func:`sidecar.policy.retry_delay`'s; what the profile
+looks like from outside is :mod:`sidecar.profile_status`'s.
 
 Invariants:
 - a failed refresh never replaces a valid token;
@@ -19,45 +22,45 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import logging
 import random
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.breaker import CircuitBreaker, CircuitState
-from sidecar.cache import CacheState, SharedToken, identity_of
-from sidecar.clock import Clock, wait_until
+from sidecar.clock import Clock, cancel_and_wait, wait_until
 from sidecar.config import ProfileConfig
-from sidecar.credentials import Credentials, CredentialStore
+from sidecar.credentials import CredentialStore
 from sidecar.errors import (
     CircuitOpenError,
-    IdPError,
+    FailureKind,
     IdPRateLimitedError,
-    IdPRejectedError,
-    IdPUnavailableError,
     InvalidTokenError,
+    RefreshError,
     TokenUnavailableError,
 )
 from sidecar.fleet import (
     LOCK_MARGIN,
+    CacheState,
     FleetRefresh,
     FleetRequest,
-    Obtained,
+    FleetResult,
+    SharedToken,
     Source,
-    token_from_shared,
+    identity_of,
 )
-from sidecar.idp import IdPClient
-from sidecar.issuance import build_token
 from sidecar.metrics import Metrics
-from sidecar.policy import (
-    MISCONFIGURED_RETRY_SECONDS,
-    backoff_delay,
-    rate_limit_delay,
+from sidecar.minter import TokenMinter
+from sidecar.policy import retry_delay
+from sidecar.profile_status import (
+    LastError,
+    ProfileState,
+    fallback_reason,
+    profile_state,
+    served_stale,
+    status_entry,
 )
-from sidecar.token import Token, TokenState, fingerprint
-from sidecar.verify import TokenVerifier
+from sidecar.token import HeldToken
 
 log = logging.getLogger("sidecar.refresh")
 
@@ -67,45 +70,18 @@ WATCH_INTERVAL = 10.0
 INVALIDATE_THROTTLE = 10.0
 
 
-class ProfileState(enum.Enum):
-    """What ``/status`` says about a profile."""
-
-    WARMING = "warming"
-    READY = "ready"
-    REFRESHING = "refreshing"
-    STALE = "stale"
-    UNAVAILABLE = "unavailable"
-    MISCONFIGURED = "misconfigured"
-
-
 @dataclass(frozen=True)
-class Served:
+class ServedToken:
     """A token handed to a caller, and whether it is a fallback (refreshes failing)."""
 
-    token: Token
+    token: HeldToken
     stale: bool
 
 
 @dataclass(frozen=True)
-class LastError:
-    """The most recent refresh failure, safe to show (no secrets)."""
+class RefreshContext:
+    """The collaborators every refresher of a daemon shares."""
 
-    kind: str
-    error: str | None
-    description: str | None
-    at: float  # UNIX time
-
-    @classmethod
-    def of(cls, exc: IdPError, at: float) -> LastError:
-        return cls(kind=exc.kind, error=exc.error, description=exc.description or str(exc), at=at)
-
-
-@dataclass(frozen=True)
-class Engine:
-    """The shared collaborators every refresher of a daemon uses."""
-
-    idp: IdPClient
-    verifier: TokenVerifier
     metrics: Metrics
     clock: Clock
     rng: random.Random
@@ -119,21 +95,21 @@ class ProfileRefresher:
     def __init__(
         self,
         profile: ProfileConfig,
-        engine: Engine,
-        breaker: CircuitBreaker,
+        context: RefreshContext,
+        minter: TokenMinter,
         credentials: CredentialStore,
         *,
         watch_interval: float = WATCH_INTERVAL,
     ) -> None:
         self.profile = profile
         self.name = profile.name
-        self._engine = engine
-        self._clock = engine.clock
-        self._metrics = engine.metrics
-        self._breaker = breaker
+        self.minter = minter
+        self._context = context
+        self._clock = context.clock
+        self._metrics = context.metrics
         self._credentials = credentials
         self._watch_interval = watch_interval
-        self._token: Token | None = None
+        self._token: HeldToken | None = None
         self._failures = 0  # consecutive failed attempts, any kind
         self._transient_failures = 0  # consecutive transient ones: the backoff exponent
         self._not_before = 0.0  # no attempt before this monotonic instant
@@ -163,18 +139,13 @@ class ProfileRefresher:
     async def aclose(self, timeout: float = 5.0) -> None:
         """Cancel the refresh loop and wait for it (bounded)."""
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        # asyncio.wait never raises the task's CancelledError, so a
-        # cancellation of aclose() itself still propagates.
-        await asyncio.wait({task}, timeout=timeout)
+        await cancel_and_wait(task, timeout)
 
     async def wait_idle(self) -> None:
         """Return once the loop is waiting for its next due instant (no attempt running)."""
         await self._parked.wait()
 
-    def adopt(self, other: ProfileRefresher) -> None:
+    def inherit_token(self, other: ProfileRefresher) -> None:
         """Take over the token of a refresher being replaced (config reload)."""
         self._token = other._token
         if self._token is not None:
@@ -183,11 +154,11 @@ class ProfileRefresher:
     # -- serving -----------------------------------------------------------
 
     @property
-    def token(self) -> Token | None:
+    def token(self) -> HeldToken | None:
         return self._token
 
-    def peek(self, min_ttl: float | None = None) -> Served | None:
-        """The servable token now, without waiting; the hot path of the token API."""
+    def serve_now(self, min_ttl: float | None = None) -> ServedToken | None:
+        """The servable token now, without waiting; counts a fallback. The token API's hot path."""
         token = self._token
         if token is None:
             return None
@@ -195,17 +166,17 @@ class ProfileRefresher:
         need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
         if token.expires_at - now <= need:
             return None
-        stale = self._failures > 0 and now >= token.refresh_at
+        stale = served_stale(token, now=now, failures=self._failures)
         if stale:
-            reason = "circuit_open" if self._last_kind == "circuit_open" else "refresh_failing"
+            reason = fallback_reason(self._last_kind)
             self._metrics.fallback_total.labels(self.name, reason).inc()
-        if self._engine.fleet.cache.state is CacheState.DOWN:
+        if self._context.fleet.cache.state is CacheState.DOWN:
             self._metrics.fallback_total.labels(self.name, "cache_backend_down").inc()
-        return Served(token, stale)
+        return ServedToken(token, stale)
 
-    async def get(self, min_ttl: float | None = None) -> Served:
+    async def get(self, min_ttl: float | None = None) -> ServedToken:
         """A servable token with at least ``min_ttl`` left, waiting for a refresh if needed."""
-        served = self.peek(min_ttl)
+        served = self.serve_now(min_ttl)
         if served is not None:
             return served
         need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
@@ -217,7 +188,7 @@ class ProfileRefresher:
                 self._request_attempt()
             if not await wait_until(self._clock, settled, deadline - self._clock.monotonic()):
                 raise self._unavailable("timed out waiting for a token", retry_after=1.0)
-            served = self.peek(min_ttl)
+            served = self.serve_now(min_ttl)
             if served is not None:
                 return served
             if self._failures == 0 and self._token is not None:
@@ -226,7 +197,7 @@ class ProfileRefresher:
                     f"the IdP issues tokens shorter than min_ttl {need:.0f}s", retry_after=1.0
                 )
 
-    async def invalidate(self, token_fingerprint: str) -> tuple[str, Served]:
+    async def invalidate(self, token_fingerprint: str) -> tuple[str, ServedToken]:
         """Drop the current token if it is the reported one; answer the current valid token.
 
         Returns ``(result, served)`` where result is ``refreshed``,
@@ -269,8 +240,8 @@ class ProfileRefresher:
         if not self._failures or self._in_flight or self._not_before <= deadline:
             return
         retry_after = max(1.0, self._not_before - self._clock.monotonic())
-        if self._last_kind in ("rejected", "invalid_token") and self._last_error is not None:
-            err = self._last_error
+        err = self._last_error
+        if self._last_kind is not None and self._last_kind.misconfigured and err is not None:
             raise self._unavailable(
                 f"{err.kind}: {err.error or 'error'}: {err.description or 'no description'}",
                 code="misconfigured",
@@ -286,7 +257,7 @@ class ProfileRefresher:
         return TokenUnavailableError(self.name, message, code=code, retry_after=retry_after)
 
     @property
-    def _last_kind(self) -> str | None:
+    def _last_kind(self) -> FailureKind | None:
         return self._last_error.kind if self._failures and self._last_error else None
 
     # -- the refresh loop -------------------------------------------------
@@ -302,10 +273,10 @@ class ProfileRefresher:
                 # The loop must outlive any bug in one attempt: log it with the
                 # traceback, count it as an error, back off, and keep going.
                 log.exception("refresh.crashed", extra={"profile": self.name})
-                self._metrics.refresh_total.labels(self.name, "error").inc()
+                self._metrics.refresh_total.labels(self.name, FailureKind.ERROR).inc()
                 self._failures += 1
                 self._last_error = LastError(
-                    "error", "internal", type(exc).__name__, self._clock.time()
+                    FailureKind.ERROR, "internal", type(exc).__name__, self._clock.time()
                 )
                 self._not_before = self._clock.monotonic() + self.profile.backoff.cap
             finally:
@@ -341,16 +312,16 @@ class ProfileRefresher:
         start = self._clock.monotonic()
         try:
             creds = self._credentials.load()
-            obtained = await self._engine.fleet.obtain(
+            obtained = await self._context.fleet.obtain(
                 FleetRequest(
                     profile=self.name,
                     identity=identity_of(self.profile, creds.client_id),
                     lock_ttl=self.profile.timeout + LOCK_MARGIN,
-                    mint=functools.partial(self._mint, creds),
+                    mint=functools.partial(self.minter.mint, creds),
                     adopt=self._adoptable,
                 )
             )
-        except IdPError as exc:
+        except RefreshError as exc:
             self._on_failure(exc)
         else:
             self._on_success(obtained)
@@ -358,41 +329,7 @@ class ProfileRefresher:
             elapsed = self._clock.monotonic() - start
             self._metrics.refresh_duration.labels(self.name).observe(elapsed)
 
-    async def _mint(self, creds: Credentials) -> Token:
-        """Ask the IdP for a new token through the breaker, and verify it."""
-        e = self._engine
-        if not self._breaker.allow():
-            raise CircuitOpenError(
-                "circuit open: not calling the IdP",
-                retry_after=self._breaker.retry_in() or self.profile.backoff.base,
-            )
-        try:
-            issued = await e.idp.request_token(self.profile, creds)
-            claims = await e.verifier.verify(self.profile, issued.access_token)
-            token = build_token(
-                issued,
-                claims,
-                self.profile,
-                now=self._clock.monotonic(),
-                wall_now=self._clock.time(),
-                rng=e.rng,
-            )
-        except IdPUnavailableError:
-            self._breaker.record_failure()
-            raise
-        except IdPError:
-            self._breaker.record_success()
-            raise
-        except BaseException:
-            # Cancelled, or a bug below us: no verdict on the IdP, but the
-            # half-open probe slot must be freed or the circuit sticks open.
-            self._breaker.release()
-            raise
-        self._breaker.record_success()
-        self._metrics.tokens_minted.labels(self.name).inc()
-        return token
-
-    async def _adoptable(self, shared: SharedToken) -> Token | None:
+    async def _adoptable(self, shared: SharedToken) -> HeldToken | None:
         """``shared`` as this profile's token if it outlives ours, is servable and verifies.
 
         A shared token is verified like one from the IdP: whoever can write
@@ -408,14 +345,7 @@ class ProfileRefresher:
         ):
             return None
         try:
-            claims = await self._engine.verifier.verify(self.profile, shared.value)
-            exp = claims.get("exp")
-            if fingerprint(shared.value) != shared.fingerprint or (
-                isinstance(exp, int | float) and exp < shared.expires_at - 1
-            ):
-                raise InvalidTokenError(  # noqa: TRY301 - one rejection path
-                    "shared token does not match its record", description="inconsistent record"
-                )
+            return await self.minter.vet_shared(shared)
         except InvalidTokenError as exc:
             self._metrics.cache_errors.labels("rejected").inc()
             log.warning(
@@ -427,17 +357,16 @@ class ProfileRefresher:
                 },
             )
             return None
-        return token_from_shared(
-            shared, self.profile, now=self._clock.monotonic(), wall_now=wall, rng=self._engine.rng
-        )
 
-    def _on_success(self, obtained: Obtained) -> None:
+    def _on_success(self, obtained: FleetResult) -> None:
         token = obtained.token
         self._token = token
         self._failures = self._transient_failures = 0
         self._not_before = 0.0
         self._last_success_at = self._clock.time()
         self._metrics.refresh_total.labels(self.name, "success").inc()
+        if obtained.source is not Source.SHARED:
+            self._metrics.tokens_minted.labels(self.name).inc()
         self._metrics.token_expiry.labels(self.name).set(token.expires_at_wall)
         now = self._clock.monotonic()
         log.info(
@@ -454,18 +383,14 @@ class ProfileRefresher:
             # Refreshed without the shared cache: counted once per such token.
             self._metrics.fallback_total.labels(self.name, "cache_backend_down").inc()
 
-    def _on_failure(self, exc: IdPError) -> None:
+    def _on_failure(self, exc: RefreshError) -> None:
         now = self._clock.monotonic()
         self._failures += 1
         self._last_error = LastError.of(exc, self._clock.time())
-        self._metrics.refresh_total.labels(self.name, exc.result).inc()
+        self._metrics.refresh_total.labels(self.name, exc.kind).inc()
         delay = self._retry_delay(exc, now)
         self._not_before = now + delay
-        level = (
-            logging.ERROR
-            if isinstance(exc, IdPRejectedError | InvalidTokenError)
-            else logging.WARNING
-        )
+        level = logging.ERROR if exc.kind.misconfigured else logging.WARNING
         log.log(
             level,
             "refresh.failed",
@@ -481,80 +406,56 @@ class ProfileRefresher:
             },
         )
 
-    def _retry_delay(self, exc: IdPError, now: float) -> float:
-        """How long to wait after ``exc``, by failure class (DESIGN.md lifecycle rules)."""
-        cfg = self.profile.backoff
+    def _retry_delay(self, exc: RefreshError, now: float) -> float:
+        """How long to wait after ``exc``; counts a transient failure into the backoff exponent."""
+        attempt = self._transient_failures + 1
+        if exc.kind.transient:
+            self._transient_failures = attempt
         servable_for = None
         if self._token is not None:
             servable_for = self._token.expires_at - self.profile.min_ttl - now
-        if isinstance(exc, IdPUnavailableError):
-            self._transient_failures += 1
-            return backoff_delay(
-                self._transient_failures,
-                base=cfg.base,
-                cap=cfg.cap,
-                rng=self._engine.rng,
-                servable_for=servable_for,
-            )
-        if isinstance(exc, IdPRateLimitedError):
-            fallback = backoff_delay(
-                self._transient_failures + 1, base=cfg.base, cap=cfg.cap, rng=self._engine.rng
-            )
-            return rate_limit_delay(retry_after=exc.retry_after, fallback=fallback)
-        if isinstance(exc, CircuitOpenError):
-            return exc.retry_after
-        return MISCONFIGURED_RETRY_SECONDS
+        retry_after = (
+            exc.retry_after if isinstance(exc, IdPRateLimitedError | CircuitOpenError) else None
+        )
+        return retry_delay(
+            exc.kind,
+            attempt=attempt,
+            backoff=self.profile.backoff,
+            rng=self._context.rng,
+            retry_after=retry_after,
+            servable_for=servable_for,
+        )
 
     # -- status ------------------------------------------------------------
 
     def state(self) -> ProfileState:
-        now = self._clock.monotonic()
-        token = self._token
-        servable = token is not None and token.servable(now, self.profile.min_ttl)
-        if self._last_kind in ("rejected", "invalid_token"):
-            return ProfileState.MISCONFIGURED
-        if servable and self._in_flight:
-            return ProfileState.REFRESHING
-        if servable:
-            assert token is not None  # noqa: S101 - servable implies a token
-            stale = (
-                self._failures > 0 and token.state(now, self.profile.min_ttl) is TokenState.STALE
-            )
-            return ProfileState.STALE if stale else ProfileState.READY
-        if self._token is None and self._failures == 0:
-            return ProfileState.WARMING
-        return ProfileState.UNAVAILABLE
+        return profile_state(
+            token=self._token,
+            now=self._clock.monotonic(),
+            min_ttl=self.profile.min_ttl,
+            failures=self._failures,
+            last_kind=self._last_kind,
+            in_flight=self._in_flight,
+        )
 
     def servable(self) -> bool:
         token = self._token
         return token is not None and token.servable(self._clock.monotonic(), self.profile.min_ttl)
 
-    @property
-    def circuit(self) -> CircuitState:
-        return self._breaker.state
-
     def status(self) -> dict[str, Any]:
         """The ``/status`` entry of this profile: states and instants, never a secret."""
-        now, wall = self._clock.monotonic(), self._clock.time()
-        token = self._token
-        next_refresh = self._due(now) if self.alive else None
-        err = self._last_error
-        return {
-            "state": self.state().value,
-            "expires_at": int(token.expires_at_wall) if token else None,
-            "next_refresh_at": int(wall + max(0.0, next_refresh - now))
-            if next_refresh is not None
-            else None,
-            "last_success_at": int(self._last_success_at) if self._last_success_at else None,
-            "last_error": (
-                {"kind": err.kind, "error": err.error, "description": err.description}
-                if err
-                else None
-            ),
-            "consecutive_failures": self._failures,
-            "circuit": self._breaker.state.value,
-            "fingerprint": token.fingerprint if token else None,
-        }
+        now = self._clock.monotonic()
+        return status_entry(
+            state=self.state(),
+            token=self._token,
+            now=now,
+            wall_now=self._clock.time(),
+            next_attempt_at=self._due(now) if self.alive else None,
+            last_success_at=self._last_success_at,
+            last_error=self._last_error,
+            failures=self._failures,
+            circuit=self.minter.circuit.value,
+        )
 
     def __repr__(self) -> str:
         return (

@@ -1,9 +1,10 @@
-"""The token service: every profile's refresher, the shared breakers, and reloads.
+"""TokenService: every profile's refresher, the shared breakers, readiness, status and reloads.
 
 One :class:`TokenService` per daemon. It builds a :class:`ProfileRefresher`
-per profile, shares one :class:`CircuitBreaker` per token endpoint between
-the profiles that use it, answers readiness and status, and applies a new
-config without disturbing profiles whose config did not change.
+(with its :class:`TokenMinter`) per profile, shares one
+:class:`CircuitBreaker` per token endpoint between the profiles that use it,
+answers readiness and status, and applies a new config without disturbing
+profiles whose config did not change.
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ import aiohttp
 
 from sidecar._version import __version__
 from sidecar.breaker import CircuitBreaker, CircuitState
-from sidecar.cache import MemoryCache, TokenCache
-from sidecar.cachecodec import TokenCodec, load_key
 from sidecar.clock import Clock, SystemClock
-from sidecar.config import CacheConfig, Config, ProfileConfig
+from sidecar.config import Config, ProfileConfig
 from sidecar.credentials import CredentialStore
 from sidecar.errors import UnknownProfileError
-from sidecar.fleet import FleetRefresh
+from sidecar.fleet import FleetRefresh, TokenCache, make_cache
 from sidecar.idp import IdPClient
 from sidecar.metrics import Metrics
-from sidecar.refresher import WATCH_INTERVAL, Engine, ProfileRefresher, Served
+from sidecar.minter import TokenMinter
+from sidecar.refresher import WATCH_INTERVAL, ProfileRefresher, RefreshContext, ServedToken
 from sidecar.verify import TokenVerifier
 
 log = logging.getLogger("sidecar.service")
@@ -54,14 +54,14 @@ class TokenService:
         self.metrics = metrics if metrics is not None else Metrics()
         self.config = config
         self.cache = cache if cache is not None else make_cache(config, clock, self.metrics)
-        self._engine = Engine(
-            idp=IdPClient(session, clock),
-            verifier=TokenVerifier(session, clock),
+        self._context = RefreshContext(
             metrics=self.metrics,
             clock=clock,
             rng=rng if rng is not None else random.Random(),  # noqa: S311 - jitter, not crypto
             fleet=FleetRefresh(self.cache, clock),
         )
+        self._idp = IdPClient(session, clock)
+        self._verifier = TokenVerifier(session, clock)
         self._environ = environ if environ is not None else os.environ
         self._watch_interval = watch_interval
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -72,14 +72,14 @@ class TokenService:
 
     @property
     def clock(self) -> Clock:
-        return self._engine.clock
+        return self._context.clock
 
     def _breaker(self, profile: ProfileConfig) -> CircuitBreaker:
         """The breaker of the profile's token endpoint; the first profile's settings win."""
         breaker = self._breakers.get(profile.token_url)
         if breaker is None:
             breaker = CircuitBreaker(
-                self._engine.clock,
+                self._context.clock,
                 failures=profile.breaker.failures,
                 reset=profile.breaker.reset,
                 name=profile.token_url,
@@ -104,10 +104,18 @@ class TokenService:
 
     def _make_refresher(self, profile: ProfileConfig) -> ProfileRefresher:
         self.metrics.add_profile(profile.name)
+        minter = TokenMinter(
+            profile,
+            idp=self._idp,
+            verifier=self._verifier,
+            breaker=self._breaker(profile),
+            clock=self._context.clock,
+            rng=self._context.rng,
+        )
         return ProfileRefresher(
             profile,
-            self._engine,
-            self._breaker(profile),
+            self._context,
+            minter,
             CredentialStore(profile, self._environ),
             watch_interval=self._watch_interval,
         )
@@ -138,7 +146,7 @@ class TokenService:
             refresher = self._make_refresher(profile)
             if current is not None and _same_identity(current.profile, profile):
                 # Only serving knobs changed: the token stays valid for the new profile.
-                refresher.adopt(current)
+                refresher.inherit_token(current)
             new[name] = refresher
         self.refreshers = new
         self.config = config
@@ -164,14 +172,14 @@ class TokenService:
 
     # -- serving -----------------------------------------------------------
 
-    def refresher(self, profile: str) -> ProfileRefresher:
+    def refresher_for(self, profile: str) -> ProfileRefresher:
         try:
             return self.refreshers[profile]
         except KeyError:
             raise UnknownProfileError(profile) from None
 
-    async def get(self, profile: str, min_ttl: float | None = None) -> Served:
-        return await self.refresher(profile).get(min_ttl)
+    async def get(self, profile: str, min_ttl: float | None = None) -> ServedToken:
+        return await self.refresher_for(profile).get(min_ttl)
 
     # -- health ------------------------------------------------------------
 
@@ -201,18 +209,6 @@ class TokenService:
             "cache": {"backend": self.cache.backend, "state": self.cache.state.value},
             "profiles": {name: r.status() for name, r in self.refreshers.items()},
         }
-
-
-def make_cache(config: Config, clock: Clock, metrics: Metrics) -> TokenCache:
-    """The token cache ``[cache]`` asks for; a bad key file is a ConfigError here, at start."""
-    cfg: CacheConfig = config.cache
-    if cfg.backend == "memory":
-        return MemoryCache()
-    # Imported here so that the memory backend never needs the redis package loaded.
-    from sidecar.rediscache import RedisCache  # noqa: PLC0415
-
-    key = load_key(cfg.key_file, source=config.source) if cfg.key_file is not None else None
-    return RedisCache(cfg.url, cfg.namespace, clock=clock, metrics=metrics, codec=TokenCodec(key))
 
 
 def _same_identity(a: ProfileConfig, b: ProfileConfig) -> bool:

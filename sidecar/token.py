@@ -1,4 +1,4 @@
-"""The token model: an issued access token with monotonic deadlines.
+"""HeldToken: the access token a profile holds, with monotonic deadlines; its state and fingerprint.
 
 ``expires_in`` (and the JWT ``exp``, when shorter) is converted to monotonic
 deadlines on receipt, so a wall-clock jump never makes a token look fresher
@@ -29,7 +29,7 @@ class TokenState(enum.Enum):
 
 
 @dataclass(frozen=True, repr=False, eq=False)
-class Token:
+class HeldToken:
     """An access token and the instants that govern it.
 
     Invariant: ``obtained_at <= refresh_at <= expires_at`` (monotonic seconds).
@@ -67,8 +67,8 @@ class Token:
 
     def __repr__(self) -> str:
         return (
-            f"Token(fingerprint={self.fingerprint!r}, expires_at_wall={self.expires_at_wall:.0f}, "
-            "value=[secure])"
+            f"HeldToken(fingerprint={self.fingerprint!r}, "
+            f"expires_at_wall={self.expires_at_wall:.0f}, value=[secure])"
         )
 
     __str__ = __repr__

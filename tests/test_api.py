@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 from conftest import CLIENT_SECRET, idle, make_profile, run_for
 
-from sidecar.api import MAX_BODY, make_token_app
 from sidecar.config import BackoffConfig, SecretRef, ServerConfig
 from sidecar.token import fingerprint
+from sidecar.token_api import MAX_BODY, make_token_app
 
 HEADERS = {"Token-Sidecar": "1"}
 DAY = 86400
@@ -266,7 +266,7 @@ async def test_stale_token_is_flagged_during_outage(api, idp, clock, metrics):
     """While refreshes fail the current token is served with stale true and counted stale."""
     service, client = await api(make_profile(idp, backoff=BackoffConfig(base=1.0, cap=30.0)))
     first = await (await client.get("/v1/token/api", headers=HEADERS)).json()
-    refresh_at = service.refresher("api").token.refresh_at
+    refresh_at = service.refresher_for("api").token.refresh_at
     idp.faults.status = 503
     await run_for(clock, service, refresh_at - clock.monotonic() + 60)
     resp = await client.get("/v1/token/api", headers=HEADERS)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from sidecar.breaker import CircuitBreaker, CircuitState, IllegalTransitionError
+from sidecar.breaker import CircuitBreaker, CircuitState
+from sidecar.errors import IllegalTransitionError
 from sidecar.testing import FakeClock
 
 
@@ -84,7 +85,7 @@ def test_release_frees_the_probe_slot(clock):
     breaker = CircuitBreaker(clock, failures=1, reset=0.0)
     breaker.record_failure()
     assert breaker.allow()
-    breaker.release()
+    breaker.release_probe()
     assert breaker.allow()
 
 

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from conftest import make_profile, run_for
 
-from sidecar.api import make_token_app
 from sidecar.client import SidecarAuth, SidecarError, Token, TokenClient, sidecar_middleware
 from sidecar.config import ServerConfig
+from sidecar.token_api import make_token_app
 
 
 class ProtectedAPI:

@@ -22,13 +22,19 @@ from redisutil import (
     unique_namespace,
 )
 
-from sidecar.cache import CacheState, MemoryCache, SharedToken, identity_of
-from sidecar.cachecodec import TokenCodec, load_key
 from sidecar.config import CacheConfig, Config
 from sidecar.errors import CacheUnavailableError, ConfigError
+from sidecar.fleet import (
+    CacheState,
+    MemoryCache,
+    RedisCache,
+    SharedToken,
+    TokenCodec,
+    identity_of,
+    load_key,
+    make_cache,
+)
 from sidecar.metrics import Metrics
-from sidecar.rediscache import RedisCache
-from sidecar.service import make_cache
 from sidecar.testing import FakeClock
 from sidecar.token import fingerprint
 
@@ -259,11 +265,11 @@ async def test_fleet_refreshes_once_per_window(fleet, idp, clock):
     await asyncio.gather(a.get("api"), b.get("api"))
     assert idp.token_requests == 1
     for window in range(1, 4):
-        current = a.refresher("api").token
+        current = a.refresher_for("api").token
         assert current is not None
         await run_for(clock, [a, b], current.expires_at - clock.monotonic() - 60)
         assert idp.token_requests == 1 + window
-        ta, tb = a.refresher("api").token, b.refresher("api").token
+        ta, tb = a.refresher_for("api").token, b.refresher_for("api").token
         assert ta is not None
         assert tb is not None
         assert ta.value == tb.value
@@ -293,13 +299,13 @@ async def test_invalidated_shared_token_is_not_adopted_again(fleet, idp, clock):
     token = (await a.get("api")).token
     await b.get("api")
     await run_for(clock, [a, b], 100)
-    result, served = await b.refresher("api").invalidate(token.fingerprint)
+    result, served = await b.refresher_for("api").invalidate(token.fingerprint)
     assert result == "refreshed"
     assert served.token.value != token.value
     assert idp.token_requests == 2
     # The other sidecar adopts the replacement at its next refresh instead of minting.
     await run_for(clock, [a, b], token.refresh_at - clock.monotonic() + 1)
-    assert a.refresher("api").token.value == served.token.value
+    assert a.refresher_for("api").token.value == served.token.value
     assert idp.token_requests == 2
 
 
@@ -332,19 +338,19 @@ async def test_idp_failure_holds_off_the_whole_fleet(fleet, idp, clock):
     await run_for(clock, [a, b], 0)
     assert idp.token_requests == 1  # the peer failed its attempt without asking the IdP
     for service in (a, b):
-        status = service.refresher("api").status()
+        status = service.refresher_for("api").status()
         assert status["last_error"]["kind"] == "error"
         assert status["consecutive_failures"] >= 1
     peer = [
         s
         for s in (a, b)
-        if "held off" in (s.refresher("api").status()["last_error"]["description"])
+        if "held off" in (s.refresher_for("api").status()["last_error"]["description"])
     ]
     assert len(peer) == 1
     idp.faults.status = None
     await run_for(clock, [a, b], 10)
     assert idp.issued == 1
-    ta, tb = a.refresher("api").token, b.refresher("api").token
+    ta, tb = a.refresher_for("api").token, b.refresher_for("api").token
     assert ta is not None
     assert tb is not None
     assert ta.value == tb.value

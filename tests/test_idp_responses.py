@@ -26,7 +26,7 @@ def test_success_parses_and_ignores_unknown_fields():
     )
     assert issued.expires_in == 86400
     assert issued.scope == "a b"
-    assert repr(issued) == "IssuedToken(expires_in=86400.0, scope='a b', value=[secure])"
+    assert repr(issued) == "TokenResponse(expires_in=86400.0, scope='a b', value=[secure])"
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_rejections(status, body, error):
     with pytest.raises(IdPRejectedError) as info:
         classify_response(status, {}, body, now=NOW)
     assert info.value.error == error
-    assert info.value.result == "rejected"
+    assert info.value.kind == "rejected"
 
 
 def test_rejection_carries_description():
@@ -123,7 +123,7 @@ def test_rate_limit_waits(headers, expected):
     with pytest.raises(IdPRateLimitedError) as info:
         classify_response(429, headers, b'{"error":"too_many_requests"}', now=NOW)
     assert info.value.retry_after == expected
-    assert info.value.result == "rate_limited"
+    assert info.value.kind == "rate_limited"
 
 
 @pytest.mark.parametrize(

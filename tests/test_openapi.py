@@ -47,9 +47,9 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from sidecar.api import make_token_app
 from sidecar.config import SecretRef, ServerConfig
 from sidecar.token import fingerprint
+from sidecar.token_api import make_token_app
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 GET_TOKEN = "GET /v1/token/{profile}"

@@ -11,7 +11,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 
 from sidecar._version import __version__
 from sidecar.config import SecretRef
-from sidecar.ops import LoopWatchdog, make_ops_app
+from sidecar.ops_api import LoopWatchdog, make_ops_app
 
 PROFILE_STATUS_KEYS = {
     "state",
@@ -227,7 +227,7 @@ async def test_status_shape_without_token_value(ops, idp, leaks):
     assert api["circuit"] == "closed"
     assert api["last_error"] is None
     assert api["consecutive_failures"] == 0
-    token = service.refresher("api").token
+    token = service.refresher_for("api").token
     assert api["fingerprint"] == token.fingerprint
     assert api["expires_at"] == int(token.expires_at_wall)
     assert isinstance(api["next_refresh_at"], int)

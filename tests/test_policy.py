@@ -4,13 +4,15 @@ import random
 
 import pytest
 
-from sidecar.config import RefreshBefore
+from sidecar.config import BackoffConfig, RefreshBefore
+from sidecar.errors import FailureKind
 from sidecar.policy import (
     backoff_ceiling,
     backoff_delay,
     rate_limit_delay,
     refresh_at,
     refresh_window,
+    retry_delay,
 )
 
 SHARE_20 = RefreshBefore(share=0.2)
@@ -112,3 +114,44 @@ def test_backoff_never_sleeps_past_the_servable_end():
 def test_rate_limit_delay(retry_after, fallback, expected):
     """A 429 waits what the IdP asked for, else the usual backoff."""
     assert rate_limit_delay(retry_after=retry_after, fallback=fallback) == expected
+
+
+BACKOFF = BackoffConfig(base=1.0, cap=60.0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "attempt", "retry_after", "servable_for", "expected"),
+    [
+        (FailureKind.ERROR, 1, None, None, 1.0),  # first transient failure: base
+        (FailureKind.TIMEOUT, 4, None, None, 8.0),  # doubles per consecutive failure
+        (FailureKind.ERROR, 100, None, None, 60.0),  # capped
+        (FailureKind.ERROR, 7, None, 5.0, 5.0),  # never past the servable end
+        (FailureKind.RATE_LIMITED, 1, 30.0, None, 30.0),  # what the IdP asked for
+        (FailureKind.RATE_LIMITED, 3, None, None, 4.0),  # no ask: the backoff it would be
+        (FailureKind.RATE_LIMITED, 1, 30.0, 5.0, 30.0),  # a 429's wait is not shortened
+        (FailureKind.CIRCUIT_OPEN, 1, 12.5, None, 12.5),  # until the breaker lets a probe by
+        (FailureKind.CIRCUIT_OPEN, 1, None, None, 1.0),  # no reset known: the backoff base
+        (FailureKind.REJECTED, 9, None, None, 300.0),  # misconfigured: every 5 minutes
+        (FailureKind.INVALID_TOKEN, 1, None, 5.0, 300.0),
+    ],
+)
+def test_retry_delay(kind, attempt, retry_after, servable_for, expected):
+    """Each failure kind waits as DESIGN.md's lifecycle rules say."""
+    delay = retry_delay(
+        kind,
+        attempt=attempt,
+        backoff=BACKOFF,
+        rng=_FixedRandom(),
+        retry_after=retry_after,
+        servable_for=servable_for,
+    )
+    assert delay == expected
+
+
+def test_only_error_and_timeout_are_transient():
+    """Exactly the transient kinds back off exponentially; exactly two mean misconfigured."""
+    assert {k for k in FailureKind if k.transient} == {FailureKind.ERROR, FailureKind.TIMEOUT}
+    assert {k for k in FailureKind if k.misconfigured} == {
+        FailureKind.REJECTED,
+        FailureKind.INVALID_TOKEN,
+    }

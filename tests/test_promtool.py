@@ -10,7 +10,7 @@ import pytest
 from conftest import make_profile, run_for
 from test_ops import METRIC_NAMES
 
-from sidecar.ops import make_ops_app
+from sidecar.ops_api import make_ops_app
 
 PROMTOOL = shutil.which("promtool")
 

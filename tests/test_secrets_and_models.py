@@ -12,14 +12,15 @@ from conftest import CLIENT_SECRET, make_profile
 
 from sidecar.clock import wait_until
 from sidecar.config import SecretRef
-from sidecar.credentials import Credentials, CredentialsError, CredentialStore, Secret
+from sidecar.credentials import Credentials, CredentialStore, Secret
+from sidecar.errors import CredentialsError
 from sidecar.logs import REDACTED, JSONFormatter, TextFormatter, configure_logging
 from sidecar.testing import FakeClock
-from sidecar.token import Token, TokenState, fingerprint
+from sidecar.token import HeldToken, TokenState, fingerprint
 
 
-def _token(value: str = "eyJ.secret.token") -> Token:
-    return Token(
+def _token(value: str = "eyJ.secret.token") -> HeldToken:
+    return HeldToken(
         value=value,
         token_type="Bearer",
         scope="read:tools",
@@ -35,7 +36,7 @@ def test_token_repr_is_exact_and_masked():
     """A token's repr shows its fingerprint and expiry, never its value."""
     token = _token()
     assert repr(token) == (
-        f"Token(fingerprint='{fingerprint('eyJ.secret.token')}', "
+        f"HeldToken(fingerprint='{fingerprint('eyJ.secret.token')}', "
         "expires_at_wall=1800000100, value=[secure])"
     )
     assert str(token) == repr(token)

@@ -1,4 +1,4 @@
-"""How a shared token is stored: an orjson record, optionally sealed with AES-GCM.
+"""TokenCodec: how a shared token is stored, as an orjson record optionally sealed with AES-GCM.
 
 A stored value starts with a 4-byte format tag:
 
@@ -24,22 +24,14 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sidecar.cache import SharedToken
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, UnreadableValueError
+from sidecar.fleet._cache import SharedToken
 from sidecar.token import fingerprint
 
 PLAIN = b"ts1p"
 SEALED = b"ts1e"
 KEY_BYTES = 32
 NONCE_BYTES = 12
-
-
-class UnreadableValueError(ValueError):
-    """A stored value could not be opened or parsed; ``reason`` is a metrics label."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def load_key(path: Path, *, source: str) -> bytes:

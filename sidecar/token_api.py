@@ -1,4 +1,4 @@
-"""The token API: the aiohttp app that hands tokens to local callers.
+"""The token API: GET /v1/token and invalidate, behind the guards that keep tokens local.
 
 Every request first passes the guards (``Token-Sidecar: 1`` header, no proxy
 headers, a loopback ``Host``, and for Unix-socket peers an allowed uid), so a
@@ -20,15 +20,16 @@ import math
 import re
 import socket
 import struct
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import orjson
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from sidecar.config import ServerConfig
-from sidecar.errors import TokenUnavailableError, UnknownProfileError
-from sidecar.refresher import ProfileRefresher, Served
+from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
+from sidecar.refresher import ProfileRefresher, ServedToken
+from sidecar.responses import error_response, json_response
 from sidecar.service import TokenService
 from sidecar.token import fingerprint
 
@@ -43,7 +44,6 @@ GUARD_HEADER: Final = "Token-Sidecar"
 MAX_BODY: Final = 16 * 1024
 
 _PROXY_HEADERS = (hdrs.FORWARDED, hdrs.X_FORWARDED_FOR, hdrs.VIA)
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MIN_TTL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{0,6})?")
 _FINGERPRINT = re.compile(r"[0-9a-f]{12}")
 # A Host header: a bracketed IPv6 literal or a name without colons, then an optional port.
@@ -62,41 +62,6 @@ class _PeerSocket(Protocol):
     def family(self) -> int: ...
 
     def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
-
-
-class ApiError(Exception):
-    """An error answer of the token API; the message is fixed text, never request input."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        profile: str | None = None,
-        retry_after: float | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.profile = profile
-        self.retry_after = retry_after
-        self.headers = headers or {}
-
-    def response(self) -> web.Response:
-        body: dict[str, Any] = {
-            "error": self.code,
-            "message": self.message,
-            "profile": self.profile,
-        }
-        headers = {**_NO_STORE, **self.headers}
-        if self.retry_after is not None:
-            seconds = max(1, math.ceil(self.retry_after))
-            body["retry_after"] = seconds
-            headers[hdrs.RETRY_AFTER] = str(seconds)
-        return _json(body, status=self.status, headers=headers)
 
 
 def make_token_app(service: TokenService, server: ServerConfig) -> web.Application:
@@ -151,21 +116,21 @@ async def _boundary(request: web.Request, handler: Handler) -> web.StreamRespons
         _check_guards(request)
         return await handler(request)
     except ApiError as exc:
-        return exc.response()
+        return error_response(exc)
     except UnknownProfileError:
-        return ApiError(404, "unknown_profile", "unknown profile").response()
+        return error_response(ApiError(404, "unknown_profile", "unknown profile"))
     except TokenUnavailableError as exc:
         request.app[SERVICE].metrics.count_request(exc.profile, "unavailable")
-        return ApiError(
-            503, exc.code, str(exc), profile=exc.profile, retry_after=exc.retry_after
-        ).response()
+        return error_response(
+            ApiError(503, exc.code, str(exc), profile=exc.profile, retry_after=exc.retry_after)
+        )
     except web.HTTPMethodNotAllowed as exc:
         allow = ", ".join(sorted(exc.allowed_methods))
-        return ApiError(
-            405, "method_not_allowed", "method not allowed", headers={hdrs.ALLOW: allow}
-        ).response()
+        return error_response(
+            ApiError(405, "method_not_allowed", "method not allowed", headers={hdrs.ALLOW: allow})
+        )
     except web.HTTPNotFound:
-        return ApiError(404, "not_found", "no such endpoint").response()
+        return error_response(ApiError(404, "not_found", "no such endpoint"))
 
 
 def _check_guards(request: web.Request) -> None:
@@ -271,7 +236,7 @@ def _known_refresher(request: web.Request) -> ProfileRefresher | None:
     if name is None:
         return None
     try:
-        return request.app[SERVICE].refresher(name)
+        return request.app[SERVICE].refresher_for(name)
     except UnknownProfileError:
         return None
 
@@ -292,9 +257,9 @@ def _forbidden(request: web.Request, reason: str) -> ApiError:
 async def _get_token(request: web.Request) -> web.Response:
     """``GET /v1/token/{profile}[?min_ttl=SECONDS]``."""
     service = request.app[SERVICE]
-    refresher = service.refresher(request.match_info["profile"])
+    refresher = service.refresher_for(request.match_info["profile"])
     min_ttl = _min_ttl(request, refresher)
-    served = refresher.peek(min_ttl)
+    served = refresher.serve_now(min_ttl)
     if served is None:
         served = await refresher.get(min_ttl)
     return _token_response(service, refresher.name, served)
@@ -303,7 +268,7 @@ async def _get_token(request: web.Request) -> web.Response:
 async def _invalidate(request: web.Request) -> web.Response:
     """``POST /v1/token/{profile}/invalidate``: drop the reported token if still current."""
     service = request.app[SERVICE]
-    refresher = service.refresher(request.match_info["profile"])
+    refresher = service.refresher_for(request.match_info["profile"])
     reported = _reported_fingerprint(await _read_body(request, refresher.name), refresher.name)
     _result, served = await refresher.invalidate(reported)
     return _token_response(service, refresher.name, served)
@@ -360,7 +325,7 @@ def _reported_fingerprint(body: bytes, profile: str) -> str:
     return value
 
 
-def _token_response(service: TokenService, profile: str, served: Served) -> web.Response:
+def _token_response(service: TokenService, profile: str, served: ServedToken) -> web.Response:
     """The 200 answer of both endpoints; counts the request as served or stale."""
     token = served.token
     service.metrics.count_request(profile, "stale" if served.stale else "served")
@@ -373,14 +338,8 @@ def _token_response(service: TokenService, profile: str, served: Served) -> web.
         "profile": profile,
         "stale": served.stale,
     }
-    return _json(body, status=200, headers=_NO_STORE)
+    return json_response(body, status=200)
 
 
 def _bad_request(message: str, profile: str) -> ApiError:
     return ApiError(400, "bad_request", message, profile=profile)
-
-
-def _json(body: dict[str, Any], *, status: int, headers: dict[str, str]) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
-    )

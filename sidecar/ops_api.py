@@ -1,4 +1,4 @@
-"""The ops API: liveness, readiness, metrics and status; it never serves a token.
+"""The ops API: /livez /readyz /metrics /status and the LoopWatchdog; it never serves a token.
 
 ``/livez`` must only fail when restarting the process can help: a stuck or
 starved event loop, or a refresh task that died. It never depends on the IdP,
@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Final
 
-import orjson
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from sidecar.clock import cancel_and_wait
+from sidecar.responses import json_response
 from sidecar.service import TokenService
 
 log = logging.getLogger("sidecar.ops")
@@ -26,8 +27,6 @@ log = logging.getLogger("sidecar.ops")
 WATCHDOG_INTERVAL: Final = 0.5
 #: A wake-up later than this (seconds) means the loop is starved.
 MAX_LOOP_LAG: Final = 5.0
-
-_NO_STORE = {"Cache-Control": "no-store"}
 
 
 class LoopWatchdog:
@@ -66,12 +65,7 @@ class LoopWatchdog:
     async def aclose(self, timeout: float = 1.0) -> None:
         """Stop measuring and wait (bounded) for the task to end."""
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        # asyncio.wait never raises the task's CancelledError, so a cancellation
-        # of the caller itself still propagates.
-        await asyncio.wait({task}, timeout=timeout)
+        await cancel_and_wait(task, timeout)
 
     def problem(self) -> str | None:
         """Why the loop is unhealthy, or None when it is fine."""
@@ -149,22 +143,16 @@ async def _livez(request: web.Request) -> web.Response:
         dead = sorted(name for name, r in service.refreshers.items() if not r.alive)
         reason = "refresh task not running: " + ", ".join(dead)
     if reason is not None:
-        return _json({"alive": False, "reason": reason}, status=503)
-    return _json({"alive": True}, status=200)
+        return json_response({"alive": False, "reason": reason}, status=503)
+    return json_response({"alive": True}, status=200)
 
 
 async def _readyz(request: web.Request) -> web.Response:
     """200 when every required profile holds a servable token, else 503; reasons per profile."""
     ready, profiles = request.app[SERVICE].readiness()
-    return _json({"ready": ready, "profiles": profiles}, status=200 if ready else 503)
+    return json_response({"ready": ready, "profiles": profiles}, status=200 if ready else 503)
 
 
 async def _status(request: web.Request) -> web.Response:
     """States and instants of every profile; never a secret or a token."""
-    return _json(request.app[SERVICE].status(), status=200)
-
-
-def _json(body: dict[str, Any], *, status: int) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, headers=_NO_STORE, content_type="application/json"
-    )
+    return json_response(request.app[SERVICE].status(), status=200)

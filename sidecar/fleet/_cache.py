@@ -1,15 +1,15 @@
-"""The token cache interface: where a profile's token can be shared with other sidecars.
+"""The TokenCache interface, the memory backend, and the shared token and failure records.
 
 Two strategies sit behind :class:`TokenCache`:
 
 - :class:`MemoryCache` (``backend = "memory"``): nothing is shared; every read
   misses, every lock is granted, so each sidecar refreshes on its own. This
   is the behaviour of a single sidecar.
-- :class:`sidecar.rediscache.RedisCache` (``backend = "redis"``, fleet mode):
+- :class:`~sidecar.fleet.RedisCache` (``backend = "redis"``, fleet mode):
   tokens, a refresh lock and change notifications live in Redis.
 
-The engine never talks to a backend directly; :mod:`sidecar.fleet` runs the
-one fleet single-flight algorithm over this interface. A shared token is
+A refresher never talks to a backend directly: :class:`~sidecar.fleet.FleetRefresh`
+runs the one fleet single-flight algorithm over this interface. A shared token is
 identified by :func:`identity_of` (token endpoint, client, audience/resource,
 scope, extra parameters); the backend adds its namespace and hashes it.
 """
@@ -27,7 +27,7 @@ from typing import Protocol
 import orjson
 
 from sidecar.config import ProfileConfig
-from sidecar.token import Token
+from sidecar.token import HeldToken
 
 
 class CacheState(enum.Enum):
@@ -50,7 +50,7 @@ class SharedToken:
     fingerprint: str
 
     @classmethod
-    def of(cls, token: Token) -> SharedToken:
+    def of(cls, token: HeldToken) -> SharedToken:
         return cls(
             value=token.value,
             token_type=token.token_type,

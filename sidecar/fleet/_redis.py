@@ -1,9 +1,9 @@
-"""Fleet mode's token cache on Redis (``redis.asyncio``): shared tokens, a lock, notifications.
+"""RedisCache: fleet mode's TokenCache on ``redis.asyncio``: shared tokens, a lock, notifications.
 
 Layout under ``[cache].namespace`` (``NS``), with ``H`` = SHA-256 of the
-namespace and the token identity (:func:`sidecar.cache.identity_of`):
+namespace and the token identity (:func:`~sidecar.fleet.identity_of`):
 
-- ``NS:token:H``: the encoded token (:mod:`sidecar.cachecodec`), Redis TTL =
+- ``NS:token:H``: the encoded token (:class:`~sidecar.fleet.TokenCodec`), Redis TTL =
   its remaining lifetime;
 - ``NS:lock:H``: the fleet refresh lock, redis-py's ``Lock`` (SET NX PX with
   a random token, released by a Lua compare-and-delete);
@@ -35,10 +35,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import LockNotOwnedError, RedisError
 
-from sidecar.cache import CacheState, SharedFailure, SharedToken
-from sidecar.cachecodec import TokenCodec, UnreadableValueError
-from sidecar.clock import Clock
-from sidecar.errors import CacheUnavailableError
+from sidecar.clock import Clock, cancel_and_wait
+from sidecar.errors import CacheUnavailableError, UnreadableValueError
+from sidecar.fleet._cache import CacheState, SharedFailure, SharedToken
+from sidecar.fleet._codec import TokenCodec
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.cache")
@@ -50,7 +50,7 @@ PROBE_INTERVAL = 1.0
 
 
 class RedisCache:
-    """A :class:`~sidecar.cache.TokenCache` on Redis; never raises anything but our errors."""
+    """A :class:`~sidecar.fleet.TokenCache` on Redis; never raises anything but our errors."""
 
     backend = "redis"
 
@@ -95,9 +95,7 @@ class RedisCache:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task}, timeout=5.0)
+        await cancel_and_wait(task, timeout=5.0)
         await self._redis.aclose()
 
     # -- keys --------------------------------------------------------------

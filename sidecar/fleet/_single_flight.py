@@ -1,6 +1,6 @@
-"""Fleet single flight: adopt the fleet's token, or refresh under the fleet lock and share it.
+"""FleetRefresh: adopt the fleet's token, or refresh under the fleet lock and share it.
 
-One algorithm over any :class:`~sidecar.cache.TokenCache`; with the memory
+One algorithm over any :class:`~sidecar.fleet.TokenCache`; with the memory
 backend it reduces to "ask the IdP". A refresher calls :meth:`FleetRefresh.obtain`
 where it used to call the IdP:
 
@@ -29,22 +29,20 @@ from __future__ import annotations
 
 import enum
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sidecar.cache import CacheState, SharedFailure, SharedToken, TokenCache
 from sidecar.clock import Clock, wait_until
-from sidecar.config import ProfileConfig
 from sidecar.errors import (
     CacheUnavailableError,
-    IdPError,
+    FailureKind,
     IdPRateLimitedError,
     IdPTimeoutError,
     IdPUnavailableError,
+    RefreshError,
 )
-from sidecar.policy import refresh_at
-from sidecar.token import Token
+from sidecar.fleet._cache import CacheState, SharedFailure, SharedToken, TokenCache
+from sidecar.token import HeldToken
 
 log = logging.getLogger("sidecar.fleet")
 
@@ -67,8 +65,10 @@ class Source(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Obtained:
-    token: Token
+class FleetResult:
+    """A refreshed token and where it came from."""
+
+    token: HeldToken
     source: Source
 
 
@@ -79,9 +79,9 @@ class FleetRequest:
     profile: str
     identity: str
     lock_ttl: float
-    mint: Callable[[], Awaitable[Token]]
+    mint: Callable[[], Awaitable[HeldToken]]
     #: This refresher's view of a shared token, or None when it is no better than ours.
-    adopt: Callable[[SharedToken], Awaitable[Token | None]]
+    adopt: Callable[[SharedToken], Awaitable[HeldToken | None]]
 
 
 class FleetRefresh:
@@ -91,17 +91,17 @@ class FleetRefresh:
         self.cache = cache
         self._clock = clock
 
-    async def obtain(self, request: FleetRequest) -> Obtained:
+    async def obtain(self, request: FleetRequest) -> FleetResult:
         """A new token for ``request``; IdP errors from ``mint`` propagate unchanged."""
         if self.cache.state is CacheState.DOWN:
-            return Obtained(await request.mint(), Source.LOCAL)
+            return FleetResult(await request.mint(), Source.LOCAL)
         try:
             return await self._through_cache(request)
         except CacheUnavailableError:
             # Nothing was minted yet (a failed write is handled in _mint_and_share).
-            return Obtained(await request.mint(), Source.LOCAL)
+            return FleetResult(await request.mint(), Source.LOCAL)
 
-    async def _through_cache(self, request: FleetRequest) -> Obtained:
+    async def _through_cache(self, request: FleetRequest) -> FleetResult:
         for _ in range(MAX_ROUNDS):
             # Watch before reading, so a write between the read and the wait is not missed.
             async with self.cache.watch(request.identity) as written:
@@ -119,12 +119,12 @@ class FleetRefresh:
             return adopted
         raise IdPTimeoutError("another sidecar holds the refresh lock and shared no token")
 
-    async def _adoptable(self, request: FleetRequest) -> Obtained | None:
+    async def _adoptable(self, request: FleetRequest) -> FleetResult | None:
         shared = await self.cache.read(request.identity)
         token = await request.adopt(shared) if shared is not None else None
-        return Obtained(token, Source.SHARED) if token is not None else None
+        return FleetResult(token, Source.SHARED) if token is not None else None
 
-    async def _mint_and_share(self, request: FleetRequest) -> Obtained:
+    async def _mint_and_share(self, request: FleetRequest) -> FleetResult:
         log.info(
             "fleet.refreshing", extra={"profile": request.profile, "lock_ttl": request.lock_ttl}
         )
@@ -136,10 +136,10 @@ class FleetRefresh:
         try:
             await self.cache.write(request.identity, SharedToken.of(token))
         except CacheUnavailableError:
-            return Obtained(token, Source.LOCAL)
-        return Obtained(token, Source.IDP)
+            return FleetResult(token, Source.LOCAL)
+        return FleetResult(token, Source.IDP)
 
-    async def _share_failure(self, request: FleetRequest, exc: IdPError) -> None:
+    async def _share_failure(self, request: FleetRequest, exc: RefreshError) -> None:
         wait = exc.retry_after if isinstance(exc, IdPRateLimitedError) else None
         failure = SharedFailure(
             kind=exc.kind,
@@ -160,49 +160,16 @@ class FleetRefresh:
         if failure is None or remaining <= 0:
             return
         description = f"held off by another sidecar: {failure.description or failure.kind}"
-        if failure.kind == "rate_limited":
+        if failure.kind == FailureKind.RATE_LIMITED:
             raise IdPRateLimitedError(
                 "the IdP rate-limited another sidecar",
                 retry_after=remaining,
                 error=failure.error,
                 description=description,
             )
-        error_type = IdPTimeoutError if failure.kind == "timeout" else IdPUnavailableError
+        error_type = IdPTimeoutError if failure.kind == FailureKind.TIMEOUT else IdPUnavailableError
         raise error_type(
             "another sidecar's refresh failed moments ago",
             error=failure.error,
             description=description,
         )
-
-
-def token_from_shared(
-    shared: SharedToken,
-    profile: ProfileConfig,
-    *,
-    now: float,
-    wall_now: float,
-    rng: random.Random,
-) -> Token:
-    """This sidecar's :class:`Token` for a shared one: same instants, its own jitter.
-
-    The refresh window counts from when the token was minted, not adopted,
-    so the fleet's refreshes line up with the token's life.
-    """
-    obtained_at = now - max(0.0, wall_now - shared.obtained_at)
-    expires_at = now + (shared.expires_at - wall_now)
-    return Token(
-        value=shared.value,
-        token_type=shared.token_type,
-        scope=shared.scope,
-        obtained_at=min(obtained_at, expires_at),
-        refresh_at=refresh_at(
-            obtained_at=min(obtained_at, expires_at),
-            expires_at=expires_at,
-            refresh_before=profile.refresh_before,
-            min_ttl=profile.min_ttl,
-            rng=rng,
-        ),
-        expires_at=expires_at,
-        expires_at_wall=shared.expires_at,
-        fingerprint=shared.fingerprint,
-    )

@@ -16,7 +16,7 @@ from sidecar.breaker import CircuitState
 from sidecar.config import BackoffConfig, BreakerConfig, RefreshBefore, SecretRef
 from sidecar.devidp import DevClient
 from sidecar.errors import TokenUnavailableError
-from sidecar.refresher import ProfileState
+from sidecar.profile_status import ProfileState
 
 DAY = 86400.0
 
@@ -39,7 +39,7 @@ async def test_day_token_refreshes_once_per_window(idp, make_service, clock, met
     """A 24 h token is refreshed once per window and never early without reason."""
     service = make_service(make_profile(idp))
     first = await service.get("api")
-    refresher = service.refresher("api")
+    refresher = service.refresher_for("api")
     window_start = first.token.refresh_at
     # Default 20 %: due between 17280 s and 17280 + 1728 s before expiry.
     assert DAY - 17280 - 1728 <= window_start - first.token.obtained_at <= DAY - 17280
@@ -90,7 +90,7 @@ async def test_outage_serves_stale_token_until_recovery(idp, make_service, clock
         served.append(await service.get("api"))
     assert all(s.token.value == first.value for s in served)
     assert all(s.stale for s in served)
-    assert service.refresher("api").state() is ProfileState.STALE
+    assert service.refresher_for("api").state() is ProfileState.STALE
     fallbacks = sum(
         sample(metrics, "token_sidecar_fallback_total", profile="api", reason=reason)
         for reason in ("refresh_failing", "circuit_open")
@@ -103,7 +103,7 @@ async def test_outage_serves_stale_token_until_recovery(idp, make_service, clock
     fresh = await service.get("api")
     assert fresh.token.value != first.value
     assert not fresh.stale
-    assert service.refresher("api").state() is ProfileState.READY
+    assert service.refresher_for("api").state() is ProfileState.READY
 
 
 async def test_outage_past_min_ttl_gives_unavailable(idp, make_service, clock):
@@ -119,7 +119,7 @@ async def test_outage_past_min_ttl_gives_unavailable(idp, make_service, clock):
         await task
     assert info.value.code == "token_unavailable"
     assert info.value.retry_after >= 1
-    assert service.refresher("api").state() is ProfileState.UNAVAILABLE
+    assert service.refresher_for("api").state() is ProfileState.UNAVAILABLE
 
 
 async def test_rate_limit_waits_retry_after_without_tripping_breaker(
@@ -129,7 +129,7 @@ async def test_rate_limit_waits_retry_after_without_tripping_breaker(
     profile = make_profile(idp, breaker=BreakerConfig(failures=1, reset=300))
     service = make_service(profile)
     first = (await service.get("api")).token
-    refresher = service.refresher("api")
+    refresher = service.refresher_for("api")
     idp.faults.rate_limit = True
     idp.faults.retry_after = 30
     await run_for(clock, service, first.refresh_at - clock.monotonic())
@@ -137,13 +137,13 @@ async def test_rate_limit_waits_retry_after_without_tripping_breaker(
     assert sample(metrics, "token_sidecar_refresh_total", profile="api", result="rate_limited") == 1
     await run_for(clock, service, 29.9)
     assert idp.token_requests == 2
-    assert refresher.circuit is CircuitState.CLOSED
+    assert refresher.minter.circuit is CircuitState.CLOSED
     served = await service.get("api")
     assert served.token.value == first.value
     idp.faults.rate_limit = False
     await run_for(clock, service, 0.2)
     assert idp.token_requests == 3
-    assert refresher.circuit is CircuitState.CLOSED
+    assert refresher.minter.circuit is CircuitState.CLOSED
     assert (await service.get("api")).token.value != first.value
 
 
@@ -164,8 +164,8 @@ async def test_breaker_opens_blocks_then_probes_once(idp, make_service, clock, m
     profile = make_profile(idp, breaker=BreakerConfig(failures=5, reset=30))
     idp.faults.status = 500
     service = make_service(profile)
-    refresher = service.refresher("api")
-    while refresher.circuit is CircuitState.CLOSED:
+    refresher = service.refresher_for("api")
+    while refresher.minter.circuit is CircuitState.CLOSED:
         await run_for(clock, service, 1)
     assert idp.token_requests == 5
     assert sample(metrics, "token_sidecar_circuit_state", profile="api") == 2
@@ -174,7 +174,7 @@ async def test_breaker_opens_blocks_then_probes_once(idp, make_service, clock, m
     idp.faults.status = None
     await run_for(clock, service, 2)
     assert idp.token_requests == 6  # exactly one probe
-    assert refresher.circuit is CircuitState.CLOSED
+    assert refresher.minter.circuit is CircuitState.CLOSED
     assert sample(metrics, "token_sidecar_circuit_state", profile="api") == 0
     assert refresher.servable()
 
@@ -184,13 +184,13 @@ async def test_failed_probe_reopens_circuit(idp, make_service, clock):
     profile = make_profile(idp, breaker=BreakerConfig(failures=2, reset=30))
     idp.faults.status = 502
     service = make_service(profile)
-    refresher = service.refresher("api")
-    while refresher.circuit is CircuitState.CLOSED:
+    refresher = service.refresher_for("api")
+    while refresher.minter.circuit is CircuitState.CLOSED:
         await run_for(clock, service, 1)
     opened = idp.token_requests
     await run_for(clock, service, 31)
     assert idp.token_requests == opened + 1
-    assert refresher.circuit is CircuitState.OPEN
+    assert refresher.minter.circuit is CircuitState.OPEN
 
 
 async def test_bad_credentials_are_misconfigured_and_retry_slowly(
@@ -202,7 +202,7 @@ async def test_bad_credentials_are_misconfigured_and_retry_slowly(
 
     profile = make_profile(idp, client_secret=SecretRef(file=secret_file))
     service = make_service(profile)
-    refresher = service.refresher("api")
+    refresher = service.refresher_for("api")
     await run_for(clock, service, 0)
     assert refresher.state() is ProfileState.MISCONFIGURED
     status = refresher.status()
@@ -238,7 +238,7 @@ async def test_rejected_new_secret_keeps_valid_token(idp, make_service, clock, t
     first = (await service.get("api")).token
     write_secret(secret_file, "rotated-but-wrong")
     await run_for(clock, service, 11)
-    refresher = service.refresher("api")
+    refresher = service.refresher_for("api")
     assert idp.token_requests == 2
     assert refresher.state() is ProfileState.MISCONFIGURED
     served = await service.get("api")
@@ -265,7 +265,7 @@ async def test_secret_file_mounted_after_start_is_used_at_once(idp, make_service
     """A secret file missing at start is picked up by the watcher when it appears."""
     secret_file = tmp_path / "client_secret"
     service = make_service(make_profile(idp, client_secret=SecretRef(file=secret_file)))
-    refresher = service.refresher("api")
+    refresher = service.refresher_for("api")
     await run_for(clock, service, 0)
     assert refresher.state() is ProfileState.MISCONFIGURED
     assert refresher.status()["last_error"]["error"] == "credentials_unavailable"
@@ -281,14 +281,14 @@ async def test_automatic_verify_mode(idp, make_service, clock, metrics):
     idp.faults.opaque = True
     with_jwks = make_service(make_profile(idp))
     await run_for(clock, with_jwks, 0)
-    assert with_jwks.refresher("api").state() is ProfileState.MISCONFIGURED
+    assert with_jwks.refresher_for("api").state() is ProfileState.MISCONFIGURED
     without = make_service(make_profile(idp, name="opaque", jwks_url=None))
     await run_for(clock, without, 0)
-    assert without.refresher("opaque").state() is ProfileState.READY
+    assert without.refresher_for("opaque").state() is ProfileState.READY
     idp.faults.opaque = False
     claims_only = make_service(make_profile(idp, name="claims", jwks_url=None))
     await run_for(clock, claims_only, 0)
-    assert claims_only.refresher("claims").state() is ProfileState.READY
+    assert claims_only.refresher_for("claims").state() is ProfileState.READY
     assert idp.jwks_requests == 0
 
 
@@ -315,7 +315,7 @@ async def test_faults_are_classified(idp, make_service, clock, metrics, fault, r
     service = make_service(make_profile(idp))
     await run_for(clock, service, 0)
     assert sample(metrics, "token_sidecar_refresh_total", profile="api", result=result) == 1
-    assert service.refresher("api").state() is state
+    assert service.refresher_for("api").state() is state
 
 
 async def test_hang_is_a_timeout(idp, make_service, clock, metrics):
@@ -336,7 +336,7 @@ async def test_connection_refused_is_transient(make_service, clock, metrics, idp
     service = make_service(profile)
     await run_for(clock, service, 0)
     assert sample(metrics, "token_sidecar_refresh_total", profile="api", result="error") == 1
-    assert service.refresher("api").status()["last_error"]["kind"] == "error"
+    assert service.refresher_for("api").status()["last_error"]["kind"] == "error"
 
 
 async def test_unknown_host_is_transient(make_service, clock, metrics, idp):
@@ -353,7 +353,7 @@ async def test_key_rotation_refetches_jwks_once(idp, make_service, clock):
     first = (await service.get("api")).token
     assert idp.jwks_requests == 1
     idp.rotate_signing_key(publish=True)
-    refresher = service.refresher("api")
+    refresher = service.refresher_for("api")
     await run_for(clock, service, first.refresh_at - clock.monotonic())
     assert idp.jwks_requests == 2
     assert refresher.state() is ProfileState.READY
@@ -366,7 +366,7 @@ async def test_rotation_within_jwks_cooldown_is_transient(idp, make_service, clo
     service = make_service(make_profile(idp, wait_timeout=60.0))
     first = (await service.get("api")).token
     idp.rotate_signing_key(publish=True)
-    refresher = service.refresher("api")
+    refresher = service.refresher_for("api")
     invalidated = asyncio.ensure_future(refresher.invalidate(first.fingerprint))
     await run_for(clock, service, 0)
     assert refresher.status()["last_error"]["error"] == "unknown_kid"
@@ -386,9 +386,9 @@ async def test_cancellation_mid_request_leaves_consistent_state(idp, make_servic
     """Cancelling a half-open probe mid-request leaves no task, no token and a free probe slot."""
     idp.faults.status = 500
     service = make_service(make_profile(idp, breaker=BreakerConfig(failures=1, reset=5)))
-    refresher = service.refresher("api")
+    refresher = service.refresher_for("api")
     await run_for(clock, service, 0)
-    assert refresher.circuit is CircuitState.OPEN
+    assert refresher.minter.circuit is CircuitState.OPEN
     idp.faults.status = None
     idp.faults.hang = True
     await clock.advance(5)
@@ -397,7 +397,7 @@ async def test_cancellation_mid_request_leaves_consistent_state(idp, make_servic
     await service.aclose()
     assert not refresher.alive
     assert refresher.token is None
-    breaker = refresher._breaker
+    breaker = refresher.minter.breaker
     assert breaker.state is CircuitState.HALF_OPEN
     assert breaker.allow()  # the cancelled probe gave its slot back
 
@@ -415,7 +415,7 @@ async def test_min_ttl_forces_refresh(idp, make_service, clock):
 async def test_invalidate_outcomes(idp, make_service, clock, metrics):
     """Invalidate drops the current token once, then throttles, and ignores old tokens."""
     service = make_service(make_profile(idp))
-    refresher = service.refresher("api")
+    refresher = service.refresher_for("api")
     first = (await service.get("api")).token
     result, served = await refresher.invalidate(first.fingerprint)
     assert (result, served.token.value != first.value) == ("refreshed", True)
@@ -461,7 +461,7 @@ async def test_private_key_jwt_sends_fresh_signed_assertions(idp, make_service, 
         private_key_kid="k1",
     )
     service = make_service(profile)
-    refresher = service.refresher("api")
+    refresher = service.refresher_for("api")
     first = (await service.get("api")).token
     await refresher.invalidate(first.fingerprint)
     assertions = [r.client_assertion for r in idp.requests if r.client_assertion]
@@ -505,10 +505,10 @@ async def test_jwks_that_is_not_an_object_is_transient_and_frees_the_probe(
         idp, jwks_url=str(bad.make_url("/jwks")), breaker=BreakerConfig(failures=1, reset=5)
     )
     service = make_service(profile)
-    refresher = service.refresher("api")
+    refresher = service.refresher_for("api")
     await run_for(clock, service, 0)
     assert refresher.status()["last_error"]["kind"] == "error"
-    assert refresher.circuit is CircuitState.OPEN
+    assert refresher.minter.circuit is CircuitState.OPEN
     await run_for(clock, service, 30)
     # Every reset period lets exactly one probe through; the slot never sticks.
     assert idp.token_requests >= 3

@@ -1,0 +1,41 @@
+"""JSON answers of the sidecar's HTTP apps: one encoder, the no-store headers, the error body.
+
+Both the token API and the ops API answer through :func:`json_response`, so
+every answer is orjson-encoded ``application/json`` and never cached by an
+intermediary. :func:`error_response` renders an :class:`~sidecar.errors.ApiError`
+as DESIGN's error body.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+from aiohttp import hdrs, web
+
+from sidecar.errors import ApiError
+
+#: Headers of every answer: tokens and status must never sit in a cache.
+NO_STORE: Final[Mapping[str, str]] = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def json_response(
+    body: Mapping[str, Any], *, status: int, headers: Mapping[str, str] = NO_STORE
+) -> web.Response:
+    """``body`` as an orjson-encoded JSON answer."""
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def error_response(exc: ApiError) -> web.Response:
+    """DESIGN's error body ``{"error", "message", "profile", "retry_after"?}`` for ``exc``."""
+    body: dict[str, Any] = {"error": exc.code, "message": exc.message, "profile": exc.profile}
+    headers = {**NO_STORE, **exc.headers}
+    if exc.retry_after is not None:
+        seconds = max(1, math.ceil(exc.retry_after))
+        body["retry_after"] = seconds
+        headers[hdrs.RETRY_AFTER] = str(seconds)
+    return json_response(body, status=exc.status, headers=headers)
