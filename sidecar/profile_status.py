@@ -82,6 +82,21 @@ def fallback_reason(last_kind: FailureKind | None) -> str:
     return "circuit_open" if last_kind is FailureKind.CIRCUIT_OPEN else "refresh_failing"
 
 
+def unavailable_answer(last_error: LastError | None) -> tuple[str, str]:
+    """The error code and message of a 503 while refreshes fail and nothing is servable.
+
+    The message says why, from the last failure (never a secret: errors carry
+    the IdP's ``error`` and ``error_description`` and our own texts only).
+    """
+    if last_error is None:
+        return "token_unavailable", "no servable token while refreshes are failing"
+    detail = f"{last_error.kind}: {last_error.error or 'error'}: "
+    detail += last_error.description or "no description"
+    if last_error.kind.misconfigured:
+        return "misconfigured", detail
+    return "token_unavailable", f"no servable token while refreshes are failing ({detail})"
+
+
 def status_entry(
     *,
     state: ProfileState,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -46,9 +45,9 @@ from sidecar.fleet import (
     FleetRequest,
     FleetResult,
     SharedToken,
-    Source,
     identity_of,
 )
+from sidecar.instrumentation import ProfileInstruments
 from sidecar.metrics import Metrics
 from sidecar.minter import TokenMinter
 from sidecar.policy import retry_delay
@@ -59,23 +58,14 @@ from sidecar.profile_status import (
     profile_state,
     served_stale,
     status_entry,
+    unavailable_answer,
 )
-from sidecar.token import HeldToken
-
-log = logging.getLogger("sidecar.refresh")
+from sidecar.token import HeldToken, ServedToken
 
 #: How often file-backed credentials are checked for a change.
 WATCH_INTERVAL = 10.0
 #: At most one forced refresh per profile per this many seconds (invalidate).
 INVALIDATE_THROTTLE = 10.0
-
-
-@dataclass(frozen=True)
-class ServedToken:
-    """A token handed to a caller, and whether it is a fallback (refreshes failing)."""
-
-    token: HeldToken
-    stale: bool
 
 
 @dataclass(frozen=True)
@@ -106,7 +96,7 @@ class ProfileRefresher:
         self.minter = minter
         self._context = context
         self._clock = context.clock
-        self._metrics = context.metrics
+        self._report = ProfileInstruments(context.metrics, profile.name)
         self._credentials = credentials
         self._watch_interval = watch_interval
         self._token: HeldToken | None = None
@@ -149,7 +139,7 @@ class ProfileRefresher:
         """Take over the token of a refresher being replaced (config reload)."""
         self._token = other._token
         if self._token is not None:
-            self._metrics.token_expiry.labels(self.name).set(self._token.expires_at_wall)
+            self._report.holds(self._token)
 
     # -- serving -----------------------------------------------------------
 
@@ -168,10 +158,9 @@ class ProfileRefresher:
             return None
         stale = served_stale(token, now=now, failures=self._failures)
         if stale:
-            reason = fallback_reason(self._last_kind)
-            self._metrics.fallback_total.labels(self.name, reason).inc()
+            self._report.served_fallback(fallback_reason(self._last_kind))
         if self._context.fleet.cache.state is CacheState.DOWN:
-            self._metrics.fallback_total.labels(self.name, "cache_backend_down").inc()
+            self._report.served_fallback("cache_backend_down")
         return ServedToken(token, stale)
 
     async def get(self, min_ttl: float | None = None) -> ServedToken:
@@ -204,30 +193,23 @@ class ProfileRefresher:
         ``already_rotated`` or ``throttled``.
         """
         current = self._token
+        now = self._clock.monotonic()
+        dropped = None
         if current is None or current.fingerprint != token_fingerprint:
             result = "already_rotated"
+        elif self._last_forced_at is not None and now - self._last_forced_at < INVALIDATE_THROTTLE:
+            result = "throttled"
         else:
-            now = self._clock.monotonic()
-            if (
-                self._last_forced_at is not None
-                and now - self._last_forced_at < INVALIDATE_THROTTLE
-            ):
-                result = "throttled"
-            else:
-                self._last_forced_at = now
-                self._token = None
-                self._rejected = current.fingerprint
-                result = "refreshed"
-                log.info(
-                    "token.invalidated",
-                    extra={"profile": self.name, "fingerprint": current.fingerprint},
-                )
-        self._metrics.invalidations_total.labels(self.name, result).inc()
+            self._last_forced_at = now
+            self._token = None
+            self._rejected = dropped = current.fingerprint
+            result = "refreshed"
+        self._report.invalidated(result, dropped)
         return result, await self.get()
 
     def credentials_changed(self) -> None:
         """New credentials: forget backoff and misconfiguration, refresh at once."""
-        log.info("credentials.changed", extra={"profile": self.name})
+        self._report.credentials_changed()
         self._not_before = 0.0
         self._request_attempt()
 
@@ -239,17 +221,9 @@ class ProfileRefresher:
         """Fail fast when waiting cannot help: the next attempt comes after ``deadline``."""
         if not self._failures or self._in_flight or self._not_before <= deadline:
             return
+        code, message = unavailable_answer(self._last_error)
         retry_after = max(1.0, self._not_before - self._clock.monotonic())
-        err = self._last_error
-        if self._last_kind is not None and self._last_kind.misconfigured and err is not None:
-            raise self._unavailable(
-                f"{err.kind}: {err.error or 'error'}: {err.description or 'no description'}",
-                code="misconfigured",
-                retry_after=retry_after,
-            )
-        raise self._unavailable(
-            "no servable token while refreshes are failing", retry_after=retry_after
-        )
+        raise self._unavailable(message, code=code, retry_after=retry_after)
 
     def _unavailable(
         self, message: str, *, retry_after: float, code: str = "token_unavailable"
@@ -269,11 +243,10 @@ class ProfileRefresher:
                 await self._attempt()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported with its traceback, see below
                 # The loop must outlive any bug in one attempt: log it with the
                 # traceback, count it as an error, back off, and keep going.
-                log.exception("refresh.crashed", extra={"profile": self.name})
-                self._metrics.refresh_total.labels(self.name, FailureKind.ERROR).inc()
+                self._report.crashed(exc)
                 self._failures += 1
                 self._last_error = LastError(
                     FailureKind.ERROR, "internal", type(exc).__name__, self._clock.time()
@@ -326,15 +299,10 @@ class ProfileRefresher:
         else:
             self._on_success(obtained)
         finally:
-            elapsed = self._clock.monotonic() - start
-            self._metrics.refresh_duration.labels(self.name).observe(elapsed)
+            self._report.attempt_took(self._clock.monotonic() - start)
 
     async def _adoptable(self, shared: SharedToken) -> HeldToken | None:
-        """``shared`` as this profile's token if it outlives ours, is servable and verifies.
-
-        A shared token is verified like one from the IdP: whoever can write
-        to Redis must not be able to hand our callers a token of their choice.
-        """
+        """``shared`` as our token, if it outlives ours and passes the minter's vetting."""
         current = self._token
         wall = self._clock.time()
         if shared.fingerprint == self._rejected or shared.expires_at - wall <= self.profile.min_ttl:
@@ -347,63 +315,24 @@ class ProfileRefresher:
         try:
             return await self.minter.vet_shared(shared)
         except InvalidTokenError as exc:
-            self._metrics.cache_errors.labels("rejected").inc()
-            log.warning(
-                "cache.token_rejected",
-                extra={
-                    "profile": self.name,
-                    "fingerprint": shared.fingerprint[:12],
-                    "reason": exc.description or str(exc),
-                },
-            )
+            self._report.shared_rejected(shared, exc)
             return None
 
     def _on_success(self, obtained: FleetResult) -> None:
-        token = obtained.token
-        self._token = token
+        self._token = obtained.token
         self._failures = self._transient_failures = 0
         self._not_before = 0.0
         self._last_success_at = self._clock.time()
-        self._metrics.refresh_total.labels(self.name, "success").inc()
-        if obtained.source is not Source.SHARED:
-            self._metrics.tokens_minted.labels(self.name).inc()
-        self._metrics.token_expiry.labels(self.name).set(token.expires_at_wall)
-        now = self._clock.monotonic()
-        log.info(
-            "token.refreshed",
-            extra={
-                "profile": self.name,
-                "fingerprint": token.fingerprint,
-                "expires_in": token.expires_in(now),
-                "next_refresh_in": round(token.refresh_at - now, 3),
-                "source": obtained.source.value,
-            },
-        )
-        if obtained.source is Source.LOCAL:
-            # Refreshed without the shared cache: counted once per such token.
-            self._metrics.fallback_total.labels(self.name, "cache_backend_down").inc()
+        self._report.refreshed(obtained, now=self._clock.monotonic())
 
     def _on_failure(self, exc: RefreshError) -> None:
         now = self._clock.monotonic()
         self._failures += 1
         self._last_error = LastError.of(exc, self._clock.time())
-        self._metrics.refresh_total.labels(self.name, exc.kind).inc()
         delay = self._retry_delay(exc, now)
         self._not_before = now + delay
-        level = logging.ERROR if exc.kind.misconfigured else logging.WARNING
-        log.log(
-            level,
-            "refresh.failed",
-            extra={
-                "profile": self.name,
-                "kind": exc.kind,
-                "error": exc.error,
-                "description": exc.description or str(exc),
-                "status": exc.status,
-                "consecutive_failures": self._failures,
-                "retry_in": round(delay, 3),
-                "token_servable": self.servable(),
-            },
+        self._report.refresh_failed(
+            exc, failures=self._failures, retry_in=delay, servable=self.servable()
         )
 
     def _retry_delay(self, exc: RefreshError, now: float) -> float:

@@ -29,7 +29,8 @@ from sidecar.fleet import FleetRefresh, TokenCache, make_cache
 from sidecar.idp import IdPClient
 from sidecar.metrics import Metrics
 from sidecar.minter import TokenMinter
-from sidecar.refresher import WATCH_INTERVAL, ProfileRefresher, RefreshContext, ServedToken
+from sidecar.refresher import WATCH_INTERVAL, ProfileRefresher, RefreshContext
+from sidecar.token import ServedToken
 from sidecar.verify import TokenVerifier
 
 log = logging.getLogger("sidecar.service")

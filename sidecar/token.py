@@ -1,4 +1,4 @@
-"""HeldToken: the access token a profile holds, with monotonic deadlines; its state and fingerprint.
+"""HeldToken (what a profile holds, with monotonic deadlines), ServedToken, state, fingerprint.
 
 ``expires_in`` (and the JWT ``exp``, when shorter) is converted to monotonic
 deadlines on receipt, so a wall-clock jump never makes a token look fresher
@@ -72,3 +72,11 @@ class HeldToken:
         )
 
     __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class ServedToken:
+    """A token handed to a caller, and whether it is a fallback (refreshes failing)."""
+
+    token: HeldToken
+    stale: bool

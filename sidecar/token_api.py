@@ -28,10 +28,10 @@ from aiohttp.typedefs import Handler
 
 from sidecar.config import ServerConfig
 from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
-from sidecar.refresher import ProfileRefresher, ServedToken
+from sidecar.refresher import ProfileRefresher
 from sidecar.responses import error_response, json_response
 from sidecar.service import TokenService
-from sidecar.token import fingerprint
+from sidecar.token import ServedToken, fingerprint
 
 log = logging.getLogger("sidecar.api")
 
