@@ -10,6 +10,7 @@ from sidecar.profile_status import (
     profile_state,
     served_stale,
     status_entry,
+    unavailable_answer,
 )
 from sidecar.token import HeldToken, fingerprint
 
@@ -136,3 +137,30 @@ def test_status_entry_of_a_warming_profile():
     assert entry["expires_at"] is entry["next_refresh_at"] is entry["fingerprint"] is None
     assert entry["state"] == "warming"
     assert entry["last_error"] is None
+
+
+@pytest.mark.parametrize(
+    ("last_error", "code", "message"),
+    [
+        (None, "token_unavailable", "no servable token while refreshes are failing"),
+        (
+            LastError(FailureKind.TIMEOUT, None, "IdP did not answer in time", 0.0),
+            "token_unavailable",
+            "no servable token while refreshes are failing "
+            "(timeout: error: IdP did not answer in time)",
+        ),
+        (
+            LastError(FailureKind.REJECTED, "access_denied", "Unauthorized", 0.0),
+            "misconfigured",
+            "rejected: access_denied: Unauthorized",
+        ),
+        (
+            LastError(FailureKind.INVALID_TOKEN, "invalid_token", None, 0.0),
+            "misconfigured",
+            "invalid_token: invalid_token: no description",
+        ),
+    ],
+)
+def test_unavailable_answer_says_why(last_error, code, message):
+    """A 503 names the last failure: misconfigured for rejections, else token_unavailable."""
+    assert unavailable_answer(last_error) == (code, message)
