@@ -146,8 +146,10 @@ def test_status_entry_of_a_warming_profile():
         (
             LastError(FailureKind.TIMEOUT, None, "IdP did not answer in time", 0.0),
             "token_unavailable",
-            "no servable token while refreshes are failing "
-            "(timeout: error: IdP did not answer in time)",
+            (
+                "no servable token while refreshes are failing "
+                "(timeout: error: IdP did not answer in time)"
+            ),
         ),
         (
             LastError(FailureKind.REJECTED, "access_denied", "Unauthorized", 0.0),
