@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from sidecar._version import __version__
-from sidecar.configload import config_from_env, load_config
+from sidecar.config import config_from_env, load_config
 from sidecar.metrics import (
     FALLBACK_REASONS,
     REFRESH_RESULTS,

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sidecar._configread import format_duration
-from sidecar.config import Config, ProfileConfig, SecretRef
+from sidecar.config._reader import format_duration
+from sidecar.config.model import Config, ProfileConfig, SecretRef
 
 _REDACTED = "[redacted]"
 

@@ -14,8 +14,6 @@ from sidecar.config import (
     RefreshBefore,
     SecretRef,
     ServerConfig,
-)
-from sidecar.configload import (
     config_from_env,
     config_from_mapping,
     format_duration,

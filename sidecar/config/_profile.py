@@ -12,8 +12,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple, cast, get_args
 
-from sidecar._configread import _http_url, _one_of, _Table, format_duration
-from sidecar.config import (
+from sidecar.config._reader import Table, format_duration, one_of, read_http_url
+from sidecar.config.model import (
     PROFILE_NAME_PATTERN,
     BackoffConfig,
     BreakerConfig,
@@ -58,7 +58,8 @@ _PROFILE_NAME = re.compile(PROFILE_NAME_PATTERN)
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
 
 
-def _profiles(root: _Table) -> MappingProxyType[str, ProfileConfig]:
+def read_profiles(root: Table) -> MappingProxyType[str, ProfileConfig]:
+    """Every ``[profiles.NAME]`` table of the document, validated; at least one is required."""
     raw = root.mapping("profiles")
     if not raw:
         raise root.error(
@@ -74,7 +75,7 @@ def _profiles(root: _Table) -> MappingProxyType[str, ProfileConfig]:
             )
         if not isinstance(body, dict):
             raise root.error(f"profiles.{name}", "expected a table")
-        profile = _Table(body, source=root.source, path=f"profiles.{name}", allowed=_PROFILE_KEYS)
+        profile = Table(body, source=root.source, path=f"profiles.{name}", allowed=_PROFILE_KEYS)
         profiles[name] = _profile(name, profile)
     return MappingProxyType(profiles)
 
@@ -101,7 +102,7 @@ class _ClientAuthentication(NamedTuple):
     assertion_audience: str | None
 
 
-def _profile(name: str, t: _Table) -> ProfileConfig:
+def _profile(name: str, t: Table) -> ProfileConfig:
     endpoint = _endpoint(t)
     auth = _client_authentication(t)
     min_ttl = t.duration("min_ttl", default=ProfileConfig.min_ttl)
@@ -135,11 +136,11 @@ def _profile(name: str, t: _Table) -> ProfileConfig:
     )
 
 
-def _endpoint(t: _Table) -> _Endpoint:
+def _endpoint(t: Table) -> _Endpoint:
     """Where tokens come from; ``auth0_domain`` fills in what is not set explicitly."""
-    _one_of(t, ("auth0_domain", "token_url"))
+    one_of(t, ("auth0_domain", "token_url"))
     issuer = t.string("issuer")
-    jwks_url = _http_url(t, "jwks_url", "lets anyone on the path swap the signing keys")
+    jwks_url = read_http_url(t, "jwks_url", "lets anyone on the path swap the signing keys")
     domain = t.string("auth0_domain")
     if domain is not None:
         if not _AUTH0_DOMAIN.fullmatch(domain):
@@ -152,15 +153,15 @@ def _endpoint(t: _Table) -> _Endpoint:
             issuer=issuer or f"https://{domain}/",
             jwks_url=jwks_url or f"https://{domain}/.well-known/jwks.json",
         )
-    token_url = _http_url(t, "token_url", "sends the client secret in clear")
+    token_url = read_http_url(t, "token_url", "sends the client secret in clear")
     if token_url is None:
         raise t.error("token_url", "required: set auth0_domain or token_url")
     return _Endpoint(token_url, issuer, jwks_url)
 
 
-def _credential(t: _Table, base: str) -> SecretRef | None:
+def _credential(t: Table, base: str) -> SecretRef | None:
     """``base`` inline, ``base_file`` or ``base_env``: at most one of them."""
-    which = _one_of(t, (base, f"{base}_file", f"{base}_env"))
+    which = one_of(t, (base, f"{base}_file", f"{base}_env"))
     if which == base:
         return SecretRef(value=t.string(which))
     if which == f"{base}_file":
@@ -170,7 +171,7 @@ def _credential(t: _Table, base: str) -> SecretRef | None:
     return None
 
 
-def _client_authentication(t: _Table) -> _ClientAuthentication:
+def _client_authentication(t: Table) -> _ClientAuthentication:
     client_id = _credential(t, "client_id")
     if client_id is None:
         raise t.error("client_id", "required: set one of client_id, client_id_file, client_id_env")
@@ -208,7 +209,7 @@ def _client_authentication(t: _Table) -> _ClientAuthentication:
     )
 
 
-def _extra_params(t: _Table) -> MappingProxyType[str, str]:
+def _extra_params(t: Table) -> MappingProxyType[str, str]:
     params = dict(t.mapping("extra_params"))
     for name, value in params.items():
         if name in _RESERVED_PARAMS:
@@ -218,7 +219,7 @@ def _extra_params(t: _Table) -> MappingProxyType[str, str]:
     return MappingProxyType(params)
 
 
-def _refresh_before(t: _Table, min_ttl: float) -> RefreshBefore:
+def _refresh_before(t: Table, min_ttl: float) -> RefreshBefore:
     value = t.raw("refresh_before")
     if value is None:
         return RefreshBefore()
@@ -241,7 +242,7 @@ def _refresh_before(t: _Table, min_ttl: float) -> RefreshBefore:
     return RefreshBefore(seconds=seconds, share=None)
 
 
-def _verify(t: _Table, jwks_url: str | None) -> Verify | None:
+def _verify(t: Table, jwks_url: str | None) -> Verify | None:
     if not t.has("verify"):
         return None  # automatic, decided per token
     mode = t.choice("verify", _VERIFY_MODES, default="")
@@ -250,7 +251,7 @@ def _verify(t: _Table, jwks_url: str | None) -> Verify | None:
     return cast("Verify", mode)
 
 
-def _timeouts(t: _Table) -> tuple[float, float]:
+def _timeouts(t: Table) -> tuple[float, float]:
     total = t.duration("timeout", default=ProfileConfig.timeout)
     # The default connect timeout shrinks with a short total one; only an
     # explicit connect_timeout above timeout is a mistake worth refusing.
@@ -264,7 +265,7 @@ def _timeouts(t: _Table) -> tuple[float, float]:
     return connect, total
 
 
-def _backoff(t: _Table) -> BackoffConfig:
+def _backoff(t: Table) -> BackoffConfig:
     base = t.duration("base", default=BackoffConfig.base)
     cap = t.duration("cap", default=BackoffConfig.cap)
     if base > cap:
@@ -274,7 +275,7 @@ def _backoff(t: _Table) -> BackoffConfig:
     return BackoffConfig(base=base, cap=cap)
 
 
-def _breaker(t: _Table) -> BreakerConfig:
+def _breaker(t: Table) -> BreakerConfig:
     return BreakerConfig(
         failures=t.integer("failures", default=BreakerConfig.failures, minimum=1),
         reset=t.duration("reset", default=BreakerConfig.reset),

@@ -1,9 +1,9 @@
 """The validated configuration model: what every other module reads.
 
-These frozen dataclasses are produced only by :mod:`sidecar.configload`, which
-parses TOML or the environment and refuses anything invalid with a
-:class:`~sidecar.errors.ConfigError`. Durations are float seconds here.
-Secret values never appear in a repr.
+These frozen dataclasses are produced only by the loaders of
+:mod:`sidecar.config`, which parse TOML or the environment and refuse anything
+invalid with a :class:`~sidecar.errors.ConfigError`. Durations are float
+seconds here. Secret values never appear in a repr.
 """
 
 from __future__ import annotations
