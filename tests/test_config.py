@@ -11,7 +11,8 @@ from sidecar.config import (
     BreakerConfig,
     CacheConfig,
     ProfileConfig,
-    RefreshBefore,
+    RefreshDuration,
+    RefreshShare,
     SecretRef,
     ServerConfig,
     config_from_env,
@@ -370,7 +371,7 @@ def test_defaults_fill_everything_not_given():
     assert p.issuer is None
     assert p.jwks_url is None
     assert p.client_auth == "client_secret_post"
-    assert p.refresh_before == RefreshBefore(seconds=None, share=0.2)
+    assert p.refresh_before == RefreshShare(0.2)
     assert (p.min_ttl, p.wait_timeout, p.connect_timeout, p.timeout) == (30, 10, 3, 10)
     assert p.backoff == BackoffConfig(base=1, cap=60)
     assert p.breaker == BreakerConfig(failures=5, reset=30)
@@ -384,11 +385,11 @@ def test_defaults_fill_everything_not_given():
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("20%", RefreshBefore(seconds=None, share=0.2)),
-        ("12.5%", RefreshBefore(seconds=None, share=0.125)),
-        ("5m", RefreshBefore(seconds=300, share=None)),
-        ("1h30m", RefreshBefore(seconds=5400, share=None)),
-        (90, RefreshBefore(seconds=90, share=None)),
+        ("20%", RefreshShare(0.2)),
+        ("12.5%", RefreshShare(0.125)),
+        ("5m", RefreshDuration(300)),
+        ("1h30m", RefreshDuration(5400)),
+        (90, RefreshDuration(90)),
     ],
 )
 def test_refresh_before_share_or_duration(value, expected):

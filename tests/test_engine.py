@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sidecar.breaker import CircuitState
-from sidecar.config import BackoffConfig, BreakerConfig, RefreshBefore, SecretRef
+from sidecar.config import BackoffConfig, BreakerConfig, RefreshShare, SecretRef
 from sidecar.devidp import DevClient
 from sidecar.errors import TokenUnavailableError
 from sidecar.refresher import ProfileState
@@ -485,7 +485,7 @@ async def test_private_key_jwt_sends_fresh_signed_assertions(idp, make_service, 
 async def test_short_token_refreshes_at_half_life(idp, make_service, clock):
     """A 100 s token with the default policy refreshes at half-life at the latest."""
     idp.token_lifetime = 100
-    service = make_service(make_profile(idp, refresh_before=RefreshBefore(share=0.2)))
+    service = make_service(make_profile(idp, refresh_before=RefreshShare(0.2)))
     token = (await service.get("api")).token
     assert 45 <= token.refresh_at - token.obtained_at <= 50
 

@@ -20,6 +20,8 @@ from sidecar.config.model import (
     ClientAuth,
     ProfileConfig,
     RefreshBefore,
+    RefreshDuration,
+    RefreshShare,
     SecretRef,
     Verify,
 )
@@ -222,7 +224,7 @@ def _extra_params(t: Table) -> MappingProxyType[str, str]:
 def _refresh_before(t: Table, min_ttl: float) -> RefreshBefore:
     value = t.raw("refresh_before")
     if value is None:
-        return RefreshBefore()
+        return ProfileConfig.refresh_before
     if isinstance(value, str) and value.endswith("%"):
         match = _PERCENT.fullmatch(value)
         percent = float(match.group(1)) if match else 0.0
@@ -231,7 +233,7 @@ def _refresh_before(t: Table, min_ttl: float) -> RefreshBefore:
                 "refresh_before",
                 f'expected a percentage between 0% and 100%, like "20%"; got {value!r}',
             )
-        return RefreshBefore(seconds=None, share=percent / 100)
+        return RefreshShare(percent / 100)
     seconds = t.duration("refresh_before", default=0.0)
     if seconds <= min_ttl:
         raise t.error(
@@ -239,7 +241,7 @@ def _refresh_before(t: Table, min_ttl: float) -> RefreshBefore:
             f"refresh_before ({format_duration(seconds)}) must be above min_ttl "
             f"({format_duration(min_ttl)}): there would be no window to refresh in",
         )
-    return RefreshBefore(seconds=seconds, share=None)
+    return RefreshDuration(seconds)
 
 
 def _verify(t: Table, jwks_url: str | None) -> Verify | None:

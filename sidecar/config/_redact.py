@@ -11,7 +11,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sidecar.config._reader import format_duration
-from sidecar.config.model import Config, ProfileConfig, SecretRef
+from sidecar.config.model import (
+    Config,
+    ProfileConfig,
+    RefreshBefore,
+    RefreshDuration,
+    RefreshShare,
+    SecretRef,
+)
 
 _REDACTED = "[redacted]"
 
@@ -59,18 +66,13 @@ def _profile_view(p: ProfileConfig) -> dict[str, Any]:
         view["private_key_kid"] = p.private_key_kid
         view["assertion_alg"] = p.assertion_alg
         view["assertion_audience"] = p.effective_assertion_audience
-    before = p.refresh_before
     return view | {
         "audience": p.audience,
         "resource": p.resource,
         "scope": p.scope,
         "extra_params": dict(p.extra_params),
         "required": p.required,
-        "refresh_before": (
-            format_duration(before.seconds)
-            if before.seconds is not None
-            else f"{(before.share or 0) * 100:g}%"
-        ),
+        "refresh_before": _refresh_before_view(p.refresh_before),
         "min_ttl": format_duration(p.min_ttl),
         "wait_timeout": format_duration(p.wait_timeout),
         "verify": p.verify or "auto",
@@ -80,6 +82,15 @@ def _profile_view(p: ProfileConfig) -> dict[str, Any]:
         "backoff": {"base": format_duration(p.backoff.base), "cap": format_duration(p.backoff.cap)},
         "breaker": {"failures": p.breaker.failures, "reset": format_duration(p.breaker.reset)},
     }
+
+
+def _refresh_before_view(before: RefreshBefore) -> str:
+    """As the config writes it: ``"5m"`` or ``"20%"``."""
+    match before:
+        case RefreshDuration(seconds):
+            return format_duration(seconds)
+        case RefreshShare(share):
+            return f"{share * 100:g}%"
 
 
 def _secret_view(ref: SecretRef | None) -> str | None:

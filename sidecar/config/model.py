@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, TypeAlias
 
 ClientAuth = Literal["client_secret_post", "client_secret_basic", "private_key_jwt"]
 Verify = Literal["jwks", "claims", "none"]
@@ -56,18 +56,29 @@ class SecretRef:
 
 
 @dataclass(frozen=True)
-class RefreshBefore:
-    """How long before expiry a refresh starts: a duration or a share of the lifetime."""
+class RefreshDuration:
+    """Refresh a fixed duration before expiry (``refresh_before = "5m"``)."""
 
-    seconds: float | None = None
-    share: float | None = 0.2  # 0 < share < 1
+    seconds: float
+
+    def window(self, lifetime: float) -> float:  # noqa: ARG002 - one signature for both kinds
+        """The nominal refresh window: the same for every lifetime."""
+        return self.seconds
+
+
+@dataclass(frozen=True)
+class RefreshShare:
+    """Refresh at a share of the token lifetime before expiry (``refresh_before = "20%"``)."""
+
+    share: float  # 0 < share < 1, enforced by the loader
 
     def window(self, lifetime: float) -> float:
         """The nominal refresh window for a token of ``lifetime`` seconds."""
-        if self.seconds is not None:
-            return self.seconds
-        assert self.share is not None  # noqa: S101 - enforced by the loader
         return self.share * lifetime
+
+
+#: How long before expiry a refresh starts: a duration or a share of the lifetime.
+RefreshBefore: TypeAlias = RefreshDuration | RefreshShare
 
 
 @dataclass(frozen=True)
@@ -102,7 +113,7 @@ class ProfileConfig:
     scope: str | None = None
     extra_params: MappingProxyType[str, str] = field(default_factory=lambda: _EMPTY)
     required: bool = True
-    refresh_before: RefreshBefore = field(default_factory=RefreshBefore)
+    refresh_before: RefreshBefore = RefreshShare(0.2)
     min_ttl: float = 30.0
     wait_timeout: float = 10.0
     #: None means automatic: "jwks" when a JWKS URL is known, else "claims" for
