@@ -39,7 +39,7 @@ import benchlib as bl
 from aiohttp import web
 
 from sidecar import api
-from sidecar.config import Config, ProfileConfig, SecretRef, ServerConfig
+from sidecar.config import Config, InlineSecret, ProfileConfig, ServerConfig
 from sidecar.service import TokenService
 from sidecar.token import Token, fingerprint
 
@@ -53,7 +53,7 @@ def make_service(session: aiohttp.ClientSession) -> TokenService:
     profile = ProfileConfig(
         name="bench",
         token_url="http://127.0.0.1:1/oauth/token",  # noqa: S106 - a URL, not a secret
-        client_id=SecretRef(value="x"),
+        client_id=InlineSecret("x"),
     )
     config = Config(profiles=MappingProxyType({"bench": profile}), server=ServerConfig())
     service = TokenService(config, session, rng=random.Random(1))

@@ -41,7 +41,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from sidecar import api
-from sidecar.config import Config, ProfileConfig, SecretRef, ServerConfig
+from sidecar.config import Config, InlineSecret, ProfileConfig, ServerConfig
 from sidecar.service import TokenService
 from sidecar.token import Token, fingerprint
 
@@ -221,7 +221,7 @@ def _service() -> TokenService:
     profile = ProfileConfig(
         name="bench",
         token_url="http://127.0.0.1:1/oauth/token",  # noqa: S106 - a URL, not a secret
-        client_id=SecretRef(value="x"),
+        client_id=InlineSecret("x"),
     )
     config = Config(profiles=MappingProxyType({"bench": profile}), server=ServerConfig())
     service = TokenService(config, mock.Mock(spec=aiohttp.ClientSession), rng=random.Random(1))

@@ -10,10 +10,12 @@ from sidecar.config import (
     BackoffConfig,
     BreakerConfig,
     CacheConfig,
+    EnvSecret,
+    FileSecret,
+    InlineSecret,
     ProfileConfig,
     RefreshDuration,
     RefreshShare,
-    SecretRef,
     ServerConfig,
     config_from_env,
     config_from_mapping,
@@ -332,8 +334,8 @@ def test_design_example_loads(tmp_path):
         token_url="https://example.us.auth0.com/oauth/token",
         issuer="https://example.us.auth0.com/",
         jwks_url="https://example.us.auth0.com/.well-known/jwks.json",
-        client_id=SecretRef(value="abc"),
-        client_secret=SecretRef(file=Path("/var/run/secrets/auth0/client_secret")),
+        client_id=InlineSecret("abc"),
+        client_secret=FileSecret(Path("/var/run/secrets/auth0/client_secret")),
         audience="https://api.example.com/",
         scope="read:tools write:tools",
         verify="jwks",
@@ -348,7 +350,7 @@ def test_auth0_domain_expands_and_explicit_keys_win():
     assert expanded.token_url == "https://tenant.eu.auth0.com/oauth/token"
     assert expanded.issuer == "https://tenant.eu.auth0.com/"
     assert expanded.jwks_url == "https://tenant.eu.auth0.com/.well-known/jwks.json"
-    assert expanded.client_secret == SecretRef(env="S")
+    assert expanded.client_secret == EnvSecret("S")
     custom = {**profile, "issuer": "https://login.example/", "jwks_url": "https://keys.example/"}
     overridden = config_from_mapping({"profiles": {"a": custom}}, source="t").profiles["a"]
     assert overridden.token_url == "https://tenant.eu.auth0.com/oauth/token"
@@ -367,7 +369,7 @@ def test_defaults_fill_everything_not_given():
     assert config.server == ServerConfig()
     assert config.cache == CacheConfig()
     p = config.profiles["p"]
-    assert p.client_id == SecretRef(file=Path("/id"))
+    assert p.client_id == FileSecret(Path("/id"))
     assert p.issuer is None
     assert p.jwks_url is None
     assert p.client_auth == "client_secret_post"
@@ -412,7 +414,7 @@ def test_private_key_jwt_profile():
     p = config_from_mapping({"profiles": {"p": profile}}, source="t").profiles["p"]
     assert p.client_auth == "private_key_jwt"
     assert p.client_secret is None
-    assert p.client_id == SecretRef(env="CLIENT_ID")
+    assert p.client_id == EnvSecret("CLIENT_ID")
     assert p.private_key_file == Path("/keys/sidecar.pem")
     assert (p.private_key_kid, p.assertion_alg) == ("k1", "ES256")
     assert p.extra_params == MappingProxyType({"organization": "org_123"})
@@ -465,8 +467,8 @@ def test_env_profile_refers_to_the_secret_variable():
     assert list(config.profiles) == ["default"]
     p = config.profiles["default"]
     assert p.token_url == "https://example.us.auth0.com/oauth/token"
-    assert p.client_id == SecretRef(value="abc")
-    assert p.client_secret == SecretRef(env="TOKEN_SIDECAR_CLIENT_SECRET")
+    assert p.client_id == InlineSecret("abc")
+    assert p.client_secret == EnvSecret("TOKEN_SIDECAR_CLIENT_SECRET")
     assert (p.audience, p.scope) == ("https://api.example.com/", "read:tools")
     assert config.server.listen is None
     assert config.server.socket == Path("/run/ts.sock")
@@ -485,7 +487,7 @@ def test_env_profile_with_secret_file():
     assert config is not None
     p = config.profiles["default"]
     assert p.token_url == "https://idp.example/oauth/token"
-    assert p.client_secret == SecretRef(file=Path("/secrets/client_secret"))
+    assert p.client_secret == FileSecret(Path("/secrets/client_secret"))
     assert config.server.ops_listen == "0.0.0.0:9100"
 
 

@@ -18,6 +18,9 @@ from sidecar.config.model import (
     BackoffConfig,
     BreakerConfig,
     ClientAuth,
+    EnvSecret,
+    FileSecret,
+    InlineSecret,
     ProfileConfig,
     RefreshBefore,
     RefreshDuration,
@@ -164,12 +167,13 @@ def _endpoint(t: Table) -> _Endpoint:
 def _credential(t: Table, base: str) -> SecretRef | None:
     """``base`` inline, ``base_file`` or ``base_env``: at most one of them."""
     which = one_of(t, (base, f"{base}_file", f"{base}_env"))
-    if which == base:
-        return SecretRef(value=t.string(which))
-    if which == f"{base}_file":
-        return SecretRef(file=t.path_value(which))
-    if which == f"{base}_env":
-        return SecretRef(env=t.env_name(which))
+    # TOML has no null; a None in a hand-built mapping counts as not set.
+    if which == base and (value := t.string(which)) is not None:
+        return InlineSecret(value)
+    if which == f"{base}_file" and (path := t.path_value(which)) is not None:
+        return FileSecret(path)
+    if which == f"{base}_env" and (name := t.env_name(which)) is not None:
+        return EnvSecret(name)
     return None
 
 

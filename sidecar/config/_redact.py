@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sidecar.config._reader import format_duration
 from sidecar.config.model import (
     Config,
+    InlineSecret,
     ProfileConfig,
     RefreshBefore,
     RefreshDuration,
@@ -57,7 +58,7 @@ def _profile_view(p: ProfileConfig) -> dict[str, Any]:
         "token_url": _url_view(p.token_url),
         "issuer": p.issuer,
         "jwks_url": _url_view(p.jwks_url) if p.jwks_url else None,
-        "client_id": p.client_id.value or p.client_id.describe(),
+        "client_id": _client_id_view(p.client_id),
         "client_secret": _secret_view(p.client_secret),
         "client_auth": p.client_auth,
     }
@@ -93,10 +94,23 @@ def _refresh_before_view(before: RefreshBefore) -> str:
             return f"{share * 100:g}%"
 
 
+def _client_id_view(ref: SecretRef) -> str:
+    """An inline client id is not a secret, so it is shown; a reference says where it is."""
+    match ref:
+        case InlineSecret(value) if value:
+            return value
+        case _:
+            return ref.describe()
+
+
 def _secret_view(ref: SecretRef | None) -> str | None:
-    if ref is None:
-        return None
-    return _REDACTED if ref.value is not None else ref.describe()
+    match ref:
+        case None:
+            return None
+        case InlineSecret():
+            return _REDACTED
+        case _:
+            return ref.describe()
 
 
 def _path_view(path: Path | None) -> str | None:

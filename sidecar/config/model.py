@@ -33,26 +33,61 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class SecretRef:
-    """Where one credential comes from: exactly one of inline value, env var or file."""
+# The three secret sources share one repr, "SecretRef(<where>)", built from
+# describe(): a log line or a check report names where a credential comes
+# from, never its value.
 
-    value: str | None = None
-    env: str | None = None
-    file: Path | None = None
+
+@dataclass(frozen=True)
+class InlineSecret:
+    """A credential written into the config itself (``client_secret = "..."``)."""
+
+    value: str
 
     def describe(self) -> str:
         """A secret-free description, for logs and ``check`` output."""
-        if self.file is not None:
-            return f"file:{self.file}"
-        if self.env is not None:
-            return f"env:{self.env}"
         return "inline"
 
     def __repr__(self) -> str:
         return f"SecretRef({self.describe()})"
 
     __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class EnvSecret:
+    """A credential read from the environment variable ``name`` at every request."""
+
+    name: str
+
+    def describe(self) -> str:
+        """A secret-free description, for logs and ``check`` output."""
+        return f"env:{self.name}"
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.describe()})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class FileSecret:
+    """A credential read from the file at ``path`` at every request (a mounted Secret)."""
+
+    path: Path
+
+    def describe(self) -> str:
+        """A secret-free description, for logs and ``check`` output."""
+        return f"file:{self.path}"
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.describe()})"
+
+    __str__ = __repr__
+
+
+#: Where one credential comes from: exactly one of an inline value, an env var or a file.
+SecretRef: TypeAlias = InlineSecret | EnvSecret | FileSecret
 
 
 @dataclass(frozen=True)
