@@ -96,21 +96,13 @@ def _refresh_before_view(before: RefreshBefore) -> str:
 
 def _client_id_view(ref: SecretRef) -> str:
     """An inline client id is not a secret, so it is shown; a reference says where it is."""
-    match ref:
-        case InlineSecret(value) if value:
-            return value
-        case _:
-            return ref.describe()
+    return ref.value if isinstance(ref, InlineSecret) else ref.describe()
 
 
 def _secret_view(ref: SecretRef | None) -> str | None:
-    match ref:
-        case None:
-            return None
-        case InlineSecret():
-            return _REDACTED
-        case _:
-            return ref.describe()
+    if ref is None:
+        return None
+    return _REDACTED if isinstance(ref, InlineSecret) else ref.describe()
 
 
 def _path_view(path: Path | None) -> str | None:
