@@ -656,6 +656,16 @@ def test_redacted_private_key_jwt_profile():
     assert (view["refresh_before"], view["min_ttl"]) == ("12.5%", "1m30s")
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"), [("20%", "20%"), ("12.5%", "12.5%"), ("5m", "5m"), (5400, "1h30m")]
+)
+def test_redacted_refresh_before_as_written(value, shown):
+    """The check view writes refresh_before the way the config does: a share or a duration."""
+    profile = {**PKJWT_MAPPING, "refresh_before": value}
+    view = redacted(config_from_mapping({"profiles": {"p": profile}}, source="t"))["profiles"]["p"]
+    assert view["refresh_before"] == shown
+
+
 def test_toml_syntax_error_names_the_line(tmp_path):
     """A TOML syntax error names the file and the line."""
     path = write(tmp_path, '[profiles.go-api]\nclient_id = "abc"\nscope = read\n')
