@@ -3,6 +3,8 @@
 Every rule DESIGN.md "Config" states about a profile is enforced here: one
 source per credential, exactly one client authentication method, a refresh
 window above ``min_ttl``, timeouts and backoff that fit together.
+:func:`read_profiles` is called by :mod:`sidecar.config._document` with the
+document's root :class:`~sidecar.config._reader.Table`.
 """
 
 from __future__ import annotations

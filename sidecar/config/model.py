@@ -4,6 +4,12 @@ These frozen dataclasses are produced only by the loaders of
 :mod:`sidecar.config`, which parse TOML or the environment and refuse anything
 invalid with a :class:`~sidecar.errors.ConfigError`. Durations are float
 seconds here. Secret values never appear in a repr.
+
+Where the config offers "exactly one of", the model is a union of small
+classes (``SecretRef``: :class:`InlineSecret`, :class:`EnvSecret` or
+:class:`FileSecret`; ``RefreshBefore``: :class:`RefreshDuration` or
+:class:`RefreshShare`), so readers match on the type instead of asserting
+which field is set.
 """
 
 from __future__ import annotations
