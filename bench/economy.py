@@ -27,7 +27,7 @@ import time
 
 import benchlib as bl
 
-from sidecar.config import RefreshBefore
+from sidecar.config import RefreshShare
 from sidecar.policy import JITTER_SHARE, refresh_window
 
 DAY = 86_400.0
@@ -35,7 +35,7 @@ DAY = 86_400.0
 
 def mean_interval(lifetime: float, min_ttl: float) -> tuple[float, float, float]:
     """(mean, shortest, longest) seconds between refreshes under the default policy."""
-    window = refresh_window(lifetime, RefreshBefore(), min_ttl)
+    window = refresh_window(lifetime, RefreshShare(0.2), min_ttl)
     longest = lifetime - window
     shortest = lifetime - window * (1 + JITTER_SHARE)
     return (longest + shortest) / 2, shortest, longest
@@ -43,7 +43,7 @@ def mean_interval(lifetime: float, min_ttl: float) -> tuple[float, float, float]
 
 def fleet_interval(lifetime: float, min_ttl: float, pods: int) -> float:
     """Mean interval when the earliest of ``pods`` jittered refreshes refreshes for all."""
-    window = refresh_window(lifetime, RefreshBefore(), min_ttl)
+    window = refresh_window(lifetime, RefreshShare(0.2), min_ttl)
     # The largest of n uniform(0, J*w) jitters has mean J*w*n/(n+1).
     return lifetime - window - JITTER_SHARE * window * pods / (pods + 1)
 
@@ -77,7 +77,7 @@ async def main(args: argparse.Namespace) -> int:
     day_mean, day_short, day_long = mean_interval(args.day_lifetime, 30.0)
     per_pod = DAY / day_mean
     fleet = DAY / fleet_interval(args.day_lifetime, 30.0, args.fleet)
-    window = refresh_window(args.day_lifetime, RefreshBefore(), 30.0)
+    window = refresh_window(args.day_lifetime, RefreshShare(0.2), 30.0)
     bl.print_table(
         f"Computed: tokens minted per profile per day, {args.day_lifetime / 3600:.0f} h tokens, "
         f"default policy (window {window:.0f} s, jitter up to {window * JITTER_SHARE:.0f} s)",

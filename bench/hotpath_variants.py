@@ -5,7 +5,7 @@ from the sidecar's own code with a cached token injected (no IdP, no refresh
 loop), pinned to the server core, and loaded with ``wrk`` at ``--connections``
 in interleaved rounds:
 
-- ``shipped``: ``sidecar.api.make_token_app`` as the daemon serves it;
+- ``shipped``: ``sidecar.token_api.make_token_app`` as the daemon serves it;
 - ``no-middleware``: the same guards, handler and error mapping, applied by a
   wrapper around each handler instead of an aiohttp middleware (aiohttp then
   skips its middleware chain per request);
@@ -38,8 +38,9 @@ import aiohttp
 import benchlib as bl
 from aiohttp import web
 
-from sidecar import api
-from sidecar.config import Config, ProfileConfig, SecretRef, ServerConfig
+from sidecar import token_api as api
+from sidecar.config import Config, InlineSecret, ProfileConfig, ServerConfig
+from sidecar.responses import json_response
 from sidecar.service import TokenService
 from sidecar.token import Token, fingerprint
 
@@ -53,7 +54,7 @@ def make_service(session: aiohttp.ClientSession) -> TokenService:
     profile = ProfileConfig(
         name="bench",
         token_url="http://127.0.0.1:1/oauth/token",  # noqa: S106 - a URL, not a secret
-        client_id=SecretRef(value="x"),
+        client_id=InlineSecret("x"),
     )
     config = Config(profiles=MappingProxyType({"bench": profile}), server=ServerConfig())
     service = TokenService(config, session, rng=random.Random(1))
@@ -95,9 +96,9 @@ def make_app(name: str, service: TokenService) -> web.Application:
     served = {n: service.metrics.token_requests.labels(n, "served") for n in service.refreshers}
 
     async def get_token(request: web.Request) -> web.Response:
-        refresher = service.refresher(request.match_info["profile"])
+        refresher = service.refresher_for(request.match_info["profile"])
         min_ttl = api._min_ttl(request, refresher)
-        result = refresher.peek(min_ttl)
+        result = refresher.serve_now(min_ttl)
         if result is None:
             result = await refresher.get(min_ttl)
         if result.stale:
@@ -113,7 +114,7 @@ def make_app(name: str, service: TokenService) -> web.Application:
             "profile": refresher.name,
             "stale": False,
         }
-        return api._json(body, status=200, headers=api._NO_STORE)
+        return json_response(body, status=200)
 
     app.router.add_get("/v1/token/{profile}", boundary_wrapper(get_token), allow_head=False)
     return app

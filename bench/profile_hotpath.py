@@ -9,7 +9,7 @@ Three views, in one run:
 2. With ``--cprofile``: the sidecar runs under ``cProfile`` instead and the
    top functions by own time are printed (heavier, but needs no tool).
 3. A micro-benchmark, in this process, of each piece of the handler path on a
-   mocked request: guards, the profile lookup and ``peek``, the metric
+   mocked request: guards, the profile lookup and ``serve_now``, the metric
    increment, the JSON body, the response object, and the whole
    middleware+handler against the ceiling's one-line handler.
 """
@@ -40,15 +40,15 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from sidecar import api
-from sidecar.config import Config, ProfileConfig, SecretRef, ServerConfig
+from sidecar import token_api as api
+from sidecar.config import Config, InlineSecret, ProfileConfig, ServerConfig
 from sidecar.service import TokenService
 from sidecar.token import Token, fingerprint
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 GROUPS = (
-    ("sidecar/api.py", "sidecar api (guards, handler, response body)"),
-    ("sidecar/refresher.py", "sidecar refresher.peek"),
+    ("sidecar/token_api.py", "sidecar token API (guards, handler, response body)"),
+    ("sidecar/refresher.py", "sidecar refresher.serve_now"),
     ("sidecar/", "sidecar other"),
     ("prometheus_client", "prometheus_client (metric increment)"),
     ("web_protocol", "aiohttp web_protocol (connection, request loop)"),
@@ -221,7 +221,7 @@ def _service() -> TokenService:
     profile = ProfileConfig(
         name="bench",
         token_url="http://127.0.0.1:1/oauth/token",  # noqa: S106 - a URL, not a secret
-        client_id=SecretRef(value="x"),
+        client_id=InlineSecret("x"),
     )
     config = Config(profiles=MappingProxyType({"bench": profile}), server=ServerConfig())
     service = TokenService(config, mock.Mock(spec=aiohttp.ClientSession), rng=random.Random(1))
@@ -274,8 +274,8 @@ async def micro(n: int) -> None:
         transport=transport,
         match_info={"profile": "bench"},
     )
-    refresher = service.refresher("bench")
-    served = refresher.peek()
+    refresher = service.refresher_for("bench")
+    served = refresher.serve_now()
     assert served is not None  # noqa: S101
     body = {
         "access_token": served.token.value,
@@ -312,8 +312,8 @@ async def micro(n: int) -> None:
             await _per_call(lambda: api._check_guards(request), n, is_async=False),
         ),
         (
-            "service.refresher(name) + peek()",
-            await _per_call(lambda: service.refresher("bench").peek(), n, is_async=False),
+            "service.refresher_for(name) + serve_now()",
+            await _per_call(lambda: service.refresher_for("bench").serve_now(), n, is_async=False),
         ),
         (
             "metric: labels(profile, outcome).inc()",

@@ -24,7 +24,7 @@ import time
 import aiohttp
 import benchlib as bl
 
-from sidecar.config import RefreshBefore
+from sidecar.config import RefreshShare
 from sidecar.policy import JITTER_SHARE, refresh_window
 
 
@@ -46,11 +46,11 @@ async def paced_caller(
 
 def expected_refreshes(lifetime: float, min_ttl: float, duration: float) -> tuple[int, int]:
     """Fewest and most refreshes the default policy allows in ``duration`` seconds."""
-    window = refresh_window(lifetime, RefreshBefore(), min_ttl)
+    window = refresh_window(lifetime, RefreshShare(0.2), min_ttl)
     longest = lifetime - window  # no jitter
     # JWT exp is whole seconds, so the lifetime the sidecar sees may be up to 1 s shorter.
     short_life = lifetime - 1
-    shortest = short_life - refresh_window(short_life, RefreshBefore(), min_ttl) * (
+    shortest = short_life - refresh_window(short_life, RefreshShare(0.2), min_ttl) * (
         1 + JITTER_SHARE
     )
     return math.floor(duration / longest), math.ceil(duration / shortest)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import orjson
 
 from sidecar._version import __version__
-from sidecar.configload import redacted, resolve_config
+from sidecar.config import redacted, resolve_config
 from sidecar.daemon import Daemon
 from sidecar.dev import run_dev
 from sidecar.errors import ConfigError, ListenError

@@ -19,7 +19,7 @@ from pathlib import Path
 import jwt
 
 from sidecar.clock import Clock
-from sidecar.config import ProfileConfig, SecretRef
+from sidecar.config import EnvSecret, FileSecret, InlineSecret, ProfileConfig, SecretRef
 from sidecar.errors import CredentialsError
 
 #: Lifetime of a client assertion: Auth0 accepts at most 5 min and recommends 1.
@@ -112,7 +112,7 @@ class CredentialStore:
         secret = self._read(p.client_secret, "client_secret") if p.client_secret else None
         key = None
         if p.private_key_file is not None:
-            key = self._read(SecretRef(file=p.private_key_file), "private_key_file")
+            key = self._read(FileSecret(p.private_key_file), "private_key_file")
         digest = hashlib.sha256()
         for part in (client_id, secret or "", key or ""):
             digest.update(hashlib.sha256(part.encode()).digest())
@@ -125,25 +125,26 @@ class CredentialStore:
 
     def _files(self) -> list[Path]:
         p = self._profile
-        refs = [p.client_id, p.client_secret, SecretRef(file=p.private_key_file)]
-        return [ref.file for ref in refs if ref is not None and ref.file is not None]
+        files = [ref.path for ref in (p.client_id, p.client_secret) if isinstance(ref, FileSecret)]
+        return files if p.private_key_file is None else [*files, p.private_key_file]
 
     def _read(self, ref: SecretRef, key: str) -> str:
-        if ref.value is not None:
-            return ref.value
-        if ref.env is not None:
-            value = self._environ.get(ref.env)
-            if not value:
-                raise CredentialsError(f"{key}: environment variable {ref.env} is not set")
-            return value.strip()
-        assert ref.file is not None  # noqa: S101 - SecretRef has exactly one source
-        try:
-            value = ref.file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise CredentialsError(f"{key}: cannot read {ref.file}: {exc.strerror}") from None
-        if not value:
-            raise CredentialsError(f"{key}: {ref.file} is empty")
-        return value
+        match ref:
+            case InlineSecret(inline):
+                return inline
+            case EnvSecret(name):
+                value = self._environ.get(name)
+                if not value:
+                    raise CredentialsError(f"{key}: environment variable {name} is not set")
+                return value.strip()
+            case FileSecret(path):
+                try:
+                    value = path.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise CredentialsError(f"{key}: cannot read {path}: {exc.strerror}") from None
+                if not value:
+                    raise CredentialsError(f"{key}: {path} is empty")
+                return value
 
 
 def client_assertion(profile: ProfileConfig, creds: Credentials, clock: Clock) -> str:

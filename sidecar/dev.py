@@ -12,7 +12,7 @@ import secrets
 import sys
 from types import MappingProxyType
 
-from sidecar.config import Config, ProfileConfig, SecretRef, ServerConfig
+from sidecar.config import Config, InlineSecret, ProfileConfig, ServerConfig
 from sidecar.daemon import Daemon
 from sidecar.devidp import DevClient, DevIdP
 from sidecar.errors import ListenError
@@ -31,8 +31,8 @@ def demo_config(idp: DevIdP, secret: str, *, port: int, ops_port: int) -> Config
         token_url=f"{base}/oauth/token",
         issuer=idp.issuer,
         jwks_url=f"{base}/.well-known/jwks.json",
-        client_id=SecretRef(value=DEMO_CLIENT_ID),
-        client_secret=SecretRef(value=secret),
+        client_id=InlineSecret(DEMO_CLIENT_ID),
+        client_secret=InlineSecret(secret),
         audience=DEMO_AUDIENCE,
         scope=DEMO_SCOPE,
         verify="jwks",

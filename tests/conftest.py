@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sidecarproc import Sidecar
 
-from sidecar.config import Config, ProfileConfig, SecretRef
+from sidecar.config import Config, InlineSecret, ProfileConfig
 from sidecar.devidp import DevClient, DevIdP
 from sidecar.logs import JSONFormatter
 from sidecar.metrics import Metrics
@@ -129,8 +129,8 @@ def make_profile(idp: DevIdP, name: str = "api", **overrides: Any) -> ProfileCon
         "token_url": f"{base}/oauth/token",
         "issuer": idp.issuer,
         "jwks_url": f"{base}/.well-known/jwks.json",
-        "client_id": SecretRef(value=CLIENT_ID),
-        "client_secret": SecretRef(value=CLIENT_SECRET),
+        "client_id": InlineSecret(CLIENT_ID),
+        "client_secret": InlineSecret(CLIENT_SECRET),
         "audience": AUDIENCE,
         "scope": "read:tools",
         "timeout": 2.0,

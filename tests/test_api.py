@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from conftest import CLIENT_SECRET, idle, make_profile, run_for
 
-from sidecar.config import BackoffConfig, SecretRef, ServerConfig
+from sidecar.config import BackoffConfig, InlineSecret, ServerConfig
 from sidecar.token import fingerprint
 from sidecar.token_api import MAX_BODY, make_token_app
 
@@ -518,7 +518,7 @@ async def test_hanging_idp_times_out_as_unavailable(api, idp, clock, leaks, metr
 async def test_rejected_credentials_are_misconfigured(api, idp, leaks, metrics):
     """Rejected credentials give 503 misconfigured carrying the IdP's error text."""
     leaks.add(WRONG_SECRET)
-    service, client = await api(make_profile(idp, client_secret=SecretRef(value=WRONG_SECRET)))
+    service, client = await api(make_profile(idp, client_secret=InlineSecret(WRONG_SECRET)))
     await idle(service)
     resp = await client.get("/v1/token/api", headers=HEADERS)
     body = await error_body(resp, 503, "misconfigured", leaks, profile="api")

@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from sidecar._version import __version__
-from sidecar.configload import config_from_env, load_config
+from sidecar.config import FileSecret, config_from_env, load_config
 from sidecar.metrics import (
     FALLBACK_REASONS,
     REFRESH_RESULTS,
@@ -335,9 +335,8 @@ def test_native_sidecar_is_wired_to_its_config(workload, tmp_path):
     socket_vol = next(n for n, v in volumes.items() if "emptyDir" in v)
     assert volumes[socket_vol]["emptyDir"]["medium"] == "Memory"
     profile = config.profiles["api"]
-    secret_path = profile.client_secret.file if profile.client_secret else None
-    assert secret_path is not None
-    assert secret_path.parent == Path(mounts[secret_vol]["mountPath"])
+    assert isinstance(profile.client_secret, FileSecret)
+    assert profile.client_secret.path.parent == Path(mounts[secret_vol]["mountPath"])
     assert config.server.socket is not None
     assert config.server.socket.parent == Path(mounts[socket_vol]["mountPath"])
 

@@ -47,7 +47,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from sidecar.config import SecretRef, ServerConfig
+from sidecar.config import InlineSecret, ServerConfig
 from sidecar.token import fingerprint
 from sidecar.token_api import make_token_app
 
@@ -303,7 +303,7 @@ async def test_live_api_conforms_to_spec(idp, make_service, leaks):
     leaks.add(WRONG_SECRET)
     service = make_service(
         make_profile(idp),
-        make_profile(idp, name="bad", client_secret=SecretRef(value=WRONG_SECRET)),
+        make_profile(idp, name="bad", client_secret=InlineSecret(WRONG_SECRET)),
     )
     served = await service.get("api")
     await idle(service)

@@ -10,7 +10,7 @@ from conftest import idle, make_profile
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
 
 from sidecar._version import __version__
-from sidecar.config import SecretRef
+from sidecar.config import InlineSecret
 from sidecar.ops_api import LoopWatchdog, make_ops_app
 
 PROFILE_STATUS_KEYS = {
@@ -152,7 +152,7 @@ async def test_readyz_ignores_optional_profile(ops, idp):
     """A failing profile that is not required shows its reason but does not block readiness."""
     _service, client = await ops(
         make_profile(idp),
-        make_profile(idp, name="extra", required=False, client_secret=SecretRef(value="x")),
+        make_profile(idp, name="extra", required=False, client_secret=InlineSecret("x")),
     )
     resp = await client.get("/readyz")
     assert resp.status == 200
@@ -235,7 +235,7 @@ async def test_status_shape_without_token_value(ops, idp, leaks):
 
 async def test_status_shows_idp_error(ops, idp):
     """A rejected profile shows misconfigured with the IdP's error in last_error."""
-    _service, client = await ops(make_profile(idp, client_secret=SecretRef(value="x")))
+    _service, client = await ops(make_profile(idp, client_secret=InlineSecret("x")))
     api = (await (await client.get("/status")).json())["profiles"]["api"]
     assert api["state"] == "misconfigured"
     assert api["last_error"] == {

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from sidecar.config import BackoffConfig, RefreshBefore
+from sidecar.config import BackoffConfig, RefreshDuration, RefreshShare
 from sidecar.errors import FailureKind
 from sidecar.policy import (
     backoff_ceiling,
@@ -15,19 +15,19 @@ from sidecar.policy import (
     retry_delay,
 )
 
-SHARE_20 = RefreshBefore(share=0.2)
+SHARE_20 = RefreshShare(0.2)
 
 
 @pytest.mark.parametrize(
     ("lifetime", "refresh_before", "min_ttl", "expected"),
     [
         (86400, SHARE_20, 30, 17280),  # 20 % of a day
-        (86400, RefreshBefore(seconds=300, share=None), 30, 300),  # a fixed 5 minutes
-        (3600, RefreshBefore(seconds=10 * 60, share=None), 30, 600),
+        (86400, RefreshDuration(300), 30, 300),  # a fixed 5 minutes
+        (3600, RefreshDuration(10 * 60), 30, 600),
         (100, SHARE_20, 10, 50),  # floor min(60, 50) = 50 beats 20 s: half-life
         (300, SHARE_20, 30, 60),  # floor of 60 s beats 20 % = 60 s: equal
         (600, SHARE_20, 30, 120),  # 20 % beats the 60 s floor
-        (60, RefreshBefore(seconds=120, share=None), 10, 30),  # window >= lifetime: half-life
+        (60, RefreshDuration(120), 10, 30),  # window >= lifetime: half-life
         (40, SHARE_20, 30, 30),  # half-life 20 s < min_ttl: refresh at the servable line
         (0, SHARE_20, 30, 0),
     ],

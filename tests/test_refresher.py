@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sidecar.breaker import CircuitState
-from sidecar.config import BackoffConfig, BreakerConfig, RefreshBefore, SecretRef
+from sidecar.config import BackoffConfig, BreakerConfig, FileSecret, InlineSecret, RefreshShare
 from sidecar.devidp import DevClient
 from sidecar.errors import TokenUnavailableError
 from sidecar.profile_status import ProfileState
@@ -200,7 +200,7 @@ async def test_bad_credentials_are_misconfigured_and_retry_slowly(
     secret_file = tmp_path / "client_secret"
     secret_file.write_text("wrong-secret")
 
-    profile = make_profile(idp, client_secret=SecretRef(file=secret_file))
+    profile = make_profile(idp, client_secret=FileSecret(secret_file))
     service = make_service(profile)
     refresher = service.refresher_for("api")
     await run_for(clock, service, 0)
@@ -234,7 +234,7 @@ async def test_rejected_new_secret_keeps_valid_token(idp, make_service, clock, t
 
     secret_file = tmp_path / "client_secret"
     secret_file.write_text(CLIENT_SECRET)
-    service = make_service(make_profile(idp, client_secret=SecretRef(file=secret_file)))
+    service = make_service(make_profile(idp, client_secret=FileSecret(secret_file)))
     first = (await service.get("api")).token
     write_secret(secret_file, "rotated-but-wrong")
     await run_for(clock, service, 11)
@@ -252,7 +252,7 @@ async def test_new_credentials_are_used_while_old_token_is_served(
 
     secret_file = tmp_path / "client_secret"
     secret_file.write_text(CLIENT_SECRET)
-    service = make_service(make_profile(idp, client_secret=SecretRef(file=secret_file)))
+    service = make_service(make_profile(idp, client_secret=FileSecret(secret_file)))
     first = (await service.get("api")).token
     idp.rotate_secret(CLIENT_ID, "the-new-secret-LEAKCANARY")
     write_secret(secret_file, "the-new-secret-LEAKCANARY")
@@ -264,7 +264,7 @@ async def test_new_credentials_are_used_while_old_token_is_served(
 async def test_secret_file_mounted_after_start_is_used_at_once(idp, make_service, clock, tmp_path):
     """A secret file missing at start is picked up by the watcher when it appears."""
     secret_file = tmp_path / "client_secret"
-    service = make_service(make_profile(idp, client_secret=SecretRef(file=secret_file)))
+    service = make_service(make_profile(idp, client_secret=FileSecret(secret_file)))
     refresher = service.refresher_for("api")
     await run_for(clock, service, 0)
     assert refresher.state() is ProfileState.MISCONFIGURED
@@ -454,7 +454,7 @@ async def test_private_key_jwt_sends_fresh_signed_assertions(idp, make_service, 
 
     profile = make_profile(
         idp,
-        client_id=SecretRef(value="pkjwt"),
+        client_id=InlineSecret("pkjwt"),
         client_secret=None,
         client_auth="private_key_jwt",
         private_key_file=key_file,
@@ -485,7 +485,7 @@ async def test_private_key_jwt_sends_fresh_signed_assertions(idp, make_service, 
 async def test_short_token_refreshes_at_half_life(idp, make_service, clock):
     """A 100 s token with the default policy refreshes at half-life at the latest."""
     idp.token_lifetime = 100
-    service = make_service(make_profile(idp, refresh_before=RefreshBefore(share=0.2)))
+    service = make_service(make_profile(idp, refresh_before=RefreshShare(0.2)))
     token = (await service.get("api")).token
     assert 45 <= token.refresh_at - token.obtained_at <= 50
 

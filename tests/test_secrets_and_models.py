@@ -11,7 +11,7 @@ import pytest
 from conftest import CLIENT_SECRET, make_profile
 
 from sidecar.clock import wait_until
-from sidecar.config import SecretRef
+from sidecar.config import EnvSecret, FileSecret, InlineSecret
 from sidecar.credentials import Credentials, CredentialStore, Secret
 from sidecar.errors import CredentialsError
 from sidecar.logs import REDACTED, JSONFormatter, TextFormatter, configure_logging
@@ -78,8 +78,8 @@ def test_secret_and_credentials_reprs_are_masked():
     assert repr(secret) == "Secret([secure])"
     assert str(secret) == "Secret([secure])"
     assert repr(creds) == "Credentials(client_id='client', version='ffffffff')"
-    assert repr(SecretRef(value=CLIENT_SECRET)) == "SecretRef(inline)"
-    assert repr(SecretRef(env="X")) == "SecretRef(env:X)"
+    assert repr(InlineSecret(CLIENT_SECRET)) == "SecretRef(inline)"
+    assert repr(EnvSecret("X")) == "SecretRef(env:X)"
 
 
 def test_profile_repr_has_no_secret(idp):
@@ -146,9 +146,7 @@ def test_credentials_from_env_file_and_inline(idp, tmp_path):
     secret_file = tmp_path / "secret"
     secret_file.write_text(CLIENT_SECRET + "\n")
     store = CredentialStore(
-        make_profile(
-            idp, client_id=SecretRef(env="CID"), client_secret=SecretRef(file=secret_file)
-        ),
+        make_profile(idp, client_id=EnvSecret("CID"), client_secret=FileSecret(secret_file)),
         {"CID": "client-from-env"},
     )
     creds = store.load()
@@ -162,19 +160,19 @@ def test_credentials_from_env_file_and_inline(idp, tmp_path):
 
 def test_missing_env_credential_is_a_credentials_error(idp):
     """A credential env var that is not set is a clear, secret-free error."""
-    store = CredentialStore(make_profile(idp, client_secret=SecretRef(env="MISSING")), {})
+    store = CredentialStore(make_profile(idp, client_secret=EnvSecret("MISSING")), {})
     with pytest.raises(CredentialsError, match="environment variable MISSING is not set"):
         store.load()
 
 
 def test_unreadable_and_empty_files_are_credentials_errors(idp, tmp_path):
     """A missing or empty secret file names the file and the problem."""
-    missing = CredentialStore(make_profile(idp, client_secret=SecretRef(file=tmp_path / "nope")))
+    missing = CredentialStore(make_profile(idp, client_secret=FileSecret(tmp_path / "nope")))
     with pytest.raises(CredentialsError, match="cannot read"):
         missing.load()
     empty_file = tmp_path / "empty"
     empty_file.write_text("  \n")
-    empty = CredentialStore(make_profile(idp, client_secret=SecretRef(file=empty_file)))
+    empty = CredentialStore(make_profile(idp, client_secret=FileSecret(empty_file)))
     with pytest.raises(CredentialsError, match="is empty"):
         empty.load()
 
@@ -183,7 +181,7 @@ def test_file_mid_swap_is_not_a_change(idp, tmp_path):
     """A briefly missing secret file is not reported as a change."""
     secret_file = tmp_path / "secret"
     secret_file.write_text(CLIENT_SECRET)
-    store = CredentialStore(make_profile(idp, client_secret=SecretRef(file=secret_file)))
+    store = CredentialStore(make_profile(idp, client_secret=FileSecret(secret_file)))
     store.load()
     secret_file.unlink()
     assert not store.changed()

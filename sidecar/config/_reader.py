@@ -1,10 +1,12 @@
 """Reading config values: a TOML table that tracks its key path, and the value parsers.
 
-:class:`_Table` is how every section reader sees its table: it refuses unknown
+:class:`Table` is how every section reader sees its table: it refuses unknown
 keys (suggesting the key that was probably meant) and turns each bad value into
 a :class:`~sidecar.errors.ConfigError` naming the dotted key path. The parsers
-here know durations (``"1h30m"``, ``"500ms"``), ``HOST:PORT`` addresses and
-http(s) URLs; they never echo the value of a credential.
+here know durations (``"1h30m"``, ``"500ms"``), ``HOST:PORT`` addresses
+(:func:`read_address`), http(s) URLs (:func:`read_http_url`) and keys of which
+at most one may be set (:func:`one_of`); they never echo the value of a
+credential.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from sidecar.config import is_loopback_host
+from sidecar.config._model import is_loopback_host
 from sidecar.errors import ConfigError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -96,7 +98,7 @@ def format_duration(seconds: float) -> str:
 # --------------------------------------------------------------------------- the reader
 
 
-class _Table:
+class Table:
     """One TOML table under validation: knows its key path and refuses unknown keys.
 
     Unknown keys are reported before anything else, so a typo such as
@@ -189,8 +191,8 @@ class _Table:
             raise self.error(name, "expected a table")
         return cast("Mapping[str, Any]", value)
 
-    def table(self, name: str, allowed: Collection[str]) -> _Table:
-        return _Table(self.mapping(name), source=self.source, path=self.key(name), allowed=allowed)
+    def table(self, name: str, allowed: Collection[str]) -> Table:
+        return Table(self.mapping(name), source=self.source, path=self.key(name), allowed=allowed)
 
 
 def _unknown_key_problem(name: str, allowed: Collection[str]) -> str:
@@ -207,7 +209,7 @@ def _toml_type(value: object) -> str:
     return "table" if isinstance(value, dict) else names.get(type(value), type(value).__name__)
 
 
-def _one_of(t: _Table, names: tuple[str, ...]) -> str | None:
+def one_of(t: Table, names: tuple[str, ...]) -> str | None:
     """The one key of ``names`` that is set, or None; refuses two."""
     given = [name for name in names if t.has(name)]
     if len(given) > 1:
@@ -219,7 +221,7 @@ def _one_of(t: _Table, names: tuple[str, ...]) -> str | None:
 # --------------------------------------------------------------------------- addresses
 
 
-def _http_url(t: _Table, name: str, clear_text_risk: str) -> str | None:
+def read_http_url(t: Table, name: str, clear_text_risk: str) -> str | None:
     """An absolute http(s) URL; plain http only for loopback hosts."""
     value = t.string(name)
     if value is None:
@@ -254,7 +256,7 @@ def _split_host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _address(t: _Table, name: str, *, default: str | None) -> tuple[str | None, str]:
+def read_address(t: Table, name: str, *, default: str | None) -> tuple[str | None, str]:
     """``(value, host)`` of a ``HOST:PORT`` key; the empty string disables it (None)."""
     value = t.raw(name, default)  # not string(): "" is meaningful here
     if value is None or value == "":

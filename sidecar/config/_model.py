@@ -1,9 +1,15 @@
 """The validated configuration model: what every other module reads.
 
-These frozen dataclasses are produced only by :mod:`sidecar.configload`, which
-parses TOML or the environment and refuses anything invalid with a
-:class:`~sidecar.errors.ConfigError`. Durations are float seconds here.
-Secret values never appear in a repr.
+These frozen dataclasses are produced only by the loaders of
+:mod:`sidecar.config`, which parse TOML or the environment and refuse anything
+invalid with a :class:`~sidecar.errors.ConfigError`. Durations are float
+seconds here. Secret values never appear in a repr.
+
+Where the config offers "exactly one of", the model is a union of small
+classes (``SecretRef``: :class:`InlineSecret`, :class:`EnvSecret` or
+:class:`FileSecret`; ``RefreshBefore``: :class:`RefreshDuration` or
+:class:`RefreshShare`), so readers match on the type instead of asserting
+which field is set.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, TypeAlias
 
 ClientAuth = Literal["client_secret_post", "client_secret_basic", "private_key_jwt"]
 Verify = Literal["jwks", "claims", "none"]
@@ -33,20 +39,19 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class SecretRef:
-    """Where one credential comes from: exactly one of inline value, env var or file."""
+# The three secret sources share one repr, "SecretRef(<where>)", built from
+# describe(): a log line or a check report names where a credential comes
+# from, never its value.
 
-    value: str | None = None
-    env: str | None = None
-    file: Path | None = None
+
+@dataclass(frozen=True)
+class InlineSecret:
+    """A credential written into the config itself (``client_secret = "..."``)."""
+
+    value: str
 
     def describe(self) -> str:
         """A secret-free description, for logs and ``check`` output."""
-        if self.file is not None:
-            return f"file:{self.file}"
-        if self.env is not None:
-            return f"env:{self.env}"
         return "inline"
 
     def __repr__(self) -> str:
@@ -56,18 +61,65 @@ class SecretRef:
 
 
 @dataclass(frozen=True)
-class RefreshBefore:
-    """How long before expiry a refresh starts: a duration or a share of the lifetime."""
+class EnvSecret:
+    """A credential read from the environment variable ``name`` at every request."""
 
-    seconds: float | None = None
-    share: float | None = 0.2  # 0 < share < 1
+    name: str
+
+    def describe(self) -> str:
+        """A secret-free description, for logs and ``check`` output."""
+        return f"env:{self.name}"
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.describe()})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class FileSecret:
+    """A credential read from the file at ``path`` at every request (a mounted Secret)."""
+
+    path: Path
+
+    def describe(self) -> str:
+        """A secret-free description, for logs and ``check`` output."""
+        return f"file:{self.path}"
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.describe()})"
+
+    __str__ = __repr__
+
+
+#: Where one credential comes from: exactly one of an inline value, an env var or a file.
+SecretRef: TypeAlias = InlineSecret | EnvSecret | FileSecret
+
+
+@dataclass(frozen=True)
+class RefreshDuration:
+    """Refresh a fixed duration before expiry (``refresh_before = "5m"``)."""
+
+    seconds: float
+
+    def window(self, lifetime: float) -> float:  # noqa: ARG002 - one signature for both kinds
+        """The nominal refresh window: the same for every lifetime."""
+        return self.seconds
+
+
+@dataclass(frozen=True)
+class RefreshShare:
+    """Refresh at a share of the token lifetime before expiry (``refresh_before = "20%"``)."""
+
+    share: float  # 0 < share < 1, enforced by the loader
 
     def window(self, lifetime: float) -> float:
         """The nominal refresh window for a token of ``lifetime`` seconds."""
-        if self.seconds is not None:
-            return self.seconds
-        assert self.share is not None  # noqa: S101 - enforced by the loader
         return self.share * lifetime
+
+
+#: How long before expiry a refresh starts: a duration or a share of the lifetime.
+RefreshBefore: TypeAlias = RefreshDuration | RefreshShare
 
 
 @dataclass(frozen=True)
@@ -102,7 +154,7 @@ class ProfileConfig:
     scope: str | None = None
     extra_params: MappingProxyType[str, str] = field(default_factory=lambda: _EMPTY)
     required: bool = True
-    refresh_before: RefreshBefore = field(default_factory=RefreshBefore)
+    refresh_before: RefreshBefore = RefreshShare(0.2)
     min_ttl: float = 30.0
     wait_timeout: float = 10.0
     #: None means automatic: "jwks" when a JWKS URL is known, else "claims" for

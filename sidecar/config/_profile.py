@@ -3,6 +3,8 @@
 Every rule DESIGN.md "Config" states about a profile is enforced here: one
 source per credential, exactly one client authentication method, a refresh
 window above ``min_ttl``, timeouts and backoff that fit together.
+:func:`read_profiles` is called by :mod:`sidecar.config._document` with the
+document's root :class:`~sidecar.config._reader.Table`.
 """
 
 from __future__ import annotations
@@ -12,17 +14,22 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple, cast, get_args
 
-from sidecar._configread import _http_url, _one_of, _Table, format_duration
-from sidecar.config import (
+from sidecar.config._model import (
     PROFILE_NAME_PATTERN,
     BackoffConfig,
     BreakerConfig,
     ClientAuth,
+    EnvSecret,
+    FileSecret,
+    InlineSecret,
     ProfileConfig,
     RefreshBefore,
+    RefreshDuration,
+    RefreshShare,
     SecretRef,
     Verify,
 )
+from sidecar.config._reader import Table, format_duration, one_of, read_http_url
 
 _BACKOFF_KEYS = ("base", "cap")
 _BREAKER_KEYS = ("failures", "reset")
@@ -58,7 +65,8 @@ _PROFILE_NAME = re.compile(PROFILE_NAME_PATTERN)
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
 
 
-def _profiles(root: _Table) -> MappingProxyType[str, ProfileConfig]:
+def read_profiles(root: Table) -> MappingProxyType[str, ProfileConfig]:
+    """Every ``[profiles.NAME]`` table of the document, validated; at least one is required."""
     raw = root.mapping("profiles")
     if not raw:
         raise root.error(
@@ -74,7 +82,7 @@ def _profiles(root: _Table) -> MappingProxyType[str, ProfileConfig]:
             )
         if not isinstance(body, dict):
             raise root.error(f"profiles.{name}", "expected a table")
-        profile = _Table(body, source=root.source, path=f"profiles.{name}", allowed=_PROFILE_KEYS)
+        profile = Table(body, source=root.source, path=f"profiles.{name}", allowed=_PROFILE_KEYS)
         profiles[name] = _profile(name, profile)
     return MappingProxyType(profiles)
 
@@ -101,7 +109,7 @@ class _ClientAuthentication(NamedTuple):
     assertion_audience: str | None
 
 
-def _profile(name: str, t: _Table) -> ProfileConfig:
+def _profile(name: str, t: Table) -> ProfileConfig:
     endpoint = _endpoint(t)
     auth = _client_authentication(t)
     min_ttl = t.duration("min_ttl", default=ProfileConfig.min_ttl)
@@ -135,11 +143,11 @@ def _profile(name: str, t: _Table) -> ProfileConfig:
     )
 
 
-def _endpoint(t: _Table) -> _Endpoint:
+def _endpoint(t: Table) -> _Endpoint:
     """Where tokens come from; ``auth0_domain`` fills in what is not set explicitly."""
-    _one_of(t, ("auth0_domain", "token_url"))
+    one_of(t, ("auth0_domain", "token_url"))
     issuer = t.string("issuer")
-    jwks_url = _http_url(t, "jwks_url", "lets anyone on the path swap the signing keys")
+    jwks_url = read_http_url(t, "jwks_url", "lets anyone on the path swap the signing keys")
     domain = t.string("auth0_domain")
     if domain is not None:
         if not _AUTH0_DOMAIN.fullmatch(domain):
@@ -152,25 +160,26 @@ def _endpoint(t: _Table) -> _Endpoint:
             issuer=issuer or f"https://{domain}/",
             jwks_url=jwks_url or f"https://{domain}/.well-known/jwks.json",
         )
-    token_url = _http_url(t, "token_url", "sends the client secret in clear")
+    token_url = read_http_url(t, "token_url", "sends the client secret in clear")
     if token_url is None:
         raise t.error("token_url", "required: set auth0_domain or token_url")
     return _Endpoint(token_url, issuer, jwks_url)
 
 
-def _credential(t: _Table, base: str) -> SecretRef | None:
+def _credential(t: Table, base: str) -> SecretRef | None:
     """``base`` inline, ``base_file`` or ``base_env``: at most one of them."""
-    which = _one_of(t, (base, f"{base}_file", f"{base}_env"))
-    if which == base:
-        return SecretRef(value=t.string(which))
-    if which == f"{base}_file":
-        return SecretRef(file=t.path_value(which))
-    if which == f"{base}_env":
-        return SecretRef(env=t.env_name(which))
+    which = one_of(t, (base, f"{base}_file", f"{base}_env"))
+    # TOML has no null; a None in a hand-built mapping counts as not set.
+    if which == base and (value := t.string(which)) is not None:
+        return InlineSecret(value)
+    if which == f"{base}_file" and (path := t.path_value(which)) is not None:
+        return FileSecret(path)
+    if which == f"{base}_env" and (name := t.env_name(which)) is not None:
+        return EnvSecret(name)
     return None
 
 
-def _client_authentication(t: _Table) -> _ClientAuthentication:
+def _client_authentication(t: Table) -> _ClientAuthentication:
     client_id = _credential(t, "client_id")
     if client_id is None:
         raise t.error("client_id", "required: set one of client_id, client_id_file, client_id_env")
@@ -208,7 +217,7 @@ def _client_authentication(t: _Table) -> _ClientAuthentication:
     )
 
 
-def _extra_params(t: _Table) -> MappingProxyType[str, str]:
+def _extra_params(t: Table) -> MappingProxyType[str, str]:
     params = dict(t.mapping("extra_params"))
     for name, value in params.items():
         if name in _RESERVED_PARAMS:
@@ -218,10 +227,10 @@ def _extra_params(t: _Table) -> MappingProxyType[str, str]:
     return MappingProxyType(params)
 
 
-def _refresh_before(t: _Table, min_ttl: float) -> RefreshBefore:
+def _refresh_before(t: Table, min_ttl: float) -> RefreshBefore:
     value = t.raw("refresh_before")
     if value is None:
-        return RefreshBefore()
+        return ProfileConfig.refresh_before
     if isinstance(value, str) and value.endswith("%"):
         match = _PERCENT.fullmatch(value)
         percent = float(match.group(1)) if match else 0.0
@@ -230,7 +239,7 @@ def _refresh_before(t: _Table, min_ttl: float) -> RefreshBefore:
                 "refresh_before",
                 f'expected a percentage between 0% and 100%, like "20%"; got {value!r}',
             )
-        return RefreshBefore(seconds=None, share=percent / 100)
+        return RefreshShare(percent / 100)
     seconds = t.duration("refresh_before", default=0.0)
     if seconds <= min_ttl:
         raise t.error(
@@ -238,10 +247,10 @@ def _refresh_before(t: _Table, min_ttl: float) -> RefreshBefore:
             f"refresh_before ({format_duration(seconds)}) must be above min_ttl "
             f"({format_duration(min_ttl)}): there would be no window to refresh in",
         )
-    return RefreshBefore(seconds=seconds, share=None)
+    return RefreshDuration(seconds)
 
 
-def _verify(t: _Table, jwks_url: str | None) -> Verify | None:
+def _verify(t: Table, jwks_url: str | None) -> Verify | None:
     if not t.has("verify"):
         return None  # automatic, decided per token
     mode = t.choice("verify", _VERIFY_MODES, default="")
@@ -250,7 +259,7 @@ def _verify(t: _Table, jwks_url: str | None) -> Verify | None:
     return cast("Verify", mode)
 
 
-def _timeouts(t: _Table) -> tuple[float, float]:
+def _timeouts(t: Table) -> tuple[float, float]:
     total = t.duration("timeout", default=ProfileConfig.timeout)
     # The default connect timeout shrinks with a short total one; only an
     # explicit connect_timeout above timeout is a mistake worth refusing.
@@ -264,7 +273,7 @@ def _timeouts(t: _Table) -> tuple[float, float]:
     return connect, total
 
 
-def _backoff(t: _Table) -> BackoffConfig:
+def _backoff(t: Table) -> BackoffConfig:
     base = t.duration("base", default=BackoffConfig.base)
     cap = t.duration("cap", default=BackoffConfig.cap)
     if base > cap:
@@ -274,7 +283,7 @@ def _backoff(t: _Table) -> BackoffConfig:
     return BackoffConfig(base=base, cap=cap)
 
 
-def _breaker(t: _Table) -> BreakerConfig:
+def _breaker(t: Table) -> BreakerConfig:
     return BreakerConfig(
         failures=t.integer("failures", default=BreakerConfig.failures, minimum=1),
         reset=t.duration("reset", default=BreakerConfig.reset),

@@ -10,12 +10,13 @@ from sidecar.config import (
     BackoffConfig,
     BreakerConfig,
     CacheConfig,
+    EnvSecret,
+    FileSecret,
+    InlineSecret,
     ProfileConfig,
-    RefreshBefore,
-    SecretRef,
+    RefreshDuration,
+    RefreshShare,
     ServerConfig,
-)
-from sidecar.configload import (
     config_from_env,
     config_from_mapping,
     format_duration,
@@ -333,8 +334,8 @@ def test_design_example_loads(tmp_path):
         token_url="https://example.us.auth0.com/oauth/token",
         issuer="https://example.us.auth0.com/",
         jwks_url="https://example.us.auth0.com/.well-known/jwks.json",
-        client_id=SecretRef(value="abc"),
-        client_secret=SecretRef(file=Path("/var/run/secrets/auth0/client_secret")),
+        client_id=InlineSecret("abc"),
+        client_secret=FileSecret(Path("/var/run/secrets/auth0/client_secret")),
         audience="https://api.example.com/",
         scope="read:tools write:tools",
         verify="jwks",
@@ -349,7 +350,7 @@ def test_auth0_domain_expands_and_explicit_keys_win():
     assert expanded.token_url == "https://tenant.eu.auth0.com/oauth/token"
     assert expanded.issuer == "https://tenant.eu.auth0.com/"
     assert expanded.jwks_url == "https://tenant.eu.auth0.com/.well-known/jwks.json"
-    assert expanded.client_secret == SecretRef(env="S")
+    assert expanded.client_secret == EnvSecret("S")
     custom = {**profile, "issuer": "https://login.example/", "jwks_url": "https://keys.example/"}
     overridden = config_from_mapping({"profiles": {"a": custom}}, source="t").profiles["a"]
     assert overridden.token_url == "https://tenant.eu.auth0.com/oauth/token"
@@ -368,11 +369,11 @@ def test_defaults_fill_everything_not_given():
     assert config.server == ServerConfig()
     assert config.cache == CacheConfig()
     p = config.profiles["p"]
-    assert p.client_id == SecretRef(file=Path("/id"))
+    assert p.client_id == FileSecret(Path("/id"))
     assert p.issuer is None
     assert p.jwks_url is None
     assert p.client_auth == "client_secret_post"
-    assert p.refresh_before == RefreshBefore(seconds=None, share=0.2)
+    assert p.refresh_before == RefreshShare(0.2)
     assert (p.min_ttl, p.wait_timeout, p.connect_timeout, p.timeout) == (30, 10, 3, 10)
     assert p.backoff == BackoffConfig(base=1, cap=60)
     assert p.breaker == BreakerConfig(failures=5, reset=30)
@@ -386,11 +387,11 @@ def test_defaults_fill_everything_not_given():
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("20%", RefreshBefore(seconds=None, share=0.2)),
-        ("12.5%", RefreshBefore(seconds=None, share=0.125)),
-        ("5m", RefreshBefore(seconds=300, share=None)),
-        ("1h30m", RefreshBefore(seconds=5400, share=None)),
-        (90, RefreshBefore(seconds=90, share=None)),
+        ("20%", RefreshShare(0.2)),
+        ("12.5%", RefreshShare(0.125)),
+        ("5m", RefreshDuration(300)),
+        ("1h30m", RefreshDuration(5400)),
+        (90, RefreshDuration(90)),
     ],
 )
 def test_refresh_before_share_or_duration(value, expected):
@@ -413,7 +414,7 @@ def test_private_key_jwt_profile():
     p = config_from_mapping({"profiles": {"p": profile}}, source="t").profiles["p"]
     assert p.client_auth == "private_key_jwt"
     assert p.client_secret is None
-    assert p.client_id == SecretRef(env="CLIENT_ID")
+    assert p.client_id == EnvSecret("CLIENT_ID")
     assert p.private_key_file == Path("/keys/sidecar.pem")
     assert (p.private_key_kid, p.assertion_alg) == ("k1", "ES256")
     assert p.extra_params == MappingProxyType({"organization": "org_123"})
@@ -466,8 +467,8 @@ def test_env_profile_refers_to_the_secret_variable():
     assert list(config.profiles) == ["default"]
     p = config.profiles["default"]
     assert p.token_url == "https://example.us.auth0.com/oauth/token"
-    assert p.client_id == SecretRef(value="abc")
-    assert p.client_secret == SecretRef(env="TOKEN_SIDECAR_CLIENT_SECRET")
+    assert p.client_id == InlineSecret("abc")
+    assert p.client_secret == EnvSecret("TOKEN_SIDECAR_CLIENT_SECRET")
     assert (p.audience, p.scope) == ("https://api.example.com/", "read:tools")
     assert config.server.listen is None
     assert config.server.socket == Path("/run/ts.sock")
@@ -486,7 +487,7 @@ def test_env_profile_with_secret_file():
     assert config is not None
     p = config.profiles["default"]
     assert p.token_url == "https://idp.example/oauth/token"
-    assert p.client_secret == SecretRef(file=Path("/secrets/client_secret"))
+    assert p.client_secret == FileSecret(Path("/secrets/client_secret"))
     assert config.server.ops_listen == "0.0.0.0:9100"
 
 
@@ -653,6 +654,16 @@ def test_redacted_private_key_jwt_profile():
     assert view["assertion_alg"] == "RS256"
     assert view["assertion_audience"] == "https://example.us.auth0.com/"
     assert (view["refresh_before"], view["min_ttl"]) == ("12.5%", "1m30s")
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [("20%", "20%"), ("12.5%", "12.5%"), ("5m", "5m"), (5400, "1h30m")]
+)
+def test_redacted_refresh_before_as_written(value, shown):
+    """The check view writes refresh_before the way the config does: a share or a duration."""
+    profile = {**PKJWT_MAPPING, "refresh_before": value}
+    view = redacted(config_from_mapping({"profiles": {"p": profile}}, source="t"))["profiles"]["p"]
+    assert view["refresh_before"] == shown
 
 
 def test_toml_syntax_error_names_the_line(tmp_path):

@@ -1,8 +1,11 @@
-"""The env-only config: one ``default`` profile from ``TOKEN_SIDECAR_*`` variables (Fly.io).
+"""The environment as a config source: which source to run with, and the env-only profile.
 
+:func:`resolve_config` picks ``--config``, else the file named by
+``TOKEN_SIDECAR_CONFIG``, else the one ``default`` profile that
+:func:`config_from_env` builds from ``TOKEN_SIDECAR_*`` variables (Fly.io).
 The variables are mapped onto the equivalent TOML keys and validated by
-:func:`~sidecar._configmapping.config_from_mapping`; errors name the variable,
-not the TOML key.
+:func:`~sidecar.config._document.config_from_mapping`; errors name the
+variable, not the TOML key.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sidecar._configmapping import config_from_mapping
-from sidecar.config import Config
+from sidecar.config._document import config_from_mapping, load_config
+from sidecar.config._model import Config
 from sidecar.errors import ConfigError
 
 _ENV_SOURCE = "environment"
@@ -64,6 +67,27 @@ def config_from_env(environ: Mapping[str, str]) -> Config | None:
         return config_from_mapping(data, source=_ENV_SOURCE)
     except ConfigError as exc:
         raise ConfigError(_ENV_SOURCE, _ENV_KEYS.get(exc.key, exc.key), exc.problem) from exc
+
+
+def resolve_config(path: str | None, environ: Mapping[str, str]) -> Config:
+    """The config to run with: ``--config``, else ``TOKEN_SIDECAR_CONFIG``, else the environment.
+
+    Raises:
+        ConfigError: the chosen source is invalid, or there is no source at all.
+    """
+    if path:
+        return load_config(path)
+    if environ.get(_ENV_CONFIG):
+        return load_config(environ[_ENV_CONFIG])
+    config = config_from_env(environ)
+    if config is None:
+        raise ConfigError(
+            _ENV_SOURCE,
+            _ENV_CONFIG,
+            f"no config: pass --config FILE, set {_ENV_CONFIG}, "
+            f"or set {_ENV_DOMAIN}/{_ENV_TOKEN_URL}",
+        )
+    return config
 
 
 def _check_env_credentials(environ: Mapping[str, str]) -> None:

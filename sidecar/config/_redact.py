@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sidecar._configread import format_duration
-from sidecar.config import Config, ProfileConfig, SecretRef
+from sidecar.config._model import (
+    Config,
+    InlineSecret,
+    ProfileConfig,
+    RefreshBefore,
+    RefreshDuration,
+    RefreshShare,
+    SecretRef,
+)
+from sidecar.config._reader import format_duration
 
 _REDACTED = "[redacted]"
 
@@ -50,7 +58,7 @@ def _profile_view(p: ProfileConfig) -> dict[str, Any]:
         "token_url": _url_view(p.token_url),
         "issuer": p.issuer,
         "jwks_url": _url_view(p.jwks_url) if p.jwks_url else None,
-        "client_id": p.client_id.value or p.client_id.describe(),
+        "client_id": _client_id_view(p.client_id),
         "client_secret": _secret_view(p.client_secret),
         "client_auth": p.client_auth,
     }
@@ -59,18 +67,13 @@ def _profile_view(p: ProfileConfig) -> dict[str, Any]:
         view["private_key_kid"] = p.private_key_kid
         view["assertion_alg"] = p.assertion_alg
         view["assertion_audience"] = p.effective_assertion_audience
-    before = p.refresh_before
     return view | {
         "audience": p.audience,
         "resource": p.resource,
         "scope": p.scope,
         "extra_params": dict(p.extra_params),
         "required": p.required,
-        "refresh_before": (
-            format_duration(before.seconds)
-            if before.seconds is not None
-            else f"{(before.share or 0) * 100:g}%"
-        ),
+        "refresh_before": _refresh_before_view(p.refresh_before),
         "min_ttl": format_duration(p.min_ttl),
         "wait_timeout": format_duration(p.wait_timeout),
         "verify": p.verify or "auto",
@@ -82,10 +85,24 @@ def _profile_view(p: ProfileConfig) -> dict[str, Any]:
     }
 
 
+def _refresh_before_view(before: RefreshBefore) -> str:
+    """As the config writes it: ``"5m"`` or ``"20%"``."""
+    match before:
+        case RefreshDuration(seconds):
+            return format_duration(seconds)
+        case RefreshShare(share):
+            return f"{share * 100:g}%"
+
+
+def _client_id_view(ref: SecretRef) -> str:
+    """An inline client id is not a secret, so it is shown; a reference says where it is."""
+    return ref.value if isinstance(ref, InlineSecret) else ref.describe()
+
+
 def _secret_view(ref: SecretRef | None) -> str | None:
     if ref is None:
         return None
-    return _REDACTED if ref.value is not None else ref.describe()
+    return _REDACTED if isinstance(ref, InlineSecret) else ref.describe()
 
 
 def _path_view(path: Path | None) -> str | None:

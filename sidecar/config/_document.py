@@ -1,19 +1,24 @@
-"""The config document: its top-level keys and the ``[server]`` and ``[cache]`` tables.
+"""The config document: a TOML file, its top-level keys, the ``[server]`` and ``[cache]`` tables.
 
-:func:`config_from_mapping` is where parsed TOML (or an equivalent dict from
-the environment) becomes a :class:`~sidecar.config.Config`; the
-``[profiles.NAME]`` tables are read by :mod:`sidecar._configprofile`.
+:func:`load_config` reads and parses a TOML file; :func:`config_from_mapping`
+is where parsed TOML (or an equivalent dict from the environment) becomes a
+:class:`~sidecar.config.Config`. The ``[profiles.NAME]`` tables are read by
+:mod:`sidecar.config._profile`, single values by :mod:`sidecar.config._reader`.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tomllib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast, get_args
 
-from sidecar._configprofile import _profiles
-from sidecar._configread import _address, _Table
-from sidecar.config import CacheBackend, CacheConfig, Config, ServerConfig, is_loopback_host
+from sidecar.config._model import CacheBackend, CacheConfig, Config, ServerConfig, is_loopback_host
+from sidecar.config._profile import read_profiles
+from sidecar.config._reader import Table, read_address
+from sidecar.errors import ConfigError
 
 _TOP_KEYS = ("server", "cache", "profiles")
 _SERVER_KEYS = (
@@ -34,9 +39,9 @@ _SOCKET_MODE = re.compile(r"[0-7]{3,4}")
 # --------------------------------------------------------------------------- sections
 
 
-def _server(t: _Table) -> ServerConfig:
+def _server(t: Table) -> ServerConfig:
     allow_non_loopback = t.boolean("allow_non_loopback", default=False)
-    listen, host = _address(t, "listen", default=ServerConfig.listen)
+    listen, host = read_address(t, "listen", default=ServerConfig.listen)
     if listen is not None and not allow_non_loopback and not is_loopback_host(host):
         raise t.error(
             "listen",
@@ -46,7 +51,7 @@ def _server(t: _Table) -> ServerConfig:
     socket = t.path_value("socket")
     if listen is None and socket is None:
         raise t.error("listen", "the token API needs a TCP listener or a Unix socket; both are off")
-    ops_listen, _ = _address(t, "ops_listen", default=ServerConfig.ops_listen)
+    ops_listen, _ = read_address(t, "ops_listen", default=ServerConfig.ops_listen)
     return ServerConfig(
         listen=listen,
         socket=socket,
@@ -58,7 +63,7 @@ def _server(t: _Table) -> ServerConfig:
     )
 
 
-def _socket_mode(t: _Table) -> int:
+def _socket_mode(t: Table) -> int:
     value = t.raw("socket_mode", "")
     if value == "":
         return ServerConfig.socket_mode
@@ -68,7 +73,7 @@ def _socket_mode(t: _Table) -> int:
     return int(value, 8)
 
 
-def _cache(t: _Table) -> CacheConfig:
+def _cache(t: Table) -> CacheConfig:
     backend = t.choice("backend", _CACHE_BACKENDS, default=CacheConfig.backend)
     url = t.string("url") or CacheConfig.url
     if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -90,10 +95,33 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str) -> Config:
     Raises:
         ConfigError: naming ``source``, the key path and the problem.
     """
-    root = _Table(data, source=source, path="", allowed=_TOP_KEYS)
+    root = Table(data, source=source, path="", allowed=_TOP_KEYS)
     return Config(
-        profiles=_profiles(root),
+        profiles=read_profiles(root),
         server=_server(root.table("server", _SERVER_KEYS)),
         cache=_cache(root.table("cache", _CACHE_KEYS)),
         source=source,
     )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not TOML, or invalid.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(source, "", "no such file") from exc
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read the file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "", "not valid UTF-8") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message carries the line and column, never the offending text.
+        raise ConfigError(source, "", f"invalid TOML: {exc}") from exc
+    return config_from_mapping(data, source=source)

@@ -1,0 +1,69 @@
+"""Configuration: TOML or environment in, a frozen, validated :class:`Config` out.
+
+Every rule of DESIGN.md "Config" is enforced in this package and nowhere else,
+so the rest of the sidecar can trust :class:`Config` blindly. Each failure is a
+:class:`~sidecar.errors.ConfigError` that names the source, the dotted key path
+(``profiles.go-api.client_auth``) and the problem; messages never echo the
+value of a credential. Credential files need not exist yet: they are read at
+run time, because Kubernetes may mount a Secret after the sidecar starts.
+
+The package holds one concept per module: ``_model`` (the frozen dataclasses
+every other module reads), ``_reader`` (the key-path-tracking table reader and
+the value parsers), ``_document`` (a TOML file, the top-level keys,
+``[server]`` and ``[cache]``), ``_profile`` (one ``[profiles.NAME]`` table),
+``_env`` (choosing the source, and the env-only profile) and ``_redact`` (the
+redacted view ``token-sidecar check`` prints). Import the names from here.
+"""
+
+from sidecar.config._document import config_from_mapping, load_config
+from sidecar.config._env import config_from_env, resolve_config
+from sidecar.config._model import (
+    PROFILE_NAME_PATTERN,
+    BackoffConfig,
+    BreakerConfig,
+    CacheBackend,
+    CacheConfig,
+    ClientAuth,
+    Config,
+    EnvSecret,
+    FileSecret,
+    InlineSecret,
+    ProfileConfig,
+    RefreshBefore,
+    RefreshDuration,
+    RefreshShare,
+    SecretRef,
+    ServerConfig,
+    Verify,
+    is_loopback_host,
+)
+from sidecar.config._reader import format_duration, parse_duration
+from sidecar.config._redact import redacted
+
+__all__ = [
+    "PROFILE_NAME_PATTERN",
+    "BackoffConfig",
+    "BreakerConfig",
+    "CacheBackend",
+    "CacheConfig",
+    "ClientAuth",
+    "Config",
+    "EnvSecret",
+    "FileSecret",
+    "InlineSecret",
+    "ProfileConfig",
+    "RefreshBefore",
+    "RefreshDuration",
+    "RefreshShare",
+    "SecretRef",
+    "ServerConfig",
+    "Verify",
+    "config_from_env",
+    "config_from_mapping",
+    "format_duration",
+    "is_loopback_host",
+    "load_config",
+    "parse_duration",
+    "redacted",
+    "resolve_config",
+]
