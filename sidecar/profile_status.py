@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.errors import FailureKind, RefreshError
-from sidecar.token import HeldToken, TokenState
+from sidecar.token import HeldToken
 
 
 class ProfileState(enum.Enum):
@@ -54,27 +54,33 @@ def profile_state(
     failures: int,
     last_kind: FailureKind | None,
     in_flight: bool,
+    reported: bool = False,
 ) -> ProfileState:
     """The state of a profile holding ``token`` after ``failures`` consecutive failures.
 
     ``last_kind`` is the kind of the latest failure while failures continue
-    (None once a refresh succeeded).
+    (None once a refresh succeeded); ``reported`` says a caller reported the
+    token rejected.
     """
     if last_kind is not None and last_kind.misconfigured:
         return ProfileState.MISCONFIGURED
     if token is not None and token.servable(now, min_ttl):
         if in_flight:
             return ProfileState.REFRESHING
-        stale = failures > 0 and token.state(now, min_ttl) is TokenState.STALE
+        stale = served_stale(token, now=now, failures=failures, reported=reported)
         return ProfileState.STALE if stale else ProfileState.READY
     if token is None and failures == 0:
         return ProfileState.WARMING
     return ProfileState.UNAVAILABLE
 
 
-def served_stale(token: HeldToken, *, now: float, failures: int) -> bool:
-    """Whether serving ``token`` now is a fallback: refreshes fail and it is past its refresh."""
-    return failures > 0 and now >= token.refresh_at
+def served_stale(token: HeldToken, *, now: float, failures: int, reported: bool = False) -> bool:
+    """Whether serving ``token`` now is a fallback.
+
+    It is when refreshes fail and it is past its refresh instant, or when a
+    caller reported it rejected and no replacement could be had.
+    """
+    return reported or (failures > 0 and now >= token.refresh_at)
 
 
 def fallback_reason(last_kind: FailureKind | None) -> str:

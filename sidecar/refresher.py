@@ -107,6 +107,9 @@ class ProfileRefresher:
         self._last_success_at: float | None = None  # UNIX time
         self._last_forced_at: float | None = None
         self._rejected: str | None = None  # fingerprint a caller reported: never adopt it again
+        # The reported token, withheld while its replacement is on the way; served
+        # again (stale) if none can be had, so one API's 401 cannot empty the profile.
+        self._withheld: HeldToken | None = None
         self._force = False
         self._in_flight = False
         self._wake = asyncio.Event()
@@ -156,7 +159,9 @@ class ProfileRefresher:
         need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
         if token.expires_at - now <= need:
             return None
-        stale = served_stale(token, now=now, failures=self._failures)
+        stale = served_stale(
+            token, now=now, failures=self._failures, reported=token.fingerprint == self._rejected
+        )
         if stale:
             self._report.served_fallback(fallback_reason(self._last_kind))
         if self._context.fleet.cache.state is CacheState.DOWN:
@@ -171,11 +176,14 @@ class ProfileRefresher:
         need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
         deadline = self._clock.monotonic() + self.profile.wait_timeout
         while True:
-            self._raise_if_hopeless(deadline)
+            if self._raise_if_hopeless(deadline):
+                return self._serve_withheld(min_ttl)
             settled = self._settled
             if not self._in_flight:
                 self._request_attempt()
             if not await wait_until(self._clock, settled, deadline - self._clock.monotonic()):
+                if self._restore_withheld():
+                    return self._serve_withheld(min_ttl)
                 raise self._unavailable("timed out waiting for a token", retry_after=1.0)
             served = self.serve_now(min_ttl)
             if served is not None:
@@ -187,10 +195,12 @@ class ProfileRefresher:
                 )
 
     async def invalidate(self, token_fingerprint: str) -> tuple[str, ServedToken]:
-        """Drop the current token if it is the reported one; answer the current valid token.
+        """Replace the current token if it is the reported one; answer the current valid token.
 
         Returns ``(result, served)`` where result is ``refreshed``,
-        ``already_rotated`` or ``throttled``.
+        ``already_rotated`` or ``throttled``. A reported token is withheld
+        until its replacement arrives; when none can be had (the IdP fails,
+        the circuit is open), it is served again flagged stale.
         """
         current = self._token
         now = self._clock.monotonic()
@@ -201,7 +211,7 @@ class ProfileRefresher:
             result = "throttled"
         else:
             self._last_forced_at = now
-            self._token = None
+            self._token, self._withheld = None, current
             self._rejected = dropped = current.fingerprint
             result = "refreshed"
         self._report.invalidated(result, dropped)
@@ -217,13 +227,34 @@ class ProfileRefresher:
         self._force = True
         self._wake.set()
 
-    def _raise_if_hopeless(self, deadline: float) -> None:
-        """Fail fast when waiting cannot help: the next attempt comes after ``deadline``."""
+    def _raise_if_hopeless(self, deadline: float) -> bool:
+        """Fail fast when waiting cannot help: the next attempt comes after ``deadline``.
+
+        Returns True instead of raising when a withheld token was put back to serve.
+        """
         if not self._failures or self._in_flight or self._not_before <= deadline:
-            return
+            return False
+        if self._restore_withheld():
+            return True
         code, message = unavailable_answer(self._last_error)
         retry_after = max(1.0, self._not_before - self._clock.monotonic())
         raise self._unavailable(message, code=code, retry_after=retry_after)
+
+    def _restore_withheld(self) -> bool:
+        """Put a withheld (reported) token back when no replacement came; whether one was."""
+        withheld, self._withheld = self._withheld, None
+        if self._token is not None or withheld is None:
+            return False
+        if not withheld.servable(self._clock.monotonic(), self.profile.min_ttl):
+            return False
+        self._token = withheld
+        return True
+
+    def _serve_withheld(self, min_ttl: float | None) -> ServedToken:
+        served = self.serve_now(min_ttl)
+        if served is None:  # servable, but shorter-lived than this caller asked for
+            raise self._unavailable("no token with the requested min_ttl", retry_after=1.0)
+        return served
 
     def _unavailable(
         self, message: str, *, retry_after: float, code: str = "token_unavailable"
@@ -252,6 +283,7 @@ class ProfileRefresher:
                     FailureKind.ERROR, "internal", type(exc).__name__, self._clock.time()
                 )
                 self._not_before = self._clock.monotonic() + self.profile.backoff.cap
+                self._restore_withheld()
             finally:
                 self._in_flight = False
                 settled, self._settled = self._settled, asyncio.Event()
@@ -319,7 +351,7 @@ class ProfileRefresher:
             return None
 
     def _on_success(self, obtained: FleetResult) -> None:
-        self._token = obtained.token
+        self._token, self._withheld = obtained.token, None
         self._failures = self._transient_failures = 0
         self._not_before = 0.0
         self._last_success_at = self._clock.time()
@@ -329,6 +361,7 @@ class ProfileRefresher:
         now = self._clock.monotonic()
         self._failures += 1
         self._last_error = LastError.of(exc, self._clock.time())
+        self._restore_withheld()
         delay = self._retry_delay(exc, now)
         self._not_before = now + delay
         self._report.refresh_failed(
@@ -358,17 +391,20 @@ class ProfileRefresher:
     # -- status ------------------------------------------------------------
 
     def state(self) -> ProfileState:
+        token = self._token or self._withheld
         return profile_state(
-            token=self._token,
+            token=token,
             now=self._clock.monotonic(),
             min_ttl=self.profile.min_ttl,
             failures=self._failures,
             last_kind=self._last_kind,
             in_flight=self._in_flight,
+            reported=token is not None and token.fingerprint == self._rejected,
         )
 
     def servable(self) -> bool:
-        token = self._token
+        """Whether the profile holds a servable token (a withheld reported one counts)."""
+        token = self._token or self._withheld
         return token is not None and token.servable(self._clock.monotonic(), self.profile.min_ttl)
 
     def status(self) -> dict[str, Any]:

@@ -270,8 +270,8 @@ async def _invalidate(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     refresher = service.refresher_for(request.match_info["profile"])
     reported = _reported_fingerprint(await _read_body(request, refresher.name), refresher.name)
-    _result, served = await refresher.invalidate(reported)
-    return _token_response(service, refresher.name, served)
+    result, served = await refresher.invalidate(reported)
+    return _token_response(service, refresher.name, served, result=result)
 
 
 def _min_ttl(request: web.Request, refresher: ProfileRefresher) -> float | None:
@@ -325,8 +325,10 @@ def _reported_fingerprint(body: bytes, profile: str) -> str:
     return value
 
 
-def _token_response(service: TokenService, profile: str, served: ServedToken) -> web.Response:
-    """The 200 answer of both endpoints; counts the request as served or stale."""
+def _token_response(
+    service: TokenService, profile: str, served: ServedToken, *, result: str | None = None
+) -> web.Response:
+    """The 200 answer of both endpoints (invalidate adds its ``result``); counts it."""
     token = served.token
     service.metrics.count_request(profile, "stale" if served.stale else "served")
     body = {
@@ -338,6 +340,8 @@ def _token_response(service: TokenService, profile: str, served: ServedToken) ->
         "profile": profile,
         "stale": served.stale,
     }
+    if result is not None:
+        body["result"] = result
     return json_response(body, status=200)
 
 

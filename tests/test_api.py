@@ -394,7 +394,7 @@ async def invalidate(client, payload):
     assert resp.status == 200, await resp.text()
     assert resp.headers["Cache-Control"] == "no-store"
     body = await resp.json()
-    assert set(body) == TOKEN_KEYS
+    assert set(body) == {*TOKEN_KEYS, "result"}
     return body
 
 
@@ -402,15 +402,19 @@ async def test_invalidate_by_access_token(api, idp, clock, metrics):
     """Reporting the current token replaces it; repeats are already_rotated or throttled."""
     service, client = await api()
     old = (await (await client.get("/v1/token/api", headers=HEADERS)).json())["access_token"]
-    new = (await invalidate(client, {"access_token": old}))["access_token"]
-    assert new != old
+    answer = await invalidate(client, {"access_token": old})
+    new = answer["access_token"]
+    assert (new != old, answer["result"], answer["stale"]) == (True, "refreshed", False)
     assert invalidations(metrics, "refreshed") == 1
-    assert (await invalidate(client, {"access_token": old}))["access_token"] == new
+    answer = await invalidate(client, {"access_token": old})
+    assert (answer["access_token"], answer["result"]) == (new, "already_rotated")
     assert invalidations(metrics, "already_rotated") == 1
-    assert (await invalidate(client, {"access_token": new}))["access_token"] == new
+    answer = await invalidate(client, {"access_token": new})
+    assert (answer["access_token"], answer["result"]) == (new, "throttled")
     assert invalidations(metrics, "throttled") == 1
     await run_for(clock, service, 10)
-    assert (await invalidate(client, {"access_token": new}))["access_token"] != new
+    answer = await invalidate(client, {"access_token": new})
+    assert (answer["access_token"] != new, answer["result"]) == (True, "refreshed")
     assert invalidations(metrics, "refreshed") == 2
     assert idp.issued == 3
     assert requests(metrics, "served") == 5
@@ -585,3 +589,18 @@ async def test_unix_socket_host_rules(unix_api, leaks):
     await error_body(resp, 403, "forbidden", leaks, profile="api")
     reader, writer = await asyncio.open_unix_connection(path)
     assert await raw_get(reader, writer, {}) == 400
+
+
+async def test_invalidate_during_an_outage_serves_the_reported_token_stale(api, idp, metrics):
+    """With the IdP down, the reported token comes back flagged stale and readiness holds."""
+    service, client = await api()
+    old = (await (await client.get("/v1/token/api", headers=HEADERS)).json())["access_token"]
+    idp.faults.status = 503
+    answer = await invalidate(client, {"access_token": old})
+    assert (answer["access_token"], answer["stale"], answer["result"]) == (old, True, "refreshed")
+    assert service.readiness()[0] is True
+    again = await (await client.get("/v1/token/api", headers=HEADERS)).json()
+    assert (again["access_token"], again["stale"]) == (old, True)
+    idp.faults.status = None
+    answer = await invalidate(client, {"access_token": old})  # throttled: still the same one
+    assert (answer["access_token"], answer["result"]) == (old, "throttled")

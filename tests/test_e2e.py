@@ -143,9 +143,17 @@ async def test_readiness_waits_for_first_token_and_livez_ignores_outage(
         headers=HEADERS,
         json={"access_token": token["access_token"]},
     ) as resp:
-        assert resp.status == 503  # the reported token is dropped and the IdP is down
-        assert resp.headers["Retry-After"]
+        # No replacement while the IdP is down: the reported token is served again, stale.
+        assert resp.status == 200
+        answer = await resp.json()
+    assert (answer["access_token"], answer["stale"]) == (token["access_token"], True)
+    assert answer["result"] == "refreshed"
     await sidecar.wait_event("refresh.failed")
+    status, body = await get_json(http, f"{sidecar.ops}/status")
+    assert body["profiles"]["api"]["state"] == "stale"  # an outage, and shown as one
+    assert body["profiles"]["api"]["last_error"]["kind"] == "error"
+    status, _ = await get_json(http, f"{sidecar.ops}/readyz")
+    assert status == 200  # one API's 401 during an IdP incident keeps the pod in service
     status, _ = await get_json(http, f"{sidecar.ops}/livez")
     assert status == 200
     assert await sidecar.stop() == 0
@@ -262,7 +270,8 @@ async def test_secret_never_leaves_the_process(real_idp, sidecar_factory, http):
         headers=HEADERS,
         json={"access_token": token["access_token"]},
     ) as resp:
-        outputs.append(await resp.text())
+        # The token API hands the reported token back (stale): a deliberate answer, not a leak.
+        assert (resp.status, (await resp.json())["stale"]) == (200, True)
     for path in ("/status", "/metrics", "/readyz", "/livez"):
         async with http.get(f"{sidecar.ops}{path}") as resp:
             outputs.append(await resp.text())

@@ -370,11 +370,15 @@ async def test_rotation_within_jwks_cooldown_is_transient(idp, make_service, clo
     invalidated = asyncio.ensure_future(refresher.invalidate(first.fingerprint))
     await run_for(clock, service, 0)
     assert refresher.status()["last_error"]["error"] == "unknown_kid"
-    assert refresher.state() is ProfileState.UNAVAILABLE
-    await run_for(clock, service, 40)
+    # No replacement yet: the reported token is served again, flagged stale.
     result, served = await invalidated
-    assert result == "refreshed"
-    assert served.token.value != first.value
+    assert (result, served.token.value, served.stale) == ("refreshed", first.value, True)
+    assert refresher.state() is ProfileState.STALE
+    await run_for(clock, service, 40)
+    current = refresher.serve_now()
+    assert current is not None
+    assert current.token.value != first.value
+    assert not current.stale
     assert refresher.state() is ProfileState.READY
     assert idp.jwks_requests == 2
     assert (
