@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from clientstack import client_stack
+from clientstack import client_stack, served
 from conftest import make_profile
 
 from sidecar.client import SidecarAuth, TokenClient
@@ -60,6 +60,24 @@ async def test_httpx_sync_auth_retries_once(stack, clock):
     assert len(api.seen) == 3
     assert api.seen[1] == api.seen[0]
     assert api.seen[2] != api.seen[1]
+    await client.aclose()
+
+
+async def test_httpx_sync_auth_shares_the_clients_cache(stack, clock):
+    """Several sync requests, and the async path after them, cost one sidecar request."""
+    api = stack["api"]
+    client = TokenClient(stack["url"], profile="api", clock=clock)
+    auth = SidecarAuth(client)
+
+    def call() -> list[int]:
+        with httpx.Client(auth=auth) as http:
+            return [http.get(stack["api_url"]).status_code for _ in range(5)]
+
+    assert await asyncio.to_thread(call) == [200] * 5
+    assert len(set(api.seen)) == 1
+    assert (await client.get_token()).access_token == api.seen[0]
+    assert served(stack["service"]) == 1
+    assert len(stack["peers"]) == 1
     await client.aclose()
 
 

@@ -3,7 +3,11 @@
 :class:`TokenClient` talks to a running sidecar over loopback TCP or its Unix
 socket, keeps each profile's token in-process until ``min_ttl`` before expiry
 (so a tool call normally costs no request at all) and makes at most one
-request per profile at a time.
+request per profile at a time. It has an async path (aiohttp) and a blocking
+path (the standard library's ``http.client``, for threads without the
+client's event loop); both share one token cache, one timeout, one way of
+reading the sidecar's answer and one mapping of failures to
+:class:`SidecarError`.
 
 The HTTP-library adapters (``_httpx.py``, ``_aiohttp.py``) attach the token
 and decide whether to retry with :func:`should_retry` alone, so the rule
@@ -18,6 +22,7 @@ import functools
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +31,8 @@ from typing import Protocol, Self
 from urllib.parse import quote
 
 import aiohttp
+
+from ._blocking import TRANSPORT_ERRORS, BlockingConnection
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 GUARD_HEADERS: Mapping[str, str] = {"Token-Sidecar": "1"}
@@ -183,8 +190,10 @@ def _invalidate_body(token: Token) -> bytes:
 class TokenClient:
     """Fetches tokens from the sidecar and reuses them in-process until ``min_ttl``.
 
-    Invariants: at most one request per profile in flight; a cached token is
-    handed out only while it has more than ``min_ttl`` seconds left.
+    Invariants: at most one request per profile in flight on the event loop,
+    and one blocking request at a time across threads; a cached token is
+    handed out only while it has more than ``min_ttl`` seconds left. The async
+    and blocking paths share the cache.
     """
 
     def __init__(
@@ -207,6 +216,11 @@ class TokenClient:
         self._session: aiohttp.ClientSession | None = None
         self._cache: dict[str, Token] = {}
         self._inflight: dict[str, asyncio.Future[Token]] = {}
+        # The blocking path: one persistent connection, one request at a time.
+        self._sync_lock = threading.Lock()
+        self._connection = BlockingConnection(
+            self.endpoint.url, self.endpoint.socket, timeout=timeout, headers=GUARD_HEADERS
+        )
 
     def _profile(self, profile: str | None) -> str:
         name = profile or self.profile
@@ -281,6 +295,37 @@ class TokenClient:
             raise self._unreachable() from exc
         return self._keep(token)
 
+    def get_token_sync(self, profile: str | None = None, *, min_ttl: float | None = None) -> Token:
+        """Blocking :meth:`get_token`, for a thread that does not run the client's loop."""
+        name = self._profile(profile)
+        need = self.min_ttl if min_ttl is None else min_ttl
+        token = self.cached(name, min_ttl=need)
+        if token is not None:
+            return token
+        with self._sync_lock:
+            # Another thread may have fetched it while this one waited for the lock.
+            token = self.cached(name, min_ttl=need)
+            if token is not None:
+                return token
+            return self._request_sync("GET", self.endpoint.token_url(name, need))
+
+    def invalidate_sync(self, token: Token, profile: str | None = None) -> Token:
+        """Blocking :meth:`invalidate`, for a thread that does not run the client's loop."""
+        name = profile or token.profile
+        self._cache.pop(name, None)
+        with self._sync_lock:
+            return self._request_sync(
+                "POST", self.endpoint.invalidate_url(name), _invalidate_body(token)
+            )
+
+    def _request_sync(self, method: str, url: str, body: bytes | None = None) -> Token:
+        headers = JSON_HEADERS if body is not None else None
+        try:
+            answer = self._connection.request(method, url, body, headers)
+        except TRANSPORT_ERRORS as exc:
+            raise self._unreachable() from exc
+        return self._keep(parse_answer(answer.status, answer.body, answer.retry_after))
+
     def _unreachable(self) -> SidecarError:
         return SidecarError("unreachable", f"cannot reach the sidecar at {self.endpoint.where}")
 
@@ -294,6 +339,13 @@ class TokenClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._connection.is_open:
+            # Off the loop: a blocking request in flight holds the lock until it ends.
+            await asyncio.to_thread(self._close_sync)
+
+    def _close_sync(self) -> None:
+        with self._sync_lock:
+            self._connection.close()
 
     async def __aenter__(self) -> Self:
         return self

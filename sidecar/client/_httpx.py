@@ -1,26 +1,16 @@
 """SidecarAuth: the client's adapter for httpx, sync and async clients alike.
 
-The async flow takes its token from a :class:`TokenClient`; the sync flow (a
-thread without the client's event loop) asks the sidecar through a small
-blocking httpx client of its own, with the same reuse-until-``min_ttl`` rule.
-Whether to retry after an answer is :func:`should_retry`'s decision, as in
-every adapter.
+Both flows take their token from a :class:`TokenClient` (the async flow from
+its event-loop path, the sync flow from its blocking path), so they share one
+cache, one timeout and one error mapping. Whether to retry after an answer is
+:func:`should_retry`'s decision, as in every adapter.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
-from typing import Any
 
-from ._core import (
-    GUARD_HEADERS,
-    SidecarError,
-    Token,
-    TokenClient,
-    bearer,
-    parse_answer,
-    should_retry,
-)
+from ._core import Token, TokenClient, bearer, should_retry
 
 try:
     import httpx
@@ -36,7 +26,6 @@ if httpx is not None:
         def __init__(self, client: TokenClient, profile: str | None = None) -> None:
             self._client = client
             self._profile = profile
-            self._sync_token: Token | None = None
 
         async def async_auth_flow(
             self, request: httpx.Request
@@ -53,37 +42,14 @@ if httpx is not None:
         def sync_auth_flow(
             self, request: httpx.Request
         ) -> Generator[httpx.Request, httpx.Response]:
-            token = self._sync_token
-            if token is None or not self._client.usable(token):
-                token = self._sync_request("GET", self._client.min_ttl)
+            token = self._client.get_token_sync(self._profile)
             retries = 0
             while True:
                 response = yield _authorized(request, token)
                 if not should_retry(response.status_code, _replayable(request), retries):
                     return
-                token = self._sync_request("POST", 0, {"fingerprint": token.fingerprint})
+                token = self._client.invalidate_sync(token, self._profile)
                 retries += 1
-
-        def _sync_request(
-            self, method: str, min_ttl: float, payload: dict[str, Any] | None = None
-        ) -> Token:
-            endpoint = self._client.endpoint
-            name = self._client.resolve_profile(self._profile)
-            url = endpoint.invalidate_url(name) if payload else endpoint.token_url(name, min_ttl)
-            transport = httpx.HTTPTransport(uds=endpoint.socket) if endpoint.socket else None
-            try:
-                with httpx.Client(
-                    transport=transport, headers=dict(GUARD_HEADERS), timeout=15
-                ) as http:
-                    resp = http.request(method, url, json=payload)
-            except httpx.HTTPError as exc:
-                raise SidecarError(
-                    "unreachable", f"cannot reach the sidecar at {endpoint.where}"
-                ) from exc
-            self._sync_token = parse_answer(
-                resp.status_code, resp.content, resp.headers.get("Retry-After")
-            )
-            return self._sync_token
 
         def __repr__(self) -> str:
             return f"SidecarAuth({self._client!r}, profile={self._profile!r})"
