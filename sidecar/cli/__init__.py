@@ -1,4 +1,7 @@
-"""The ``token-sidecar`` command line: serve, dev, token, check.
+"""The ``token-sidecar`` command line: the parser, ``main``, and ``serve``.
+
+The other commands live one per module: ``token`` (:mod:`sidecar.cli.token`),
+``check`` (:mod:`sidecar.cli.check`) and ``dev`` (:mod:`sidecar.cli.dev`).
 
 Exit codes: 0 success; 1 a runtime failure (probe failed, port in use,
 sidecar unreachable, token unavailable); 2 invalid configuration or usage.
@@ -9,29 +12,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import logging
 import os
-import sys
 from collections.abc import Sequence
 
-import orjson
-
 from sidecar._version import __version__
-from sidecar.configload import redacted, resolve_config
+from sidecar.cli._exit import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, fail
+from sidecar.cli.check import run_check
+from sidecar.cli.dev import run_dev
+from sidecar.cli.token import fetch_token_command
+from sidecar.configload import resolve_config
 from sidecar.daemon import Daemon, ListenError
-from sidecar.dev import run_dev
 from sidecar.errors import ConfigError
-from sidecar.fetch import fetch_token_command
 from sidecar.logs import LogFormat, configure_logging
-from sidecar.probe import probe_all
 
 log = logging.getLogger("sidecar.cli")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        _fail(f"config error: {exc}")
+        fail(f"config error: {exc}")
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
@@ -104,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
-        return _serve(args.config)
+        return serve(args.config)
     if args.command == "dev":
         return asyncio.run(
             run_dev(port=args.port, ops_port=args.ops_port, token_lifetime=args.token_lifetime)
@@ -121,11 +117,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                 as_json=args.json,
             )
         )
-    return _check(args.config, probe=args.probe)
+    return run_check(args.config, probe=args.probe)
 
 
-def _serve(path: str | None) -> int:
-
+def serve(path: str | None) -> int:
+    """``token-sidecar serve``: run the daemon until SIGTERM/SIGINT; SIGHUP reloads."""
     config = resolve_config(path, os.environ)
     # SIGHUP re-reads the same source the daemon started from.
     source = path or os.environ.get("TOKEN_SIDECAR_CONFIG")
@@ -133,24 +129,6 @@ def _serve(path: str | None) -> int:
     try:
         asyncio.run(daemon.run())
     except ListenError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return EXIT_FAILURE
     return EXIT_OK
-
-
-def _check(path: str | None, *, probe: bool) -> int:
-
-    config = resolve_config(path, os.environ)
-    sys.stdout.write(orjson.dumps(redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
-    if not probe:
-        return EXIT_OK
-
-    results = asyncio.run(probe_all(config))
-    for line in results.lines:
-        sys.stdout.write(line + "\n")
-    return EXIT_OK if results.ok else EXIT_FAILURE
-
-
-def _fail(message: str) -> None:
-    with contextlib.suppress(OSError):
-        sys.stderr.write(f"token-sidecar: {message}\n")
