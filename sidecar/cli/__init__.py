@@ -21,7 +21,7 @@ from sidecar._version import __version__
 from sidecar.cli._exit import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, fail
 from sidecar.cli.check import run_check
 from sidecar.cli.dev import run_dev
-from sidecar.cli.token import fetch_token_command
+from sidecar.cli.token import run_token
 from sidecar.configload import resolve_config
 from sidecar.daemon import Daemon, ListenError
 from sidecar.errors import ConfigError
@@ -54,8 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-lifetime", type=int, default=3600, help="seconds each dev token lives"
     )
 
-    token = add("token", help="print a token from a running sidecar")
-    token.add_argument("profile")
+    token = add(
+        "token",
+        help="print a token from a running sidecar",
+        description="Print a token from a running sidecar. The profile defaults to "
+        "$TOKEN_SIDECAR_PROFILE; with neither, exit 2. The sidecar is --url or --socket, "
+        "else $TOKEN_SIDECAR_URL, else $TOKEN_SIDECAR_SOCKET, else http://127.0.0.1:8700.",
+    )
+    token.add_argument(
+        "profile",
+        nargs="?",
+        metavar="PROFILE",
+        help="profile name (default: $TOKEN_SIDECAR_PROFILE)",
+    )
     where = token.add_mutually_exclusive_group()
     where.add_argument("--url", help="base URL (default: $TOKEN_SIDECAR_URL)")
     where.add_argument("--socket", help="Unix socket path (default: $TOKEN_SIDECAR_SOCKET)")
@@ -106,16 +117,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             run_dev(port=args.port, ops_port=args.ops_port, token_lifetime=args.token_lifetime)
         )
     if args.command == "token":
-        return asyncio.run(
-            fetch_token_command(
-                args.profile,
-                # A flag on the command line beats both environment defaults.
-                url=args.url or (None if args.socket else os.environ.get("TOKEN_SIDECAR_URL")),
-                socket=args.socket
-                or (None if args.url else os.environ.get("TOKEN_SIDECAR_SOCKET")),
-                min_ttl=args.min_ttl,
-                as_json=args.json,
-            )
+        return run_token(
+            args.profile,
+            url=args.url,
+            socket=args.socket,
+            min_ttl=args.min_ttl,
+            as_json=args.json,
+            environ=os.environ,
         )
     return run_check(args.config, probe=args.probe)
 

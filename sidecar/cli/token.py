@@ -1,55 +1,84 @@
-"""``token-sidecar token``: fetch one token from a running sidecar, for shell scripts."""
+"""``token-sidecar token [PROFILE]``: print one token from a running sidecar, for shell scripts.
+
+Built on :class:`sidecar.client.TokenClient`, so it finds the sidecar as the
+client library does: ``--url`` or ``--socket``, else ``TOKEN_SIDECAR_URL``,
+else ``TOKEN_SIDECAR_SOCKET``, else ``http://127.0.0.1:8700``; the profile
+defaults to ``TOKEN_SIDECAR_PROFILE``. Exit 0 with the token (or the answer as
+JSON) on stdout, 1 with one line on stderr when no token can be had, 2 when no
+profile is given at all.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import sys
+from collections.abc import Mapping
+from typing import Any
 
-import aiohttp
 import orjson
 
-DEFAULT_URL = "http://127.0.0.1:8700"
+from sidecar.cli._exit import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, fail
+from sidecar.client import SidecarError, Token, TokenClient
+from sidecar.clock import Clock, SystemClock
+
+#: The whole request, connection included, may take this long (seconds).
+TIMEOUT = 30.0
 
 
-async def fetch_token_command(
-    profile: str,
+def run_token(
+    profile: str | None,
     *,
     url: str | None,
     socket: str | None,
     min_ttl: float | None,
     as_json: bool,
+    environ: Mapping[str, str],
+    clock: Clock | None = None,
 ) -> int:
-    """Print the token (or the whole JSON answer); one line on stderr and 1 on failure."""
-    connector: aiohttp.BaseConnector | None = None
-    base = (url or DEFAULT_URL).rstrip("/")
-    if socket and not url:
-        connector = aiohttp.UnixConnector(path=socket)
-        base = "http://localhost"
-    params = {"min_ttl": str(int(min_ttl))} if min_ttl is not None else None
-    timeout = aiohttp.ClientTimeout(total=30)
+    """Print ``profile``'s token, or the sidecar's whole answer when ``as_json``."""
+    wall = clock if clock is not None else SystemClock()
+    # min_ttl=0: ask for no particular lifetime unless --min-ttl is given.
+    client = TokenClient(
+        url, socket=socket, profile=profile, min_ttl=0, timeout=TIMEOUT, clock=wall, environ=environ
+    )
+    if client.profile is None:
+        fail("token: no profile: give PROFILE or set TOKEN_SIDECAR_PROFILE")
+        return EXIT_CONFIG
     try:
-        async with (
-            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.get(
-                f"{base}/v1/token/{profile}", params=params, headers={"Token-Sidecar": "1"}
-            ) as resp,
-        ):
-            body = await resp.read()
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        where = socket if socket and not url else base
-        sys.stderr.write(f"token-sidecar: cannot reach the sidecar at {where}: {exc}\n")
-        return 1
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        sys.stderr.write(f"token-sidecar: unexpected answer ({resp.status}) from the sidecar\n")
-        return 1
-    if resp.status != 200 or not isinstance(payload, dict):
-        error = payload.get("error") if isinstance(payload, dict) else None
-        message = payload.get("message") if isinstance(payload, dict) else None
-        sys.stderr.write(f"token-sidecar: {error or resp.status}: {message or 'no message'}\n")
-        return 1
+        token = asyncio.run(_fetch(client, min_ttl))
+    except SidecarError as exc:
+        fail(describe_failure(exc))
+        return EXIT_FAILURE
     if as_json:
-        sys.stdout.write(orjson.dumps(payload).decode() + "\n")
+        sys.stdout.write(orjson.dumps(answer_of(token, wall.time())).decode() + "\n")
     else:
-        sys.stdout.write(str(payload["access_token"]) + "\n")
-    return 0
+        sys.stdout.write(token.access_token + "\n")
+    return EXIT_OK
+
+
+async def _fetch(client: TokenClient, min_ttl: float | None) -> Token:
+    async with client:
+        return await client.get_token(min_ttl=min_ttl)
+
+
+def answer_of(token: Token, now: float) -> dict[str, Any]:
+    """The token API's answer for ``token`` at UNIX time ``now``, in the API's key order."""
+    return {
+        "access_token": token.access_token,
+        "token_type": token.token_type,
+        "expires_in": max(0, math.floor(token.expires_at - now)),
+        "expires_at": math.floor(token.expires_at),
+        "scope": token.scope,
+        "profile": token.profile,
+        "stale": token.stale,
+    }
+
+
+def describe_failure(exc: SidecarError) -> str:
+    """The stderr line (without the ``token-sidecar:`` prefix) for a failed fetch."""
+    if exc.code == "unreachable":
+        return f"{exc.message}: {exc.__cause__}"
+    if exc.code == "bad_answer":
+        return f"unexpected answer ({exc.status}) from the sidecar"
+    return f"{exc.code}: {exc.message or 'no message'}"
