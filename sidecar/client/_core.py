@@ -211,6 +211,8 @@ class TokenClient:
         self.endpoint = Endpoint.resolve(url, socket, env)
         self.profile = profile or env.get("TOKEN_SIDECAR_PROFILE") or None
         self.min_ttl = min_ttl
+        # One value for both paths: aiohttp's total per request; http.client's
+        # per connect, send and read (it has no total).
         self._timeout = timeout
         self._clock: WallClock = clock if clock is not None else _SystemClock()
         self._session: aiohttp.ClientSession | None = None
