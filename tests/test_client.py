@@ -16,7 +16,7 @@ from conftest import make_profile, run_for
 import sidecar
 import sidecar.client
 from sidecar.client import SidecarError, Token, TokenClient
-from sidecar.client._core import Endpoint, fingerprint, should_retry
+from sidecar.client._core import Endpoint, fingerprint, parse_answer, should_retry
 from sidecar.token import fingerprint as daemon_fingerprint
 
 
@@ -88,6 +88,31 @@ def test_fingerprint_is_the_daemons():
     assert fingerprint("secret-value") == daemon_fingerprint("secret-value")
     assert fingerprint("secret-value") == "31160254d129"
     assert fingerprint("other-value") != fingerprint("secret-value")
+
+
+def test_parse_answer_reads_a_token():
+    """A 200 answer becomes a Token; fields the client does not keep are ignored."""
+    body = b'{"access_token":"v","token_type":"Bearer","expires_in":5,"expires_at":1800000000,'
+    body += b'"scope":null,"profile":"api","stale":false}'
+    assert parse_answer(200, body, None) == Token("v", 1800000000.0, stale=False, profile="api")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "retry_after", "expected"),
+    [
+        (502, b"<html>", None, ("bad_answer", 502, None)),
+        (200, b"[1]", None, ("bad_answer", 200, None)),
+        (200, b'{"access_token":"v"}', None, ("bad_answer", 200, None)),
+        (503, b'{"error":"token_unavailable","message":"m"}', "7", ("token_unavailable", 503, 7)),
+        (503, b'{"error":"token_unavailable"}', "soon", ("token_unavailable", 503, None)),
+        (400, b"{}", None, ("error", 400, None)),
+    ],
+)
+def test_parse_answer_raises_sidecar_error(status, body, retry_after, expected):
+    """Anything but a complete 200 token answer is a SidecarError with code and status."""
+    with pytest.raises(SidecarError) as info:
+        parse_answer(status, body, retry_after)
+    assert (info.value.code, info.value.status, info.value.retry_after) == expected
 
 
 @pytest.mark.parametrize(

@@ -65,15 +65,16 @@ def test_sync_path_maps_an_unreachable_sidecar(kind, tmp_path):
 class OneShotServer:
     """An HTTP server that answers at most one request per connection, then hangs up."""
 
-    def __init__(self, *, answer: bool = True) -> None:
-        self.answer = answer
+    def __init__(self) -> None:
+        self.answer = True
+        self.headers = b"Content-Length: 2\r\n"
         self.connections = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         await reader.readuntil(b"\r\n\r\n")
         if self.answer:
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            writer.write(b"HTTP/1.1 200 OK\r\n" + self.headers + b"\r\n{}")
             await writer.drain()
         writer.close()
         await writer.wait_closed()
@@ -119,3 +120,15 @@ async def test_a_failure_on_a_fresh_connection_is_not_repeated(one_shot, connect
         await asyncio.to_thread(connection.request, "GET", f"{url}/x")
     assert server.connections == 1
     assert not connection.is_open
+
+
+async def test_a_connection_the_peer_announces_closing_is_dropped(one_shot, connections):
+    """After an answer with Connection: close, no connection is held; the next opens anew."""
+    server, url = one_shot
+    server.headers += b"Connection: close\r\n"
+    connection = BlockingConnection(url, None, timeout=5, headers={})
+    connections.append(connection)
+    answer = await asyncio.to_thread(connection.request, "GET", f"{url}/x")
+    assert (answer.status, answer.body, connection.is_open) == (200, b"{}", False)
+    assert (await asyncio.to_thread(connection.request, "GET", f"{url}/x")).status == 200
+    assert server.connections == 2
