@@ -1,90 +1,32 @@
-"""The client library against a live token API and a protected API on loopback."""
+"""The token client (sidecar.client._core) against a live token API on loopback."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
-import tempfile
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-import aiohttp
-import httpx
 import pytest
-from aiohttp import web
+from clientstack import client_stack, served
 from conftest import make_profile, run_for
 
-from sidecar.client import SidecarAuth, SidecarError, Token, TokenClient, sidecar_middleware
-from sidecar.config import ServerConfig
-from sidecar.token_api import make_token_app
-
-
-class ProtectedAPI:
-    """A resource server: 200 for a current token, 401 with WWW-Authenticate otherwise."""
-
-    def __init__(self, idp) -> None:
-        self.idp = idp
-        self.rejected: set[str] = set()
-        self.always_401 = False
-        self.seen: list[str] = []
-        self.bodies: list[bytes] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        self.seen.append(token)
-        self.bodies.append(await request.read())
-        if self.always_401 or token in self.rejected or token not in self.idp.issued_tokens:
-            return web.Response(
-                status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            )
-        return web.json_response({"ok": True})
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/tool", self.handle)
-        return app
-
-
-async def _serve(app: web.Application, runners: list[web.AppRunner], *, path: str | None = None):
-    runner = web.AppRunner(app)
-    await runner.setup()
-    runners.append(runner)
-    if path is not None:
-        await web.UnixSite(runner, path).start()
-        return path
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    return f"http://{host}:{port}"
+import sidecar
+import sidecar.client
+from sidecar.client import SidecarError, Token, TokenClient
+from sidecar.client._core import Endpoint, fingerprint, parse_answer, should_retry
+from sidecar.token import fingerprint as daemon_fingerprint
 
 
 @pytest.fixture
-async def stack(idp, make_service, clock) -> AsyncIterator[dict]:
+async def stack(idp, make_service) -> AsyncIterator[dict[str, Any]]:
     """A started token service, its token API on TCP and a Unix socket, and a protected API."""
-    runners: list[web.AppRunner] = []
     service = make_service(make_profile(idp))
     await service.get("api")
-    app = make_token_app(service, ServerConfig())
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
-    api = ProtectedAPI(idp)
-    yield {
-        "service": service,
-        "url": await _serve(app, runners),
-        "socket": await _serve(
-            make_token_app(service, ServerConfig()), runners, path=str(directory / "s")
-        ),
-        "api": api,
-        "api_url": await _serve(api.app(), runners) + "/tool",
-    }
-    for runner in runners:
-        await runner.cleanup()
-    (directory / "s").unlink(missing_ok=True)
-    directory.rmdir()  # noqa: ASYNC240 - teardown of a tiny temp dir
-
-
-def served(service) -> float:
-    return service.metrics.registry.get_sample_value(
-        "token_sidecar_token_requests_total", {"profile": "api", "outcome": "served"}
-    )
+    async with client_stack(service, idp) as value:
+        yield value
 
 
 async def test_reuses_token_until_min_ttl(stack, clock, idp):
@@ -141,81 +83,107 @@ def test_token_repr_is_masked():
     )
 
 
-async def test_aiohttp_middleware_retries_once_after_401(stack, clock):
-    """After a 401 the middleware reports the token and retries once with a new one."""
-    api = stack["api"]
-    async with TokenClient(stack["url"], profile="api", clock=clock) as client:
-        first = await client.get_token()
-        api.rejected.add(first.access_token)
-        async with (
-            aiohttp.ClientSession(middlewares=(sidecar_middleware(client),)) as http,
-            http.post(stack["api_url"], data=b"payload") as resp,
-        ):
-            assert resp.status == 200
-        assert api.seen[0] == first.access_token
-        assert api.seen[1] != first.access_token
-        assert api.bodies == [b"payload", b"payload"]
-        api.always_401 = True
-        async with (
-            aiohttp.ClientSession(middlewares=(sidecar_middleware(client),)) as http,
-            http.get(stack["api_url"]) as resp,
-        ):
-            assert resp.status == 401
-        assert len(api.seen) == 4  # one retry, never more
+def test_fingerprint_is_the_daemons():
+    """The client names a token exactly as the daemon does, so invalidate finds it."""
+    assert fingerprint("secret-value") == daemon_fingerprint("secret-value")
+    assert fingerprint("secret-value") == "31160254d129"
+    assert fingerprint("other-value") != fingerprint("secret-value")
 
 
-async def test_aiohttp_middleware_does_not_replay_a_stream(stack, clock):
-    """A streamed body that cannot be sent again is not retried."""
-    api = stack["api"]
-    api.always_401 = True
-
-    async def body():
-        yield b"chunk"
-
-    async with (
-        TokenClient(stack["url"], profile="api", clock=clock) as client,
-        aiohttp.ClientSession(middlewares=(sidecar_middleware(client),)) as http,
-        http.post(stack["api_url"], data=body()) as resp,
-    ):
-        assert resp.status == 401
-    assert len(api.seen) == 1
+def test_parse_answer_reads_a_token():
+    """A 200 answer becomes a Token; fields the client does not keep are ignored."""
+    body = b'{"access_token":"v","token_type":"Bearer","expires_in":5,"expires_at":1800000000,'
+    body += b'"scope":null,"profile":"api","stale":false}'
+    assert parse_answer(200, body, None) == Token("v", 1800000000.0, stale=False, profile="api")
 
 
-async def test_httpx_async_auth_retries_once(stack, clock):
-    """The async httpx Auth retries once after a 401 and not for a streamed body."""
-    api = stack["api"]
-    async with TokenClient(stack["url"], profile="api", clock=clock) as client:
-        first = await client.get_token()
-        api.rejected.add(first.access_token)
-        async with httpx.AsyncClient(auth=SidecarAuth(client)) as http:
-            resp = await http.post(stack["api_url"], content=b"x")
-            assert resp.status_code == 200
-            assert len(api.seen) == 2
-            api.always_401 = True
-
-            async def stream():
-                yield b"once"
-
-            resp = await http.post(stack["api_url"], content=stream())
-            assert resp.status_code == 401
-            assert len(api.seen) == 3
+@pytest.mark.parametrize(
+    ("status", "body", "retry_after", "expected"),
+    [
+        (502, b"<html>", None, ("bad_answer", 502, None)),
+        (200, b"[1]", None, ("bad_answer", 200, None)),
+        (200, b'{"access_token":"v"}', None, ("bad_answer", 200, None)),
+        (503, b'{"error":"token_unavailable","message":"m"}', "7", ("token_unavailable", 503, 7)),
+        (503, b'{"error":"token_unavailable"}', "soon", ("token_unavailable", 503, None)),
+        (400, b"{}", None, ("error", 400, None)),
+    ],
+)
+def test_parse_answer_raises_sidecar_error(status, body, retry_after, expected):
+    """Anything but a complete 200 token answer is a SidecarError with code and status."""
+    with pytest.raises(SidecarError) as info:
+        parse_answer(status, body, retry_after)
+    assert (info.value.code, info.value.status, info.value.retry_after) == expected
 
 
-async def test_httpx_sync_auth_retries_once(stack, clock):
-    """The sync httpx Auth fetches, reuses and, after a 401, invalidates once."""
-    api = stack["api"]
-    client = TokenClient(stack["url"], profile="api", clock=clock)
-    auth = SidecarAuth(client)
+@pytest.mark.parametrize(
+    ("status", "replayable", "retries", "retry"),
+    [
+        (401, True, 0, True),
+        (401, True, 1, False),  # once, never more
+        (401, False, 0, False),  # a one-shot body cannot be sent again
+        (403, True, 0, False),
+        (200, True, 0, False),
+        (500, True, 0, False),
+    ],
+)
+def test_should_retry(status, replayable, retries, retry):
+    """Only a 401 on a replayable request that was not retried yet is retried."""
+    assert should_retry(status, replayable, retries) is retry
 
-    def call() -> list[int]:
-        with httpx.Client(auth=auth) as http:
-            statuses = [http.get(stack["api_url"]).status_code]
-            api.rejected.add(api.seen[-1])
-            statuses.append(http.get(stack["api_url"]).status_code)
-            return statuses
 
-    assert await asyncio.to_thread(call) == [200, 200]
-    assert len(api.seen) == 3
-    assert api.seen[1] == api.seen[0]
-    assert api.seen[2] != api.seen[1]
-    await client.aclose()
+@pytest.mark.parametrize(
+    ("min_ttl", "url"),
+    [
+        (0, "http://127.0.0.1:8700/v1/token/api"),
+        (30, "http://127.0.0.1:8700/v1/token/api?min_ttl=30"),
+        (59.9, "http://127.0.0.1:8700/v1/token/api?min_ttl=59"),
+    ],
+)
+def test_endpoint_token_url(min_ttl, url):
+    """min_ttl is asked for in whole seconds, and only when it is positive."""
+    assert Endpoint.resolve(None, None, {}).token_url("api", min_ttl) == url
+
+
+def test_endpoint_resolution():
+    """An explicit URL or socket beats the environment; the URL beats the socket there."""
+    env = {"TOKEN_SIDECAR_URL": "http://127.0.0.1:1/", "TOKEN_SIDECAR_SOCKET": "/s"}
+    assert Endpoint.resolve(None, None, env) == Endpoint("http://127.0.0.1:1", None)
+    assert Endpoint.resolve(None, "/t", env) == Endpoint("http://localhost", "/t")
+    assert Endpoint.resolve(None, None, {"TOKEN_SIDECAR_SOCKET": "/s"}).where == "/s"
+    assert Endpoint.resolve(None, None, {}).invalidate_url("a b") == (
+        "http://127.0.0.1:8700/v1/token/a%20b/invalidate"
+    )
+
+
+def test_public_names_are_pinned():
+    """The package and the client library export exactly DESIGN.md's names."""
+    assert sidecar.client.__all__ == [
+        "SidecarAuth",
+        "SidecarError",
+        "Token",
+        "TokenClient",
+        "sidecar_middleware",
+    ]
+    assert sidecar.__all__ == [
+        "SidecarAuth",
+        "SidecarError",
+        "Token",
+        "TokenClient",
+        "__version__",
+        "sidecar_middleware",
+    ]
+    assert sidecar.SidecarError is sidecar.client.SidecarError
+
+
+def test_client_package_imports_nothing_of_the_daemon():
+    """sidecar.client imports only the standard library, aiohttp, httpx and itself."""
+    allowed = {*sys.stdlib_module_names, "aiohttp", "httpx"}
+    imported: set[str] = set()
+    for path in Path(sidecar.client.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    assert imported <= allowed, imported - allowed
+    assert {"aiohttp", "httpx", "json"} <= imported  # the scan sees real imports

@@ -1,46 +1,76 @@
-"""Client library for MCP servers: fetch tokens from the sidecar and attach them.
+"""The token client: TokenClient, Token, SidecarError, and the rule for retrying after a 401.
 
 :class:`TokenClient` talks to a running sidecar over loopback TCP or its Unix
 socket, keeps each profile's token in-process until ``min_ttl`` before expiry
 (so a tool call normally costs no request at all) and makes at most one
-request per profile at a time. :class:`SidecarAuth` (httpx, sync and async)
-and :func:`sidecar_middleware` (aiohttp) attach ``Authorization: Bearer`` and,
-when the API answers 401, report the token through ``invalidate`` and retry
-the request once, never more, and never when its body cannot be replayed.
+request per profile at a time. It has an async path (aiohttp) and a blocking
+path (the standard library's ``http.client``, for threads without the
+client's event loop); both share one token cache, one timeout, one way of
+reading the sidecar's answer and one mapping of failures to
+:class:`SidecarError`.
 
-Defaults come from ``TOKEN_SIDECAR_URL``, ``TOKEN_SIDECAR_SOCKET`` and
-``TOKEN_SIDECAR_PROFILE``, so the common case needs no code beyond
-``TokenClient()``.
+The HTTP-library adapters (``_httpx.py``, ``_aiohttp.py``) attach the token
+and decide whether to retry with :func:`should_retry` alone, so the rule
+"report the token and retry once after a 401, never when the body cannot be
+sent again" is written here once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import json
 import os
-from collections.abc import AsyncGenerator, Generator, Mapping
+import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Protocol, Self
+from urllib.parse import quote
 
 import aiohttp
-import orjson
-from aiohttp import hdrs
 
-from sidecar import errors
-from sidecar.clock import Clock, SystemClock
-from sidecar.token import fingerprint
-
-try:
-    import httpx
-except ImportError:  # pragma: no cover - httpx is the optional extra token-sidecar[httpx]
-    httpx = None  # type: ignore[assignment]
+from ._blocking import TRANSPORT_ERRORS, BlockingConnection
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 GUARD_HEADERS: Mapping[str, str] = {"Token-Sidecar": "1"}
+JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
+
+#: Statuses of the protected API that mean "this token was rejected".
+REFRESH_STATUS_CODES = frozenset({401})
+#: How often a request is sent again, with a new token, after such a status.
+MAX_RETRIES = 1
 
 
-class SidecarError(errors.TokenSidecarError):
+def should_retry(status: int, replayable: bool, retries: int) -> bool:
+    """Whether an adapter reports its token and sends the request again.
+
+    Only after a status in :data:`REFRESH_STATUS_CODES`, only while fewer than
+    :data:`MAX_RETRIES` retries were made, and only when the request body can
+    be sent again (a one-shot stream cannot).
+    """
+    return status in REFRESH_STATUS_CODES and replayable and retries < MAX_RETRIES
+
+
+def fingerprint(value: str) -> str:
+    """The first 12 hex digits of SHA-256: how a token is named anywhere visible."""
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+class WallClock(Protocol):
+    """What the client needs of a clock: UNIX time, to compare with ``expires_at``."""
+
+    def time(self) -> float: ...
+
+
+class _SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+
+class SidecarError(Exception):
     """The sidecar could not hand out a token; ``code`` is its error code.
 
     ``code`` is one of the token API codes (``token_unavailable``,
@@ -85,23 +115,27 @@ class Token:
     __str__ = __repr__
 
 
-def parse_answer(status: int, body: bytes, headers: Mapping[str, str]) -> Token:
+def bearer(token: Token) -> str:
+    """The ``Authorization`` header value for ``token``."""
+    return f"Bearer {token.access_token}"
+
+
+def parse_answer(status: int, body: bytes, retry_after: str | None) -> Token:
     """Turn one token API answer into a :class:`Token` or raise :class:`SidecarError`."""
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        payload = json.loads(body)
+    except ValueError:  # JSONDecodeError, or bytes that are not text at all
         payload = None
     if not isinstance(payload, dict):
         raise SidecarError(
             "bad_answer", f"unexpected answer from the sidecar ({status})", status=status
         )
     if status != 200:
-        retry = headers.get("Retry-After")
         raise SidecarError(
             str(payload.get("error", "error")),
             str(payload.get("message", "")),
             status=status,
-            retry_after=float(retry) if retry and retry.isdigit() else None,
+            retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
         )
     try:
         return Token(
@@ -134,15 +168,32 @@ class Endpoint:
             return cls("http://localhost", socket)
         return cls((url or DEFAULT_URL).rstrip("/"), None)
 
-    def token_url(self, profile: str) -> str:
-        return f"{self.url}/v1/token/{profile}"
+    @property
+    def where(self) -> str:
+        """The socket path or base URL, as error messages name the sidecar."""
+        return self.socket or self.url
+
+    def token_url(self, profile: str, min_ttl: float = 0) -> str:
+        """``GET`` URL of ``profile``'s token, asking for ``min_ttl`` seconds of life if > 0."""
+        url = f"{self.url}/v1/token/{quote(profile, safe='')}"
+        return f"{url}?min_ttl={int(min_ttl)}" if min_ttl > 0 else url
+
+    def invalidate_url(self, profile: str) -> str:
+        """``POST`` URL that reports ``profile``'s token as rejected downstream."""
+        return f"{self.token_url(profile)}/invalidate"
+
+
+def _invalidate_body(token: Token) -> bytes:
+    return json.dumps({"fingerprint": token.fingerprint}).encode()
 
 
 class TokenClient:
     """Fetches tokens from the sidecar and reuses them in-process until ``min_ttl``.
 
-    Invariants: at most one request per profile in flight; a cached token is
-    handed out only while it has more than ``min_ttl`` seconds left.
+    Invariants: at most one request per profile in flight on the event loop,
+    and one blocking request at a time across threads; a cached token is
+    handed out only while it has more than ``min_ttl`` seconds left. The async
+    and blocking paths share the cache.
     """
 
     def __init__(
@@ -153,18 +204,25 @@ class TokenClient:
         profile: str | None = None,
         min_ttl: float = 30,
         timeout: float = 15.0,
-        clock: Clock | None = None,
+        clock: WallClock | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         self.endpoint = Endpoint.resolve(url, socket, env)
         self.profile = profile or env.get("TOKEN_SIDECAR_PROFILE") or None
         self.min_ttl = min_ttl
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._clock = clock if clock is not None else SystemClock()
+        # One value for both paths: aiohttp's total per request; http.client's
+        # per connect, send and read (it has no total).
+        self._timeout = timeout
+        self._clock: WallClock = clock if clock is not None else _SystemClock()
         self._session: aiohttp.ClientSession | None = None
         self._cache: dict[str, Token] = {}
         self._inflight: dict[str, asyncio.Future[Token]] = {}
+        # The blocking path: one persistent connection, one request at a time.
+        self._sync_lock = threading.Lock()
+        self._connection = BlockingConnection(
+            self.endpoint.url, self.endpoint.socket, timeout=timeout, headers=GUARD_HEADERS
+        )
 
     def _profile(self, profile: str | None) -> str:
         name = profile or self.profile
@@ -178,7 +236,9 @@ class TokenClient:
                 aiohttp.UnixConnector(path=self.endpoint.socket) if self.endpoint.socket else None
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, headers=GUARD_HEADERS
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                headers=GUARD_HEADERS,
             )
         return self._session
 
@@ -209,7 +269,7 @@ class TokenClient:
             token = await asyncio.shield(pending)
             if self.usable(token, need):
                 return token
-        pending = asyncio.ensure_future(self._fetch(name, need))
+        pending = asyncio.ensure_future(self._request("GET", self.endpoint.token_url(name, need)))
         self._inflight[name] = pending
         pending.add_done_callback(functools.partial(self._forget_inflight, name))
         return await asyncio.shield(pending)
@@ -218,38 +278,76 @@ class TokenClient:
         if self._inflight.get(profile) is done:
             del self._inflight[profile]
 
-    async def _fetch(self, profile: str, min_ttl: float) -> Token:
-        params = {"min_ttl": str(int(min_ttl))} if min_ttl > 0 else None
-        return await self._request("GET", self.endpoint.token_url(profile), params=params)
-
     async def invalidate(self, token: Token, profile: str | None = None) -> Token:
         """Report ``token`` as rejected downstream; returns the sidecar's current token."""
         name = profile or token.profile
         self._cache.pop(name, None)
         return await self._request(
-            "POST",
-            self.endpoint.token_url(name) + "/invalidate",
-            json={"fingerprint": token.fingerprint},
+            "POST", self.endpoint.invalidate_url(name), _invalidate_body(token)
         )
 
-    async def _request(self, method: str, url: str, **kwargs: Any) -> Token:
+    async def _request(self, method: str, url: str, body: bytes | None = None) -> Token:
         session = self._session_for_loop()
+        headers = JSON_HEADERS if body is not None else None
         try:
-            async with session.request(method, url, **kwargs) as resp:
-                body = await resp.read()
-                token = parse_answer(resp.status, body, resp.headers)
+            async with session.request(method, url, data=body, headers=headers) as resp:
+                data = await resp.read()
+                token = parse_answer(resp.status, data, resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
-            where = self.endpoint.socket or self.endpoint.url
-            raise SidecarError("unreachable", f"cannot reach the sidecar at {where}") from exc
+            raise self._unreachable() from exc
+        return self._keep(token)
+
+    def get_token_sync(self, profile: str | None = None, *, min_ttl: float | None = None) -> Token:
+        """Blocking :meth:`get_token`, for a thread that does not run the client's loop."""
+        name = self._profile(profile)
+        need = self.min_ttl if min_ttl is None else min_ttl
+        token = self.cached(name, min_ttl=need)
+        if token is not None:
+            return token
+        with self._sync_lock:
+            # Another thread may have fetched it while this one waited for the lock.
+            token = self.cached(name, min_ttl=need)
+            if token is not None:
+                return token
+            return self._request_sync("GET", self.endpoint.token_url(name, need))
+
+    def invalidate_sync(self, token: Token, profile: str | None = None) -> Token:
+        """Blocking :meth:`invalidate`, for a thread that does not run the client's loop."""
+        name = profile or token.profile
+        self._cache.pop(name, None)
+        with self._sync_lock:
+            return self._request_sync(
+                "POST", self.endpoint.invalidate_url(name), _invalidate_body(token)
+            )
+
+    def _request_sync(self, method: str, url: str, body: bytes | None = None) -> Token:
+        headers = JSON_HEADERS if body is not None else None
+        try:
+            answer = self._connection.request(method, url, body, headers)
+        except TRANSPORT_ERRORS as exc:
+            raise self._unreachable() from exc
+        return self._keep(parse_answer(answer.status, answer.body, answer.retry_after))
+
+    def _unreachable(self) -> SidecarError:
+        return SidecarError("unreachable", f"cannot reach the sidecar at {self.endpoint.where}")
+
+    def _keep(self, token: Token) -> Token:
         self._cache[token.profile] = token
         return token
 
     async def aclose(self) -> None:
-        """Close the connection pool; cached tokens are forgotten."""
+        """Close the connections; cached tokens are forgotten."""
         self._cache.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._connection.is_open:
+            # Off the loop: a blocking request in flight holds the lock until it ends.
+            await asyncio.to_thread(self._close_sync)
+
+    def _close_sync(self) -> None:
+        with self._sync_lock:
+            self._connection.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -263,118 +361,7 @@ class TokenClient:
         await self.aclose()
 
     def __repr__(self) -> str:
-        where = self.endpoint.socket or self.endpoint.url
-        return f"TokenClient({where!r}, profile={self.profile!r}, min_ttl={self.min_ttl})"
-
-
-def bearer(token: Token) -> str:
-    return f"Bearer {token.access_token}"
-
-
-def sidecar_middleware(
-    client: TokenClient, profile: str | None = None
-) -> aiohttp.ClientMiddlewareType:
-    """An aiohttp client middleware: Bearer token, and one retry after a 401."""
-
-    async def middleware(
-        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-    ) -> aiohttp.ClientResponse:
-        token = await client.get_token(profile)
-        request.headers[hdrs.AUTHORIZATION] = bearer(token)
-        response = await handler(request)
-        if response.status != 401 or not _aiohttp_replayable(request):
-            return response
-        response.release()
-        token = await client.invalidate(token, profile)
-        request.headers[hdrs.AUTHORIZATION] = bearer(token)
-        return await handler(request)
-
-    return middleware
-
-
-def _aiohttp_replayable(request: aiohttp.ClientRequest) -> bool:
-    body = request.body
-    return not getattr(body, "consumed", False)
-
-
-if httpx is not None:
-
-    class SidecarAuth(httpx.Auth):
-        """An ``httpx.Auth`` for sync and async clients: Bearer token, one retry after a 401.
-
-        The async flow shares ``client``'s cache. The sync flow (a thread without
-        the client's event loop) asks the sidecar through a small blocking httpx
-        client of its own, with the same reuse-until-``min_ttl`` rule.
-        """
-
-        def __init__(self, client: TokenClient, profile: str | None = None) -> None:
-            self._client = client
-            self._profile = profile
-            self._sync_token: Token | None = None
-
-        async def async_auth_flow(
-            self, request: httpx.Request
-        ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-            token = await self._client.get_token(self._profile)
-            request.headers["Authorization"] = bearer(token)
-            response = yield request
-            if response.status_code == 401 and _httpx_replayable(request):
-                token = await self._client.invalidate(token, self._profile)
-                request.headers["Authorization"] = bearer(token)
-                yield request
-
-        def sync_auth_flow(
-            self, request: httpx.Request
-        ) -> Generator[httpx.Request, httpx.Response]:
-            token = self._sync_token
-            if token is None or not self._client.usable(token):
-                params = {"min_ttl": str(int(self._client.min_ttl))}
-                token = self._sync_request("GET", "", params=params)
-            request.headers["Authorization"] = bearer(token)
-            response = yield request
-            if response.status_code == 401 and _httpx_replayable(request):
-                payload = {"fingerprint": token.fingerprint}
-                token = self._sync_request("POST", "/invalidate", json=payload)
-                request.headers["Authorization"] = bearer(token)
-                yield request
-
-        def _sync_request(self, method: str, suffix: str, **kwargs: Any) -> Token:
-            endpoint = self._client.endpoint
-            url = endpoint.token_url(self._client.resolve_profile(self._profile)) + suffix
-            transport = httpx.HTTPTransport(uds=endpoint.socket) if endpoint.socket else None
-            try:
-                with httpx.Client(
-                    transport=transport, headers=dict(GUARD_HEADERS), timeout=15
-                ) as http:
-                    resp = http.request(method, url, **kwargs)
-            except httpx.HTTPError as exc:
-                where = endpoint.socket or endpoint.url
-                raise SidecarError("unreachable", f"cannot reach the sidecar at {where}") from exc
-            self._sync_token = parse_answer(resp.status_code, resp.content, resp.headers)
-            return self._sync_token
-
-        def __repr__(self) -> str:
-            return f"SidecarAuth({self._client!r}, profile={self._profile!r})"
-
-else:  # pragma: no cover - exercised only without the httpx extra
-
-    class SidecarAuth:  # type: ignore[no-redef,unreachable]
-        """Placeholder that explains how to get the real one."""
-
-        def __init__(self, *_args: object, **_kwargs: object) -> None:
-            raise ImportError("SidecarAuth needs httpx: pip install 'token-sidecar[httpx]'")
-
-
-def _httpx_replayable(request: httpx.Request) -> bool:
-    """Whether the request body can be sent again (bytes, not a one-shot stream)."""
-    return isinstance(request.stream, httpx.ByteStream)
-
-
-__all__ = [
-    "SidecarAuth",
-    "SidecarError",
-    "Token",
-    "TokenClient",
-    "parse_answer",
-    "sidecar_middleware",
-]
+        return (
+            f"TokenClient({self.endpoint.where!r}, profile={self.profile!r}, "
+            f"min_ttl={self.min_ttl})"
+        )

@@ -1,4 +1,7 @@
-"""The ``token-sidecar`` command line: serve, dev, token, check.
+"""The ``token-sidecar`` command line: the parser, ``main``, and ``serve``.
+
+The other commands live one per module: ``token`` (:mod:`sidecar.cli.token`),
+``check`` (:mod:`sidecar.cli.check`) and ``dev`` (:mod:`sidecar.cli.dev`).
 
 Exit codes: 0 success; 1 a runtime failure (probe failed, port in use,
 sidecar unreachable, token unavailable); 2 invalid configuration or usage.
@@ -9,29 +12,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import logging
 import os
-import sys
 from collections.abc import Sequence
 
-import orjson
-
 from sidecar._version import __version__
-from sidecar.config import redacted, resolve_config
+from sidecar.cli._exit import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, fail
+from sidecar.cli.check import run_check
+from sidecar.cli.dev import run_dev
+from sidecar.cli.token import run_token
+from sidecar.config import resolve_config
 from sidecar.daemon import Daemon
-from sidecar.dev import run_dev
 from sidecar.errors import ConfigError, ListenError
-from sidecar.fetch import fetch_token_command
 from sidecar.logs import LogFormat, configure_logging
-from sidecar.probe import probe_all
 
 log = logging.getLogger("sidecar.cli")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-lifetime", type=int, default=3600, help="seconds each dev token lives"
     )
 
-    token = add("token", help="print a token from a running sidecar")
-    token.add_argument("profile")
+    token = add(
+        "token",
+        help="print a token from a running sidecar",
+        description="Print a token from a running sidecar. The profile defaults to "
+        "$TOKEN_SIDECAR_PROFILE; with neither, exit 2. The sidecar is --url or --socket, "
+        "else $TOKEN_SIDECAR_URL, else $TOKEN_SIDECAR_SOCKET, else http://127.0.0.1:8700.",
+    )
+    token.add_argument(
+        "profile",
+        nargs="?",
+        metavar="PROFILE",
+        help="profile name (default: $TOKEN_SIDECAR_PROFILE)",
+    )
     where = token.add_mutually_exclusive_group()
     where.add_argument("--url", help="base URL (default: $TOKEN_SIDECAR_URL)")
     where.add_argument("--socket", help="Unix socket path (default: $TOKEN_SIDECAR_SOCKET)")
@@ -96,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        _fail(f"config error: {exc}")
+        fail(f"config error: {exc}")
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
@@ -104,28 +111,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
-        return _serve(args.config)
+        return serve(args.config)
     if args.command == "dev":
         return asyncio.run(
             run_dev(port=args.port, ops_port=args.ops_port, token_lifetime=args.token_lifetime)
         )
     if args.command == "token":
-        return asyncio.run(
-            fetch_token_command(
-                args.profile,
-                # A flag on the command line beats both environment defaults.
-                url=args.url or (None if args.socket else os.environ.get("TOKEN_SIDECAR_URL")),
-                socket=args.socket
-                or (None if args.url else os.environ.get("TOKEN_SIDECAR_SOCKET")),
-                min_ttl=args.min_ttl,
-                as_json=args.json,
-            )
+        return run_token(
+            args.profile,
+            url=args.url,
+            socket=args.socket,
+            min_ttl=args.min_ttl,
+            as_json=args.json,
+            environ=os.environ,
         )
-    return _check(args.config, probe=args.probe)
+    return run_check(args.config, probe=args.probe)
 
 
-def _serve(path: str | None) -> int:
-
+def serve(path: str | None) -> int:
+    """``token-sidecar serve``: run the daemon until SIGTERM/SIGINT; SIGHUP reloads."""
     config = resolve_config(path, os.environ)
     # SIGHUP re-reads the same source the daemon started from.
     source = path or os.environ.get("TOKEN_SIDECAR_CONFIG")
@@ -133,24 +137,6 @@ def _serve(path: str | None) -> int:
     try:
         asyncio.run(daemon.run())
     except ListenError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return EXIT_FAILURE
     return EXIT_OK
-
-
-def _check(path: str | None, *, probe: bool) -> int:
-
-    config = resolve_config(path, os.environ)
-    sys.stdout.write(orjson.dumps(redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
-    if not probe:
-        return EXIT_OK
-
-    results = asyncio.run(probe_all(config))
-    for line in results.lines:
-        sys.stdout.write(line + "\n")
-    return EXIT_OK if results.ok else EXIT_FAILURE
-
-
-def _fail(message: str) -> None:
-    with contextlib.suppress(OSError):
-        sys.stderr.write(f"token-sidecar: {message}\n")

@@ -1,20 +1,43 @@
-"""``token-sidecar check --probe``: fetch and verify one token per profile, once."""
+"""``token-sidecar check [--probe]``: print the config, redacted; fetch and verify one token each.
+
+Exit 0 when the config is valid (and, with ``--probe``, every profile got a
+verified token), 1 when a probe failed; an invalid config ends in ``main``
+with exit 2.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import sys
 from dataclasses import dataclass, field
 
 import aiohttp
+import orjson
 
 from sidecar.breaker import CircuitBreaker
+from sidecar.cli._exit import EXIT_FAILURE, EXIT_OK
 from sidecar.clock import SystemClock
-from sidecar.config import Config, ProfileConfig
+from sidecar.config import Config, ProfileConfig, redacted, resolve_config
 from sidecar.credentials import CredentialStore
 from sidecar.errors import RefreshError
 from sidecar.idp import IdPClient
 from sidecar.minter import TokenMinter
 from sidecar.verify import TokenVerifier
+
+
+def run_check(path: str | None, *, probe: bool) -> int:
+    """Validate and print the config at ``path``; with ``probe``, try every profile once."""
+    config = resolve_config(path, os.environ)
+    sys.stdout.write(orjson.dumps(redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
+    if not probe:
+        return EXIT_OK
+
+    results = asyncio.run(probe_all(config))
+    for line in results.lines:
+        sys.stdout.write(line + "\n")
+    return EXIT_OK if results.ok else EXIT_FAILURE
 
 
 @dataclass

@@ -1,0 +1,62 @@
+"""sidecar_middleware (sidecar.client._aiohttp) against a live token API and protected API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from clientstack import client_stack
+from conftest import make_profile
+
+from sidecar.client import TokenClient, sidecar_middleware
+
+
+@pytest.fixture
+async def stack(idp, make_service) -> AsyncIterator[dict[str, Any]]:
+    """A started token service, its token API on TCP and a Unix socket, and a protected API."""
+    service = make_service(make_profile(idp))
+    await service.get("api")
+    async with client_stack(service, idp) as value:
+        yield value
+
+
+async def test_aiohttp_middleware_retries_once_after_401(stack, clock):
+    """After a 401 the middleware reports the token and retries once with a new one."""
+    api = stack["api"]
+    async with TokenClient(stack["url"], profile="api", clock=clock) as client:
+        first = await client.get_token()
+        api.rejected.add(first.access_token)
+        async with (
+            aiohttp.ClientSession(middlewares=(sidecar_middleware(client),)) as http,
+            http.post(stack["api_url"], data=b"payload") as resp,
+        ):
+            assert resp.status == 200
+        assert api.seen[0] == first.access_token
+        assert api.seen[1] != first.access_token
+        assert api.bodies == [b"payload", b"payload"]
+        api.always_401 = True
+        async with (
+            aiohttp.ClientSession(middlewares=(sidecar_middleware(client),)) as http,
+            http.get(stack["api_url"]) as resp,
+        ):
+            assert resp.status == 401
+        assert len(api.seen) == 4  # one retry, never more
+
+
+async def test_aiohttp_middleware_does_not_replay_a_stream(stack, clock):
+    """A streamed body that cannot be sent again is not retried."""
+    api = stack["api"]
+    api.always_401 = True
+
+    async def body():
+        yield b"chunk"
+
+    async with (
+        TokenClient(stack["url"], profile="api", clock=clock) as client,
+        aiohttp.ClientSession(middlewares=(sidecar_middleware(client),)) as http,
+        http.post(stack["api_url"], data=body()) as resp,
+    ):
+        assert resp.status == 401
+    assert len(api.seen) == 1
