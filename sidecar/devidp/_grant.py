@@ -47,7 +47,7 @@ class TokenEndpoint:
     def __init__(self, state: IdPState, clock: Clock) -> None:
         self._state = state
         self._clock = clock
-        self._clients = ClientAuthenticator(state, clock)
+        self._authenticator = ClientAuthenticator(state, clock)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler of the route."""
@@ -129,7 +129,7 @@ class TokenEndpoint:
             raise RejectedError(
                 400, "unsupported_grant_type", f"Unsupported grant type: {grant_type}"
             )
-        client = self._clients.authenticate(request, fields, record)
+        client = self._authenticator.authenticate(request, fields, record)
         if "client_credentials" not in client.grant_types:
             raise RejectedError(
                 403,
