@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: loopback servers, a sidecar process, load, tables.
+"""Shared pieces of the benchmarks: loopback servers, sidecar processes, load, tables.
 
 Every benchmark script in this folder imports this module (it is not a
 package: run the scripts as ``.venv/bin/python bench/NAME.py``). Everything
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import platform
 import re
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
 
 from sidecar.devidp import DevClient, DevIdP
+from sidecar.testing import SidecarProcess, clean_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -43,6 +42,7 @@ SECRET = "bench-secret-not-real"  # noqa: S105 - a dev IdP secret that exists on
 HEADERS = {"Token-Sidecar": "1"}
 START_TIMEOUT = 30.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+_SOCKET_NUMBERS = itertools.count()
 
 
 # -- machine, processes, limits ------------------------------------------------
@@ -97,12 +97,6 @@ def raise_nofile(wanted: int) -> int:
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:
@@ -201,8 +195,7 @@ def ensure_pip_tool(package: str, *, install: bool = True) -> Path | None:
 
 def tools_env(*, uvloop: bool = False) -> dict[str, str]:
     """Environment for a child that may import packages from ``TOOLS``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_SIDECAR_")}
-    env["PYTHONUNBUFFERED"] = "1"
+    env = clean_environ()
     if uvloop:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TOOLS), env.get("PYTHONPATH")]))
     return env
@@ -279,133 +272,31 @@ def profile_toml(idp: IdP, name: str = "bench", **extra: str) -> str:
 # -- the sidecar as a real process --------------------------------------------
 
 
-@dataclass
-class SidecarProcess:
-    """A ``python -m sidecar serve --config FILE`` child, awaited through its JSON log events.
+def sidecar_process(
+    wd: Path,
+    profiles: str,
+    *,
+    core: int | None = None,
+    socket: bool = False,
+    python_args: Sequence[str] = ("-m", "sidecar"),
+    env: dict[str, str] | None = None,
+) -> SidecarProcess:
+    """A sidecar child for a benchmark: pinned to ``core``, run from the repository root.
 
-    ``wrapper`` replaces ``python -m sidecar`` (for example ``-c`` code that
-    installs uvloop first, or ``-m cProfile -o FILE -m sidecar``).
+    ``python_args`` replaces ``-m sidecar`` (for example ``-c`` code that
+    installs uvloop first, or ``-m cProfile -o FILE -m sidecar``); ``socket``
+    adds a Unix socket in ``wd``.
     """
-
-    workdir: Path
-    profiles: str
-    socket: bool = False
-    core: int | None = None
-    wrapper: Sequence[str] = ("-m", "sidecar")
-    env: dict[str, str] | None = None
-    port: int = field(default_factory=free_port)
-    ops_port: int = field(default_factory=free_port)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    proc: asyncio.subprocess.Process | None = None
-    spawned_at: float = 0.0
-    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-    _reader: asyncio.Task[None] | None = None
-
-    @property
-    def config(self) -> Path:
-        return self.workdir / f"sidecar-{self.port}.toml"
-
-    @property
-    def socket_path(self) -> Path:
-        return self.workdir / f"s{self.port}.sock"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ops(self) -> str:
-        return f"http://127.0.0.1:{self.ops_port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None  # noqa: S101 - started
-        return self.proc.pid
-
-    def write_config(self) -> None:
-        server = [
-            "[server]",
-            f'listen = "127.0.0.1:{self.port}"',
-            f'ops_listen = "127.0.0.1:{self.ops_port}"',
-        ]
-        if self.socket:
-            server.append(f'socket = "{self.socket_path}"')
-        self.config.write_text("\n".join(server) + "\n" + self.profiles)
-
-    async def start(self, *, wait_for: str | None = "sidecar.started") -> None:
-        self.write_config()
-        self.spawned_at = time.monotonic()
-        self.proc = await asyncio.create_subprocess_exec(
-            *taskset(self.core),
-            PYTHON,
-            *self.wrapper,
-            "serve",
-            "--config",
-            str(self.config),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.env or tools_env(),
-            cwd=str(ROOT),
-        )
-        self._reader = asyncio.create_task(self._read_stderr())
-        if wait_for is not None:
-            await self.wait_event(wait_for)
-
-    async def _read_stderr(self) -> None:
-        assert self.proc is not None  # noqa: S101
-        assert self.proc.stderr is not None  # noqa: S101
-        async for line in self.proc.stderr:
-            try:
-                event = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                event = {"event": "<unparsed>", "line": line.decode(errors="replace")}
-            if not isinstance(event, dict):
-                event = {"event": "<unparsed>", "line": str(event)}
-            event["_seen"] = time.monotonic()
-            self.events.append(event)
-            async with self._changed:
-                self._changed.notify_all()
-        async with self._changed:
-            self._changed.notify_all()
-
-    def count(self, name: str) -> int:
-        return sum(1 for e in self.events if e.get("event") == name)
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == name]
-
-    async def wait_event(
-        self, name: str, count: int = 1, timeout: float = START_TIMEOUT
-    ) -> dict[str, Any]:
-        """Wait until the daemon logged ``name`` ``count`` times; raise if it exited first."""
-
-        def seen() -> bool:
-            exited = self._reader is not None and self._reader.done()
-            return self.count(name) >= count or exited
-
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(seen), timeout)
-        matching = self.named(name)
-        if len(matching) < count:
-            tail = "\n".join(str(e) for e in self.events[-10:])
-            raise RuntimeError(f"sidecar exited before {name!r}:\n{tail}")
-        return matching[-1]
-
-    async def stop(self) -> int:
-        """SIGTERM, then wait (SIGKILL after 10 s); returns the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(self.proc.wait(), 10)
-        except TimeoutError:
-            self.proc.kill()
-            code = await self.proc.wait()
-        if self._reader is not None:
-            await self._reader
-        return code
+    return SidecarProcess(
+        wd,
+        profiles,
+        socket_path=wd / f"s{next(_SOCKET_NUMBERS)}.sock" if socket else None,
+        command_prefix=taskset(core),
+        python_args=python_args,
+        env=env if env is not None else tools_env(),
+        cwd=ROOT,
+        timeout=START_TIMEOUT,
+    )
 
 
 @contextlib.contextmanager

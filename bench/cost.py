@@ -52,14 +52,14 @@ async def start_once(
 ) -> tuple[float, float, int, int]:
     """(seconds to sidecar.started, seconds to ready, idle RSS KiB, open fds)."""
     toml = "".join(bl.profile_toml(idp, name=f"p{i:02d}") for i in range(profiles))
-    sidecar = bl.SidecarProcess(wd, toml, core=core)
+    sidecar = bl.sidecar_process(wd, toml, core=core)
     try:
         await sidecar.start(wait_for=None)
         ready = await bl.wait_ready(http, sidecar, bl.START_TIMEOUT)
         started = await sidecar.wait_event("sidecar.started")
         await asyncio.sleep(settle)
         return (
-            started["_seen"] - sidecar.spawned_at,
+            started.received_at - sidecar.spawned_at,
             ready,
             bl.rss_kib(sidecar.pid),
             bl.open_fds(sidecar.pid),
@@ -113,7 +113,7 @@ async def main(args: argparse.Namespace) -> int:
                         statistics.median(r[3] for r in runs),
                     )
                 )
-            sidecar = bl.SidecarProcess(wd, bl.profile_toml(idp), core=server_core)
+            sidecar = bl.sidecar_process(wd, bl.profile_toml(idp), core=server_core)
             try:
                 await sidecar.start()
                 await sidecar.wait_event("token.refreshed")

@@ -55,7 +55,7 @@ async def confirm(args: argparse.Namespace) -> tuple[list[list[float]], int, flo
     with bl.workdir() as wd:
         async with bl.start_idp(lifetime=args.lifetime) as idp:
             toml = bl.profile_toml(idp, min_ttl=f'"{args.min_ttl}s"')
-            pods = [bl.SidecarProcess(wd, toml, core=server_core) for _ in range(args.pods)]
+            pods = [bl.sidecar_process(wd, toml, core=server_core) for _ in range(args.pods)]
             try:
                 for pod in pods:
                     await pod.start(wait_for=None)
@@ -68,7 +68,7 @@ async def confirm(args: argparse.Namespace) -> tuple[list[list[float]], int, flo
                 elapsed = time.monotonic() - start
             finally:
                 await asyncio.gather(*(pod.stop() for pod in pods))
-    instants = [[e["_seen"] for e in pod.named("token.refreshed")] for pod in pods]
+    instants = [[e.received_at for e in pod.named("token.refreshed")] for pod in pods]
     return instants, requests, elapsed
 
 

@@ -29,7 +29,6 @@ import re
 import signal
 import statistics
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import MappingProxyType
@@ -39,10 +38,11 @@ import benchlib as bl
 from aiohttp import web
 
 from sidecar import token_api as api
+from sidecar.clock import SystemClock
 from sidecar.config import Config, InlineSecret, ProfileConfig, ServerConfig
 from sidecar.responses import json_response
 from sidecar.service import TokenService
-from sidecar.token import Token, fingerprint
+from sidecar.testing import free_port, seed_token
 
 SELF = Path(__file__).resolve()
 VARIANTS = ("shipped", "no-middleware", "prebound", "ceiling")
@@ -58,17 +58,13 @@ def make_service(session: aiohttp.ClientSession) -> TokenService:
     )
     config = Config(profiles=MappingProxyType({"bench": profile}), server=ServerConfig())
     service = TokenService(config, session, rng=random.Random(1))
-    now, wall = time.monotonic(), time.time()
-    value = "eyJ" + "x" * 700
-    service.refreshers["bench"]._token = Token(
-        value=value,
-        token_type="Bearer",  # noqa: S106 - a token type, not a secret
+    seed_token(
+        service.refreshers["bench"],
+        "eyJ" + "x" * 700,
+        lifetime=3600,
+        clock=SystemClock(),
+        refresh_in=3000,
         scope="read:tools",
-        obtained_at=now,
-        refresh_at=now + 3000,
-        expires_at=now + 3600,
-        expires_at_wall=wall + 3600,
-        fingerprint=fingerprint(value),
     )
     return service
 
@@ -141,7 +137,7 @@ async def _serve(name: str, port: int, service: TokenService) -> None:
         probe = make_app("shipped", service)
         runner = web.AppRunner(probe, access_log=None)
         await runner.setup()
-        scratch = bl.free_port()
+        scratch = free_port()
         await web.TCPSite(runner, "127.0.0.1", scratch).start()
         async with (
             aiohttp.ClientSession() as http,
@@ -201,7 +197,7 @@ async def main(args: argparse.Namespace) -> int:
     results: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
     try:
         for name in VARIANTS:
-            port = bl.free_port()
+            port = free_port()
             proc = await asyncio.create_subprocess_exec(
                 *bl.taskset(server_core),
                 bl.PYTHON,

@@ -71,7 +71,7 @@ async def main(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     with bl.workdir() as wd:
         async with bl.start_idp(lifetime=args.lifetime) as idp, aiohttp.ClientSession() as http:
-            sidecar = bl.SidecarProcess(
+            sidecar = bl.sidecar_process(
                 wd, bl.profile_toml(idp, **profile_extra(args)), core=server_core
             )
             try:
@@ -82,7 +82,7 @@ async def main(args: argparse.Namespace) -> int:
                 if status != 200:
                     raise RuntimeError(f"no first token: {status} {body}")
                 expires_at = int(body["expires_at"])
-                obtained_wall = time.time() - (time.monotonic() - first["_seen"])
+                obtained_wall = time.time() - (time.monotonic() - first.received_at)
                 callers = [
                     asyncio.create_task(caller(http, url, answers, stop, args.pause))
                     for _ in range(args.callers)
@@ -107,7 +107,7 @@ async def main(args: argparse.Namespace) -> int:
                     event = await sidecar.wait_event(
                         "token.refreshed", refreshed_before + 1, timeout=args.recovery_timeout
                     )
-                    recovery = event["_seen"] - recovered_mono
+                    recovery = event.received_at - recovered_mono
                 except TimeoutError:
                     recovery = float("nan")
                 await asyncio.sleep(args.tail)

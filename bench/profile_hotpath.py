@@ -41,9 +41,10 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from sidecar import token_api as api
+from sidecar.clock import SystemClock
 from sidecar.config import Config, InlineSecret, ProfileConfig, ServerConfig
 from sidecar.service import TokenService
-from sidecar.token import Token, fingerprint
+from sidecar.testing import SidecarProcess, seed_token
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 GROUPS = (
@@ -121,7 +122,7 @@ def summarize_collapsed(text: str, top: int) -> None:
     )
 
 
-async def load_sidecar(sidecar: bl.SidecarProcess, seconds: float, core: int | None) -> str:
+async def load_sidecar(sidecar: SidecarProcess, seconds: float, core: int | None) -> str:
     """Drive the sidecar at 64 connections; returns a one-line summary."""
     wrk = bl.ensure_wrk(install=False)
     if wrk is None:
@@ -151,7 +152,7 @@ async def pyspy(args: argparse.Namespace, wd: Path, idp: bl.IdP) -> None:
         print("py-spy unavailable; use --cprofile")
         return
     server_core, load_core = bl.cores()
-    sidecar = bl.SidecarProcess(wd, bl.profile_toml(idp), core=server_core)
+    sidecar = bl.sidecar_process(wd, bl.profile_toml(idp), core=server_core)
     out = wd / "pyspy.txt"
     try:
         await sidecar.start()
@@ -189,11 +190,11 @@ async def pyspy(args: argparse.Namespace, wd: Path, idp: bl.IdP) -> None:
 async def cprofile(args: argparse.Namespace, wd: Path, idp: bl.IdP) -> None:
     server_core, load_core = bl.cores()
     stats_file = wd / "sidecar.prof"
-    sidecar = bl.SidecarProcess(
+    sidecar = bl.sidecar_process(
         wd,
         bl.profile_toml(idp),
         core=server_core,
-        wrapper=("-m", "cProfile", "-o", str(stats_file), "-m", "sidecar"),
+        python_args=("-m", "cProfile", "-o", str(stats_file), "-m", "sidecar"),
     )
     try:
         await sidecar.start()
@@ -225,17 +226,13 @@ def _service() -> TokenService:
     )
     config = Config(profiles=MappingProxyType({"bench": profile}), server=ServerConfig())
     service = TokenService(config, mock.Mock(spec=aiohttp.ClientSession), rng=random.Random(1))
-    now, wall = time.monotonic(), time.time()
-    value = "eyJ" + "x" * 700
-    service.refreshers["bench"]._token = Token(
-        value=value,
-        token_type="Bearer",  # noqa: S106 - a token type, not a secret
+    seed_token(
+        service.refreshers["bench"],
+        "eyJ" + "x" * 700,
+        lifetime=3600,
+        clock=SystemClock(),
+        refresh_in=3000,
         scope="read:tools",
-        obtained_at=now,
-        refresh_at=now + 3000,
-        expires_at=now + 3600,
-        expires_at_wall=wall + 3600,
-        fingerprint=fingerprint(value),
     )
     return service
 

@@ -65,7 +65,7 @@ async def main(args: argparse.Namespace) -> int:
     with bl.workdir() as wd:
         async with bl.start_idp(lifetime=args.lifetime) as idp:
             extra = {"min_ttl": f'"{args.min_ttl}s"'}
-            sidecar = bl.SidecarProcess(wd, bl.profile_toml(idp, **extra), core=server_core)
+            sidecar = bl.sidecar_process(wd, bl.profile_toml(idp, **extra), core=server_core)
             connector = aiohttp.TCPConnector(limit=args.callers)
             try:
                 await sidecar.start()

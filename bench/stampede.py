@@ -75,7 +75,7 @@ async def main(args: argparse.Namespace) -> int:
         async with bl.start_idp(lifetime=3600, gated=not args.no_gate) as idp:
             idp.dev.faults.delay = args.delay
             wait_timeout = f'"{int(args.timeout)}s"'
-            sidecar = bl.SidecarProcess(
+            sidecar = bl.sidecar_process(
                 wd, bl.profile_toml(idp, wait_timeout=wait_timeout), core=server_core
             )
             try:

@@ -36,6 +36,8 @@ from pathlib import Path
 import aiohttp
 import benchlib as bl
 
+from sidecar.testing import SidecarProcess, free_port
+
 UVLOOP_WRAPPER = (
     "-c",
     (
@@ -145,7 +147,7 @@ async def start_ceiling(
 ) -> tuple[asyncio.subprocess.Process, Target]:
     body_file = workdir / "body.json"
     body_file.write_bytes(body)
-    port = bl.free_port()
+    port = free_port()
     sock = workdir / f"c{port}.sock"
     args = ["--port", str(port), "--socket", str(sock), "--body-file", str(body_file)]
     proc = await asyncio.create_subprocess_exec(
@@ -192,19 +194,19 @@ async def main(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912 - one li
     bl.raise_nofile(4 * max(levels) + 1024)
     rounds: dict[tuple[object, ...], list[Row]] = {}
     ceilings: list[asyncio.subprocess.Process] = []
-    sidecars: list[bl.SidecarProcess] = []
+    sidecars: list[SidecarProcess] = []
     with bl.workdir() as wd:
         async with bl.start_idp(lifetime=86400) as idp, aiohttp.ClientSession() as http:
             try:
                 targets: list[Target] = []
                 variants = [False, True] if uvloop_ok else [False]
                 for uv in variants:
-                    sidecar = bl.SidecarProcess(
+                    sidecar = bl.sidecar_process(
                         wd,
                         bl.profile_toml(idp),
                         socket=True,
                         core=server_core,
-                        wrapper=UVLOOP_WRAPPER if uv else ("-m", "sidecar"),
+                        python_args=UVLOOP_WRAPPER if uv else ("-m", "sidecar"),
                         env=bl.tools_env(uvloop=uv),
                     )
                     sidecars.append(sidecar)

@@ -20,14 +20,13 @@ from typing import Any, Protocol
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
-from sidecarproc import Sidecar
 
 from sidecar.config import Config, InlineSecret, ProfileConfig
 from sidecar.devidp import DevClient, DevIdP
 from sidecar.logs import JSONFormatter
 from sidecar.metrics import Metrics
 from sidecar.service import TokenService
-from sidecar.testing import FakeClock
+from sidecar.testing import FakeClock, SidecarProcess
 
 AUDIENCE = "https://api.example.com/"
 CLIENT_ID = "sidecar-test-client"
@@ -201,17 +200,32 @@ def write_secret(path: Path, value: str) -> None:
 Predicate = Callable[[], bool]
 
 
+class SidecarFactory(Protocol):
+    async def __call__(
+        self, profiles: str, *, socket_path: Path | None = ..., server_extra: str = ...
+    ) -> SidecarProcess: ...
+
+
 @pytest.fixture
-async def sidecar_factory(tmp_path: Path) -> AsyncIterator[Any]:
-    """Start ``serve`` processes from a TOML snippet; all are killed at teardown."""
-    made: list[Sidecar] = []
+async def sidecar_factory(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
+    """Start ``serve`` processes from a TOML snippet; all are killed at teardown.
+
+    The processes share one condition, so ``wait_until`` on any of them
+    re-checks at every event of all of them.
+    """
+    made: list[SidecarProcess] = []
+    changed = asyncio.Condition()
 
     async def make(
         profiles: str, *, socket_path: Path | None = None, server_extra: str = ""
-    ) -> Sidecar:
-        config = tmp_path / f"config-{len(made)}.toml"
-        sidecar = Sidecar(config, socket_path=socket_path, server_extra=server_extra)
-        config.write_text(sidecar.server_toml() + profiles)
+    ) -> SidecarProcess:
+        sidecar = SidecarProcess(
+            tmp_path,
+            profiles,
+            socket_path=socket_path,
+            server_extra=server_extra,
+            changed=changed,
+        )
         made.append(sidecar)
         await sidecar.start()
         return sidecar

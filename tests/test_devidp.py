@@ -627,7 +627,7 @@ async def test_explicit_issuer_is_used_for_tokens_and_assertions(aiohttp_client,
     idp = DevIdP(issuer="https://tenant.example/")
     idp.register("jwt-app", public_key_pem=public_key_pem(client_key))
     client = await aiohttp_client(idp.app)
-    now = int(idp._clock.time())
+    now = int(idp.clock.time())
     token = assertion(client_key, "https://tenant.example/", iat=now, exp=now + 60)
     status, body = await post(client, data=jwt_form(token))
     assert status == 200, body

@@ -20,9 +20,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from sidecarproc import START_TIMEOUT, Sidecar, free_port
 
 from sidecar.devidp import DevClient, DevIdP
+from sidecar.testing import START_TIMEOUT, SidecarProcess, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def profile_toml(idp: DevIdP, name: str = "api", secret: str = SECRET, **extra: 
     return "\n".join(lines) + "\n"
 
 
-async def wait_ready(http: aiohttp.ClientSession, sidecar: Sidecar) -> None:
+async def wait_ready(http: aiohttp.ClientSession, sidecar: SidecarProcess) -> None:
     """Wait for the first token: the daemon logs token.refreshed."""
     await sidecar.wait_event("token.refreshed")
     async with http.get(f"{sidecar.ops}/readyz") as resp:
@@ -196,24 +196,28 @@ async def test_sighup_under_load_loses_no_request(real_idp, sidecar_factory, htt
     await wait_ready(http, sidecar)
     url = f"{sidecar.url}/v1/token/api"
     statuses: list[int] = []
+    answered = asyncio.Condition()
     stop = asyncio.Event()
 
     async def caller() -> None:
         while not stop.is_set():
             async with http.get(url, headers=HEADERS) as resp:
                 statuses.append(resp.status)
+            async with answered:
+                answered.notify_all()
+
+    async def answers(count: int) -> None:
+        async with asyncio.timeout(START_TIMEOUT), answered:
+            await answered.wait_for(lambda: len(statuses) >= count)
 
     callers = [asyncio.create_task(caller()) for _ in range(16)]
-    await asyncio.sleep(0.05)
-    sidecar.config.write_text(
-        sidecar.server_toml() + profile_toml(real_idp) + profile_toml(real_idp, name="second")
-    )
-    assert sidecar.proc is not None
-    sidecar.proc.send_signal(signal.SIGHUP)
+    await answers(len(callers))  # the load is running
+    sidecar.write_config(profile_toml(real_idp) + profile_toml(real_idp, name="second"))
+    sidecar.send_signal(signal.SIGHUP)
     reloaded = await sidecar.wait_event("config.reloaded")
     assert reloaded["added"] == ["second"]
     assert reloaded["restarted"] == []
-    await asyncio.sleep(0.05)
+    await answers(len(statuses) + len(callers))  # and runs on after the reload
     stop.set()
     await asyncio.gather(*callers)
     assert len(statuses) >= len(callers)  # every caller was answered at least once
@@ -222,7 +226,7 @@ async def test_sighup_under_load_loses_no_request(real_idp, sidecar_factory, htt
     assert status == 200
     # A broken config is logged and the running one kept.
     sidecar.config.write_text("[server]\nlisten = 5\n" + profile_toml(real_idp))
-    sidecar.proc.send_signal(signal.SIGHUP)
+    sidecar.send_signal(signal.SIGHUP)
     failed = await sidecar.wait_event("config.reload_failed")
     assert "server.listen" in failed["error"]
     assert (await get_json(http, url, headers=HEADERS))[0] == 200
@@ -233,18 +237,28 @@ async def test_sigterm_lets_in_flight_requests_finish(real_idp, sidecar_factory,
     """SIGTERM while callers wait for a hanging IdP completes their requests and exits 0."""
     real_idp.faults.hang = True
     sidecar = await sidecar_factory(profile_toml(real_idp))
-    pending = [
-        asyncio.create_task(get_json(http, f"{sidecar.url}/v1/token/api", headers=HEADERS))
-        for _ in range(20)
-    ]
-    await real_idp.faults.wait_hung(1)
-    await asyncio.sleep(0.1)  # let every caller's request reach the sidecar
-    assert sidecar.proc is not None
-    sidecar.proc.send_signal(signal.SIGTERM)
-    await sidecar.wait_event("sidecar.stopping")
-    real_idp.faults.hang = False
-    real_idp.release_hang()
-    results = await asyncio.gather(*pending)
+    url = f"{sidecar.url}/v1/token/api"
+    sent = asyncio.Semaphore(0)
+
+    async def on_headers_sent(*_: Any) -> None:
+        sent.release()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(on_headers_sent)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as callers:
+        pending = [asyncio.create_task(get_json(callers, url, headers=HEADERS)) for _ in range(20)]
+        await real_idp.faults.wait_hung(1)
+        async with asyncio.timeout(START_TIMEOUT):
+            for _ in pending:
+                await sent.acquire()
+        # The sidecar accepts connections and reads them in arrival order, so once a
+        # request sent after all of theirs is answered, every caller's request is in.
+        assert (await get_json(http, url))[0] == 400
+        sidecar.send_signal(signal.SIGTERM)
+        await sidecar.wait_event("sidecar.stopping")
+        real_idp.faults.hang = False
+        real_idp.release_hang()
+        results = await asyncio.gather(*pending)
     assert [status for status, _ in results] == [200] * 20
     assert await sidecar.stop(None) == 0
 

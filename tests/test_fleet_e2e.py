@@ -23,21 +23,15 @@ from redisutil import (
     require_redis,
     unique_namespace,
 )
-from sidecarproc import Sidecar
 from test_e2e import AUDIENCE, CLIENT_ID, HEADERS, SECRET, get_json, profile_toml
 
 from sidecar.devidp import DevClient, DevIdP
+from sidecar.testing import SidecarProcess
+from sidecar.token import fingerprint
 
 pytestmark = pytest.mark.slow
 
-Factory = Callable[..., Awaitable[Sidecar]]
-
-
-async def eventually(predicate: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    """Wait until ``predicate`` holds; bounded, for state that only a poll can observe."""
-    async with asyncio.timeout(timeout):
-        while not await predicate():  # noqa: ASYNC110 - IdP counters and HTTP answers only poll
-            await asyncio.sleep(0.05)
+Factory = Callable[..., Awaitable[SidecarProcess]]
 
 
 @pytest.fixture
@@ -72,10 +66,11 @@ async def make_idp(leaks) -> AsyncIterator[Callable[..., Awaitable[DevIdP]]]:
 
 @pytest.fixture
 def fleet_factory(sidecar_factory) -> Factory:
-    """Start ``serve`` processes with a [cache] table (test_e2e's factory kills them)."""
+    """Start ``serve`` processes with a [cache] table (sidecar_factory kills them)."""
 
-    async def make(profiles: str, cache: str) -> Sidecar:
-        return await sidecar_factory(cache + profiles)
+    async def make(profiles: str, cache: str) -> SidecarProcess:
+        sidecar: SidecarProcess = await sidecar_factory(cache + profiles)
+        return sidecar
 
     return make
 
@@ -91,13 +86,13 @@ def short_lived(idp: DevIdP) -> str:
     return profile_toml(idp, min_ttl='"1s"', refresh_before='"50%"')
 
 
-async def token_of(http: aiohttp.ClientSession, sidecar: Sidecar) -> str:
+async def token_of(http: aiohttp.ClientSession, sidecar: SidecarProcess) -> str:
     status, body = await get_json(http, f"{sidecar.url}/v1/token/api", headers=HEADERS)
     assert status == 200, body
     return str(body["access_token"])
 
 
-async def metric(http: aiohttp.ClientSession, sidecar: Sidecar, line_start: str) -> float:
+async def metric(http: aiohttp.ClientSession, sidecar: SidecarProcess, line_start: str) -> float:
     async with http.get(f"{sidecar.ops}/metrics") as resp:
         text = await resp.text()
     for line in text.splitlines():
@@ -121,9 +116,14 @@ async def test_four_cold_sidecars_mint_once_per_window(make_idp, fleet_factory, 
     await asyncio.gather(*(s.wait_event("token.refreshed") for s in sidecars))
     assert idp.token_requests == 1
     assert len({await token_of(http, s) for s in sidecars}) == 1
-    # Three refresh windows of about 3 s each: one mint per window for the whole fleet.
-    await eventually(lambda: _at_least(idp, 4), timeout=15)
-    await asyncio.sleep(0.5)  # the other sidecars adopt at their own jittered instants
+
+    # Three refresh windows of about 3 s each: one mint per window for the whole fleet;
+    # the other sidecars adopt each token at their own jittered instants.
+    def all_hold_the_fourth() -> bool:
+        tokens = idp.issued_tokens
+        return len(tokens) >= 4 and {held(s) for s in sidecars} == {fingerprint(tokens[-1])}
+
+    await sidecars[0].wait_until(all_hold_the_fourth, timeout=15)
     assert idp.token_requests == 4
     assert len({await token_of(http, s) for s in sidecars}) == 1
     minted = [
@@ -131,10 +131,6 @@ async def test_four_cold_sidecars_mint_once_per_window(make_idp, fleet_factory, 
     ]
     assert sum(minted) == 4
     assert [await s.stop() for s in sidecars] == [0] * 4
-
-
-async def _at_least(idp: DevIdP, count: int) -> bool:
-    return idp.token_requests >= count
 
 
 async def test_killed_lock_holder_is_taken_over(make_idp, fleet_factory, namespace, http):
@@ -179,11 +175,11 @@ async def _outage_scenario(
     statuses: list[int] = []
     stop = asyncio.Event()
 
-    async def caller(sidecar: Sidecar) -> None:
+    async def caller(sidecar: SidecarProcess) -> None:
         while not stop.is_set():
             async with http.get(f"{sidecar.url}/v1/token/api", headers=HEADERS) as resp:
                 statuses.append(resp.status)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # paces the load (about 50/s per caller); waits for nothing
 
     callers = [asyncio.create_task(caller(s)) for s in (a, b) for _ in range(2)]
     await redis.stop()
@@ -198,10 +194,8 @@ async def _outage_scenario(
     await redis.start()
     await asyncio.gather(*(s.wait_event("cache.backend_up", count=2) for s in (a, b)))
 
-    async def converged() -> bool:
-        return await token_of(http, a) == await token_of(http, b)
-
-    await eventually(converged, timeout=10)
+    # Converged: both hold the same token again (each token change is logged).
+    await a.wait_until(lambda: held(a) == held(b), timeout=10)
     stop.set()
     await asyncio.gather(*callers)
     assert len(statuses) >= len(callers)  # every caller was answered at least once
@@ -209,17 +203,19 @@ async def _outage_scenario(
     assert [await s.stop() for s in (a, b)] == [0, 0]
 
 
-async def _wait_source(sidecar: Sidecar, source: str) -> None:
+async def _wait_source(sidecar: SidecarProcess, source: str) -> None:
     """Wait until the sidecar logged a refresh from ``source`` (bounded)."""
 
     def seen() -> bool:
-        return any(
-            e.get("event") == "token.refreshed" and e.get("source") == source
-            for e in sidecar.events
-        )
+        return any(e.get("source") == source for e in sidecar.named("token.refreshed"))
 
-    async with sidecar._changed:
-        await asyncio.wait_for(sidecar._changed.wait_for(seen), 10)
+    await sidecar.wait_until(seen, timeout=10)
+
+
+def held(sidecar: SidecarProcess) -> str | None:
+    """The fingerprint of the token the sidecar holds, from its last ``token.refreshed``."""
+    refreshed = sidecar.named("token.refreshed")
+    return str(refreshed[-1]["fingerprint"]) if refreshed else None
 
 
 async def test_sealed_tokens_warm_restart_and_wrong_key(

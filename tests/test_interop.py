@@ -3,7 +3,7 @@
 oidc-provider (a certified OpenID Connect implementation nobody on this project
 wrote) runs as a Node subprocess from ``interop/oidc/server.js``, installed by
 ``scripts/install-tools`` from the committed lock file. The sidecar is a real
-subprocess too (the ``Sidecar`` helper of ``test_e2e``). Everything listens on
+subprocess too (:class:`sidecar.testing.SidecarProcess`). Everything listens on
 127.0.0.1.
 
 Without Node or the installed provider these tests skip locally with the reason;
@@ -18,6 +18,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -33,10 +34,10 @@ import uvicorn
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sidecarproc import Sidecar, free_port
 from test_e2e import HEADERS
 
 from sidecar.client import TokenClient
+from sidecar.testing import SidecarProcess, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -270,14 +271,16 @@ def jwt_profiles(oidc: OIDCProvider, pem: Path) -> str:
     )
 
 
-async def fetch_token(http: aiohttp.ClientSession, sidecar: Sidecar, name: str) -> dict[str, Any]:
+async def fetch_token(
+    http: aiohttp.ClientSession, sidecar: SidecarProcess, name: str
+) -> dict[str, Any]:
     async with http.get(f"{sidecar.url}/v1/token/{name}", headers=HEADERS) as resp:
         body: dict[str, Any] = await resp.json()
         assert resp.status == 200, body
         return body
 
 
-def assert_no_secrets(sidecar: Sidecar, *values: str) -> None:
+def assert_no_secrets(sidecar: SidecarProcess, *values: str) -> None:
     output = sidecar.stderr.decode(errors="replace")
     leaked = [v for v in (*SECRETS.values(), *values) if v and v in output]
     assert not leaked, f"{len(leaked)} secret value(s) in the sidecar's logs"
@@ -423,6 +426,20 @@ class ProtectedAPIServer:
         await self.runner.cleanup()
 
 
+class StartupAwaitedServer(uvicorn.Server):
+    """uvicorn's server with an event for the end of its startup (``started`` is only a flag)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.startup_ended = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        finally:
+            self.startup_ended.set()
+
+
 @contextlib.asynccontextmanager
 async def serve_mcp_over_http(mcp: Any) -> AsyncIterator[str]:
     """Serve a FastMCP server over streamable HTTP on 127.0.0.1 (uvicorn, in this loop)."""
@@ -430,13 +447,11 @@ async def serve_mcp_over_http(mcp: Any) -> AsyncIterator[str]:
     config = uvicorn.Config(
         mcp.http_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
     )
-    server = uvicorn.Server(config)
+    server = StartupAwaitedServer(config)
     task = asyncio.create_task(server.serve())
     try:
-        async with asyncio.timeout(READY_TIMEOUT):
-            while not server.started:
-                assert not task.done(), "uvicorn exited before it started"
-                await asyncio.sleep(0.02)
+        await asyncio.wait_for(server.startup_ended.wait(), READY_TIMEOUT)
+        assert server.started, "uvicorn did not start"
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         server.should_exit = True

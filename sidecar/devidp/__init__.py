@@ -1,6 +1,6 @@
 """The development IdP: an Auth0-compatible token endpoint with runtime fault injection.
 
-:class:`DevIdP` is a real :class:`aiohttp.web.Application` that issues
+:class:`DevIdP` serves a real :class:`aiohttp.web.Application` that issues
 client-credentials tokens the way an Auth0 tenant does (RS256 JWTs with
 ``iss``/``sub``/``aud``/``azp``/``gty``, Auth0's error shapes and rate-limit
 headers) and publishes its keys at ``/.well-known/jwks.json``. Tests serve it on
@@ -22,14 +22,27 @@ and rate-limit headers comes from the injected :class:`~sidecar.clock.Clock`;
 only ``delay`` waits in real time. Secrets, assertions and tokens never appear
 in a repr.
 
-The package holds one concept per module: ``_keys`` (signing keys),
-``_records`` (registered clients and recorded requests), ``_faults`` (the
-fault knobs), ``_oauth`` (Auth0's wire format and error answers), ``_admin``
-(the IdP's state and the methods tests drive it with), ``_grant`` (the token
-endpoint) and ``_server`` (:class:`DevIdP` itself, serving it all).
+The package holds one concept per module, and the IdP is built by
+composition: each object gets its collaborators (the shared state, the clock)
+when it is made, and no class inherits from another to share attributes::
+
+    DevIdP (_idp)                      what tests drive and read; settings and counters
+    |                                  are properties over its state
+    +-- IdPState (_state)              issuer and base URL, settings, clients, counters,
+    |   |                              recorded requests (_records)
+    |   +-- KeyRing (_keys)            signs, publishes, rotates and verifies
+    |   +-- Faults (_faults)           the knobs, and the gate hung requests park on
+    +-- TokenEndpoint (_grant)         POST /oauth/token, given the state and the clock
+    |   +-- ClientAuthenticator        secret or private_key_jwt; the jti replay memory
+    |       (_clientauth)
+    +-- WellKnownEndpoints (_server)   the JWKS and discovery, given the state
+    +-- LoopbackServer (_server)       an AppRunner on host:port
+
+``_oauth`` holds Auth0's wire format: constants, body parsing, error answers.
 """
 
 from sidecar.devidp._faults import WRONG_AUDIENCE, Faults
+from sidecar.devidp._idp import DEV_IDP, DevIdP
 from sidecar.devidp._keys import generate_private_key, public_key_pem
 from sidecar.devidp._oauth import (
     ASSERTION_TYPE,
@@ -40,7 +53,6 @@ from sidecar.devidp._oauth import (
     RATE_LIMIT,
 )
 from sidecar.devidp._records import DevClient, MaskedValues, RecordedRequest
-from sidecar.devidp._server import DEV_IDP, DevIdP
 
 __all__ = [
     "ASSERTION_TYPE",

@@ -1,6 +1,6 @@
 """Auth0's wire format at the token endpoint: protocol constants, request parsing, error answers.
 
-An OAuth error is raised as :class:`_RejectedError` anywhere in the token flow
+An OAuth error is raised as :class:`RejectedError` anywhere in the token flow
 and turned into Auth0's JSON error body (with ``no-store`` headers) once.
 """
 
@@ -24,13 +24,17 @@ MAX_ASSERTION_LIFETIME = 300
 RATE_LIMIT = 30
 NO_AUDIENCE = "No audience parameter was provided, and no default audience has been configured"
 AUTH_METHODS = ("client_secret_post", "client_secret_basic", "private_key_jwt")
-_ASSERTION_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
-_SENSITIVE_FIELDS = ("client_secret", "client_assertion")
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_GARBAGE = "<html><body><h1>Service temporarily unavailable</h1></body></html>"
+#: The algorithms accepted for client assertions, as discovery advertises them.
+ASSERTION_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+#: Body fields that are recorded only masked (see :class:`~sidecar.devidp.MaskedValues`).
+SENSITIVE_FIELDS = ("client_secret", "client_assertion")
+#: The cache headers of every token endpoint answer (RFC 6749 §5.1).
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+#: The body of the ``garbage`` fault: a gateway's HTML page under a 200.
+GARBAGE = "<html><body><h1>Service temporarily unavailable</h1></body></html>"
 
 
-class _RejectedError(Exception):
+class RejectedError(Exception):
     """An OAuth error answer; raised inside the token flow, turned into a response once."""
 
     def __init__(self, status: int, error: str, description: str) -> None:
@@ -40,30 +44,34 @@ class _RejectedError(Exception):
         self.description = description
 
     def response(self) -> web.Response:
-        return _oauth_error(self.status, self.error, self.description)
+        """Auth0's JSON error answer for this rejection."""
+        return oauth_error(self.status, self.error, self.description)
 
 
-def _oauth_error(
+def oauth_error(
     status: int, error: str, description: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
+    """An Auth0 error body (``error``, ``error_description``) with ``no-store`` headers."""
     body = {"error": error, "error_description": description}
-    return web.json_response(body, status=status, headers={**_NO_STORE, **(headers or {})})
+    return web.json_response(body, status=status, headers={**NO_STORE, **(headers or {})})
 
 
-def _unauthorized() -> _RejectedError:
+def unauthorized() -> RejectedError:
     # Auth0's answer to a wrong client id or secret: not RFC 6749's invalid_client.
-    return _RejectedError(401, "access_denied", "Unauthorized")
+    return RejectedError(401, "access_denied", "Unauthorized")
 
 
-def _invalid_request(description: str) -> _RejectedError:
-    return _RejectedError(400, "invalid_request", description)
+def invalid_request(description: str) -> RejectedError:
+    """A malformed request (RFC 6749 ``invalid_request``)."""
+    return RejectedError(400, "invalid_request", description)
 
 
-def _invalid_client(description: str) -> _RejectedError:
-    return _RejectedError(401, "invalid_client", description)
+def invalid_client(description: str) -> RejectedError:
+    """A failed client assertion (RFC 6749 ``invalid_client``)."""
+    return RejectedError(401, "invalid_client", description)
 
 
-def _status_answer(status: int) -> tuple[web.Response, str | None]:
+def status_answer(status: int) -> tuple[web.Response, str | None]:
     """An Auth0-like answer for an injected status: HTML from a gateway, JSON otherwise."""
     try:
         phrase = HTTPStatus(status).phrase
@@ -80,36 +88,37 @@ def _status_answer(status: int) -> tuple[web.Response, str | None]:
     error, description = known.get(status, ("invalid_request", phrase))
     if status >= 500:
         error = "server_error"
-    return _oauth_error(status, error, description), error
+    return oauth_error(status, error, description), error
 
 
-def _format_seconds(value: float) -> str:
+def format_seconds(value: float) -> str:
+    """A header value in seconds: ``30`` for whole numbers, ``1.5`` otherwise."""
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-async def _read_fields(request: web.Request) -> dict[str, str]:
+async def read_fields(request: web.Request) -> dict[str, str]:
     """The body as string fields, from JSON or a form; repeated or non-string values are refused."""
     if request.content_type == "application/json":
         try:
             data = await request.json()
         except ValueError as exc:
-            raise _invalid_request("Request body is not valid JSON") from exc
+            raise invalid_request("Request body is not valid JSON") from exc
         if not isinstance(data, dict):
-            raise _invalid_request("Request body must be a JSON object")
+            raise invalid_request("Request body must be a JSON object")
         items = list(data.items())
     else:
         items = list((await request.post()).items())
     fields: dict[str, str] = {}
     for name, value in items:
         if not isinstance(value, str):
-            raise _invalid_request(f"Invalid value for parameter: {name}")
+            raise invalid_request(f"Invalid value for parameter: {name}")
         if name in fields:
-            raise _invalid_request(f"Parameter must not be repeated: {name}")
+            raise invalid_request(f"Parameter must not be repeated: {name}")
         fields[name] = value
     return fields
 
 
-def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
+def basic_credentials(request: web.Request) -> tuple[str, str] | None:
     """The (client_id, secret) of an ``Authorization: Basic`` header (RFC 6749 §2.3.1)."""
     scheme, _, param = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
     if scheme.lower() != "basic":
@@ -117,14 +126,15 @@ def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
     try:
         decoded = base64.b64decode(param.strip(), validate=True).decode()
     except (binascii.Error, UnicodeDecodeError) as exc:
-        raise _unauthorized() from exc
+        raise unauthorized() from exc
     client_id, colon, secret = decoded.partition(":")
     if not colon:
-        raise _unauthorized()
+        raise unauthorized()
     return unquote_plus(client_id), unquote_plus(secret)
 
 
-def _auth_method(fields: Mapping[str, str], basic: tuple[str, str] | None) -> str | None:
+def auth_method(fields: Mapping[str, str], basic: tuple[str, str] | None) -> str | None:
+    """The one client authentication method a request uses (None: none); two are refused."""
     present = [
         name
         for name, used in (
@@ -135,13 +145,15 @@ def _auth_method(fields: Mapping[str, str], basic: tuple[str, str] | None) -> st
         if used
     ]
     if len(present) > 1:
-        raise _invalid_request("Only one client authentication method may be used")
+        raise invalid_request("Only one client authentication method may be used")
     return present[0] if present else None
 
 
-def _secret_matches(given: str, expected: str | None) -> bool:
+def secret_matches(given: str, expected: str | None) -> bool:
+    """Whether ``given`` is the client's secret, compared in constant time."""
     return expected is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def _request_base(request: web.Request) -> str:
+def request_base(request: web.Request) -> str:
+    """The ``scheme://host`` the request reached this server at."""
     return f"{request.scheme}://{request.host}"
