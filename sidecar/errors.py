@@ -75,6 +75,8 @@ class RefreshError(TokenSidecarError):
     """A refresh failed; ``kind`` is its failure class (and metrics label)."""
 
     kind: FailureKind = FailureKind.ERROR
+    #: How long the IdP (429) or the breaker (open) asked us to wait, when they did.
+    retry_after: float | None = None
 
     def __init__(
         self,

@@ -25,15 +25,13 @@ import asyncio
 import functools
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from sidecar.clock import Clock, cancel_and_wait, wait_until
 from sidecar.config import ProfileConfig
 from sidecar.credentials import CredentialStore
 from sidecar.errors import (
-    CircuitOpenError,
     FailureKind,
-    IdPRateLimitedError,
     InvalidTokenError,
     RefreshError,
     TokenUnavailableError,
@@ -48,6 +46,7 @@ from sidecar.fleet import (
     identity_of,
 )
 from sidecar.instrumentation import ProfileInstruments
+from sidecar.invalidation import Reports
 from sidecar.metrics import Metrics
 from sidecar.minter import TokenMinter
 from sidecar.policy import retry_delay
@@ -64,8 +63,6 @@ from sidecar.token import HeldToken, ServedToken
 
 #: How often file-backed credentials are checked for a change.
 WATCH_INTERVAL = 10.0
-#: At most one forced refresh per profile per this many seconds (invalidate).
-INVALIDATE_THROTTLE = 10.0
 
 
 @dataclass(frozen=True)
@@ -105,11 +102,7 @@ class ProfileRefresher:
         self._not_before = 0.0  # no attempt before this monotonic instant
         self._last_error: LastError | None = None
         self._last_success_at: float | None = None  # UNIX time
-        self._last_forced_at: float | None = None
-        self._rejected: str | None = None  # fingerprint a caller reported: never adopt it again
-        # The reported token, withheld while its replacement is on the way; served
-        # again (stale) if none can be had, so one API's 401 cannot empty the profile.
-        self._withheld: HeldToken | None = None
+        self._reports = Reports()
         self._force = False
         self._in_flight = False
         self._wake = asyncio.Event()
@@ -159,9 +152,8 @@ class ProfileRefresher:
         need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
         if token.expires_at - now <= need:
             return None
-        stale = served_stale(
-            token, now=now, failures=self._failures, reported=token.fingerprint == self._rejected
-        )
+        reported = self._reports.is_reported(token)
+        stale = served_stale(token, now=now, failures=self._failures, reported=reported)
         if stale:
             self._report.served_fallback(fallback_reason(self._last_kind))
         if self._context.fleet.cache.state is CacheState.DOWN:
@@ -176,15 +168,16 @@ class ProfileRefresher:
         need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
         deadline = self._clock.monotonic() + self.profile.wait_timeout
         while True:
-            if self._raise_if_hopeless(deadline):
-                return self._serve_withheld(min_ttl)
+            if self._hopeless(deadline):
+                return self._serve_withheld(min_ttl) or self._raise_hopeless()
             settled = self._settled
             if not self._in_flight:
                 self._request_attempt()
             if not await wait_until(self._clock, settled, deadline - self._clock.monotonic()):
-                if self._restore_withheld():
-                    return self._serve_withheld(min_ttl)
-                raise self._unavailable("timed out waiting for a token", retry_after=1.0)
+                served = self._serve_withheld(min_ttl)
+                if served is None:
+                    raise self._unavailable("timed out waiting for a token", retry_after=1.0)
+                return served
             served = self.serve_now(min_ttl)
             if served is not None:
                 return served
@@ -197,23 +190,15 @@ class ProfileRefresher:
     async def invalidate(self, token_fingerprint: str) -> tuple[str, ServedToken]:
         """Replace the current token if it is the reported one; answer the current valid token.
 
-        Returns ``(result, served)`` where result is ``refreshed``,
-        ``already_rotated`` or ``throttled``. A reported token is withheld
-        until its replacement arrives; when none can be had (the IdP fails,
-        the circuit is open), it is served again flagged stale.
+        Returns ``(result, served)``; see :class:`~sidecar.invalidation.Reports`.
+        A reported token is withheld until its replacement arrives; when none
+        can be had (the IdP fails, the circuit is open), it is served again
+        flagged stale.
         """
-        current = self._token
-        now = self._clock.monotonic()
+        result = self._reports.report(self._token, token_fingerprint, self._clock.monotonic())
         dropped = None
-        if current is None or current.fingerprint != token_fingerprint:
-            result = "already_rotated"
-        elif self._last_forced_at is not None and now - self._last_forced_at < INVALIDATE_THROTTLE:
-            result = "throttled"
-        else:
-            self._last_forced_at = now
-            self._token, self._withheld = None, current
-            self._rejected = dropped = current.fingerprint
-            result = "refreshed"
+        if result == "refreshed":
+            dropped, self._token = token_fingerprint, None
         self._report.invalidated(result, dropped)
         return result, await self.get()
 
@@ -227,34 +212,23 @@ class ProfileRefresher:
         self._force = True
         self._wake.set()
 
-    def _raise_if_hopeless(self, deadline: float) -> bool:
-        """Fail fast when waiting cannot help: the next attempt comes after ``deadline``.
+    def _hopeless(self, deadline: float) -> bool:
+        """Whether waiting cannot help: refreshes fail and the next attempt comes too late."""
+        return bool(self._failures) and not self._in_flight and self._not_before > deadline
 
-        Returns True instead of raising when a withheld token was put back to serve.
-        """
-        if not self._failures or self._in_flight or self._not_before <= deadline:
-            return False
-        if self._restore_withheld():
-            return True
+    def _raise_hopeless(self) -> NoReturn:
         code, message = unavailable_answer(self._last_error)
         retry_after = max(1.0, self._not_before - self._clock.monotonic())
         raise self._unavailable(message, code=code, retry_after=retry_after)
 
-    def _restore_withheld(self) -> bool:
-        """Put a withheld (reported) token back when no replacement came; whether one was."""
-        withheld, self._withheld = self._withheld, None
-        if self._token is not None or withheld is None:
-            return False
-        if not withheld.servable(self._clock.monotonic(), self.profile.min_ttl):
-            return False
-        self._token = withheld
-        return True
+    def _hand_back_withheld(self) -> None:
+        """No replacement came for a reported token: serve it again (stale) if it still serves."""
+        if self._token is None:
+            self._token = self._reports.hand_back(self._clock.monotonic(), self.profile.min_ttl)
 
-    def _serve_withheld(self, min_ttl: float | None) -> ServedToken:
-        served = self.serve_now(min_ttl)
-        if served is None:  # servable, but shorter-lived than this caller asked for
-            raise self._unavailable("no token with the requested min_ttl", retry_after=1.0)
-        return served
+    def _serve_withheld(self, min_ttl: float | None) -> ServedToken | None:
+        self._hand_back_withheld()
+        return self.serve_now(min_ttl) if self._token is not None else None
 
     def _unavailable(
         self, message: str, *, retry_after: float, code: str = "token_unavailable"
@@ -283,7 +257,7 @@ class ProfileRefresher:
                     FailureKind.ERROR, "internal", type(exc).__name__, self._clock.time()
                 )
                 self._not_before = self._clock.monotonic() + self.profile.backoff.cap
-                self._restore_withheld()
+                self._hand_back_withheld()
             finally:
                 self._in_flight = False
                 settled, self._settled = self._settled, asyncio.Event()
@@ -335,13 +309,9 @@ class ProfileRefresher:
 
     async def _adoptable(self, shared: SharedToken) -> HeldToken | None:
         """``shared`` as our token, if it outlives ours and passes the minter's vetting."""
-        current = self._token
-        wall = self._clock.time()
-        if shared.fingerprint == self._rejected or shared.expires_at - wall <= self.profile.min_ttl:
-            return None
-        if current is not None and (
-            shared.fingerprint == current.fingerprint
-            or shared.expires_at <= current.expires_at_wall
+        wall, min_ttl = self._clock.time(), self.profile.min_ttl
+        if shared.fingerprint == self._reports.rejected or not shared.outlives(
+            self._token, wall_now=wall, min_ttl=min_ttl
         ):
             return None
         try:
@@ -351,7 +321,8 @@ class ProfileRefresher:
             return None
 
     def _on_success(self, obtained: FleetResult) -> None:
-        self._token, self._withheld = obtained.token, None
+        self._token = obtained.token
+        self._reports.replaced()
         self._failures = self._transient_failures = 0
         self._not_before = 0.0
         self._last_success_at = self._clock.time()
@@ -361,7 +332,7 @@ class ProfileRefresher:
         now = self._clock.monotonic()
         self._failures += 1
         self._last_error = LastError.of(exc, self._clock.time())
-        self._restore_withheld()
+        self._hand_back_withheld()
         delay = self._retry_delay(exc, now)
         self._not_before = now + delay
         self._report.refresh_failed(
@@ -373,25 +344,20 @@ class ProfileRefresher:
         attempt = self._transient_failures + 1
         if exc.kind.transient:
             self._transient_failures = attempt
-        servable_for = None
-        if self._token is not None:
-            servable_for = self._token.expires_at - self.profile.min_ttl - now
-        retry_after = (
-            exc.retry_after if isinstance(exc, IdPRateLimitedError | CircuitOpenError) else None
-        )
+        token = self._token
         return retry_delay(
             exc.kind,
             attempt=attempt,
             backoff=self.profile.backoff,
             rng=self._context.rng,
-            retry_after=retry_after,
-            servable_for=servable_for,
+            retry_after=exc.retry_after,
+            servable_for=token.expires_at - self.profile.min_ttl - now if token else None,
         )
 
     # -- status ------------------------------------------------------------
 
     def state(self) -> ProfileState:
-        token = self._token or self._withheld
+        token = self._token or self._reports.withheld
         return profile_state(
             token=token,
             now=self._clock.monotonic(),
@@ -399,12 +365,12 @@ class ProfileRefresher:
             failures=self._failures,
             last_kind=self._last_kind,
             in_flight=self._in_flight,
-            reported=token is not None and token.fingerprint == self._rejected,
+            reported=token is not None and self._reports.is_reported(token),
         )
 
     def servable(self) -> bool:
         """Whether the profile holds a servable token (a withheld reported one counts)."""
-        token = self._token or self._withheld
+        token = self._token or self._reports.withheld
         return token is not None and token.servable(self._clock.monotonic(), self.profile.min_ttl)
 
     def status(self) -> dict[str, Any]:

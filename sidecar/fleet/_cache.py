@@ -60,6 +60,14 @@ class SharedToken:
             fingerprint=token.fingerprint,
         )
 
+    def outlives(self, current: HeldToken | None, *, wall_now: float, min_ttl: float) -> bool:
+        """Whether this token is servable now and lives longer than ``current`` (another one)."""
+        if self.expires_at - wall_now <= min_ttl:
+            return False
+        return current is None or (
+            self.fingerprint != current.fingerprint and self.expires_at > current.expires_at_wall
+        )
+
     def __repr__(self) -> str:
         return (
             f"SharedToken(fingerprint={self.fingerprint!r}, expires_at={self.expires_at:.0f}, "
