@@ -12,7 +12,8 @@ import asyncio
 import io
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -21,17 +22,14 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.config import Config, InlineSecret, ProfileConfig
+from sidecar.config import Config, ProfileConfig
 from sidecar.devidp import DevClient, DevIdP
 from sidecar.logs import JSONFormatter
 from sidecar.metrics import Metrics
 from sidecar.service import TokenService
 from sidecar.testing import FakeClock, SidecarProcess
-
-AUDIENCE = "https://api.example.com/"
-CLIENT_ID = "sidecar-test-client"
-# Recognisable, so a leak is easy to spot in a failure message.
-CLIENT_SECRET = "s3cret-LEAKCANARY-7f1e9a"
+from tests.support.builders import AUDIENCE, CLIENT_ID, CLIENT_SECRET
+from tests.support.e2e import E2E_AUDIENCE, E2E_CLIENT_ID, E2E_SECRET
 
 
 class LeakRegistry:
@@ -120,25 +118,6 @@ async def idp(clock: FakeClock, leaks: LeakRegistry) -> AsyncIterator[DevIdP]:
         await dev.stop()
 
 
-def make_profile(idp: DevIdP, name: str = "api", **overrides: Any) -> ProfileConfig:
-    """A profile pointed at the development IdP, with inline test credentials."""
-    base = idp.base_url
-    fields: dict[str, Any] = {
-        "name": name,
-        "token_url": f"{base}/oauth/token",
-        "issuer": idp.issuer,
-        "jwks_url": f"{base}/.well-known/jwks.json",
-        "client_id": InlineSecret(CLIENT_ID),
-        "client_secret": InlineSecret(CLIENT_SECRET),
-        "audience": AUDIENCE,
-        "scope": "read:tools",
-        "timeout": 2.0,
-        "connect_timeout": 1.0,
-    }
-    fields.update(overrides)
-    return ProfileConfig(**fields)
-
-
 class ServiceFactory(Protocol):
     def __call__(
         self, *profiles: ProfileConfig, seed: int = ..., **kwargs: Any
@@ -165,39 +144,6 @@ async def make_service(
     yield factory
     for service in made:
         await service.aclose()
-
-
-Services = TokenService | Sequence[TokenService]
-
-
-async def idle(services: Services, timeout: float = 5.0) -> None:
-    """Wait (bounded, real time) until every refresh loop is parked on the clock."""
-    group = [services] if isinstance(services, TokenService) else services
-    loops = [r.wait_idle() for s in group for r in s.refreshers.values()]
-    await asyncio.wait_for(asyncio.gather(*loops), timeout)
-
-
-async def run_for(clock: FakeClock, services: Services, seconds: float) -> None:
-    """Advance virtual time, letting each refresh that falls due finish before moving on."""
-    target = clock.monotonic() + seconds
-    while True:
-        await idle(services)
-        deadline = clock.next_deadline()
-        if deadline is None or deadline > target:
-            break
-        await clock.advance_to(deadline)
-    await clock.advance_to(target)
-    await idle(services)
-
-
-def write_secret(path: Path, value: str) -> None:
-    """Swap a secret file the way Kubernetes does: write elsewhere, then rename over."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(value)
-    tmp.replace(path)
-
-
-Predicate = Callable[[], bool]
 
 
 class SidecarFactory(Protocol):
@@ -233,3 +179,37 @@ async def sidecar_factory(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
     yield make
     for sidecar in made:
         await sidecar.kill()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory for Unix sockets (paths are limited to about 100 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp"))
+    yield path
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+@pytest.fixture
+async def real_idp(leaks) -> AsyncIterator[DevIdP]:
+    """The development IdP on the real clock, as a sidecar process would see any IdP."""
+    dev = DevIdP(audience=E2E_AUDIENCE, token_lifetime=3600)
+    dev.add_client(
+        DevClient(
+            client_id=E2E_CLIENT_ID,
+            client_secret=E2E_SECRET,
+            audiences={E2E_AUDIENCE: ("read:tools",)},
+        )
+    )
+    await dev.start()
+    leaks.idps.append(dev)
+    yield dev
+    dev.release_hang()
+    await dev.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

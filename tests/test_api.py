@@ -13,11 +13,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import CLIENT_SECRET, idle, make_profile, run_for
 
 from sidecar.config import BackoffConfig, InlineSecret, ServerConfig
 from sidecar.token import fingerprint
 from sidecar.token_api import MAX_BODY, make_token_app
+from tests.support.builders import CLIENT_SECRET, make_profile
+from tests.support.virtual_time import idle, run_for
 
 HEADERS = {"Token-Sidecar": "1"}
 DAY = 86400

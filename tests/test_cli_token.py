@@ -9,11 +9,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from clientstack import client_stack
-from conftest import make_profile
 
 from sidecar.cli.token import answer_of, describe_failure, run_token
 from sidecar.client import SidecarError, Token
+from tests.support.builders import make_profile
+from tests.support.clientstack import client_stack
 
 
 @pytest.fixture

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clientstack import client_stack, served
-from conftest import make_profile, run_for
 
 import sidecar
 import sidecar.client
 from sidecar.client import SidecarError, Token, TokenClient
 from sidecar.client._core import Endpoint, fingerprint, parse_answer, should_retry
 from sidecar.token import fingerprint as daemon_fingerprint
+from tests.support.builders import make_profile
+from tests.support.clientstack import client_stack, served
+from tests.support.virtual_time import run_for
 
 
 @pytest.fixture

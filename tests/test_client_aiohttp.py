@@ -7,10 +7,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from clientstack import client_stack
-from conftest import make_profile
 
 from sidecar.client import TokenClient, sidecar_middleware
+from tests.support.builders import make_profile
+from tests.support.clientstack import client_stack
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from clientstack import client_stack, served
-from conftest import make_profile
 
 from sidecar.client import SidecarError, TokenClient
 from sidecar.client._blocking import BlockingConnection
+from tests.support.builders import make_profile
+from tests.support.clientstack import client_stack, served
 
 
 @pytest.fixture
@@ -53,7 +53,11 @@ async def test_sync_path_over_the_unix_socket(stack, clock):
 def test_sync_path_maps_an_unreachable_sidecar(kind, tmp_path):
     """A sidecar that cannot be reached is SidecarError 'unreachable', as on the async path."""
     where = "http://127.0.0.1:9" if kind == "url" else str(tmp_path / "absent.sock")
-    client = TokenClient(**{kind: where}, profile="api")
+    client = (
+        TokenClient(where, profile="api")
+        if kind == "url"
+        else TokenClient(socket=where, profile="api")
+    )
     with pytest.raises(SidecarError) as info:
         client.get_token_sync()
     assert (info.value.code, info.value.status, info.value.retryable) == ("unreachable", 0, True)

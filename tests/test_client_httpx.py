@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
-from clientstack import client_stack, served
-from conftest import make_profile
 
 from sidecar.client import SidecarAuth, TokenClient
+from tests.support.builders import make_profile
+from tests.support.clientstack import client_stack, served
 
 
 @pytest.fixture

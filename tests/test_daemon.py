@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.daemon import ListenError, prepare_socket_path, split_host_port
+from sidecar.daemon import prepare_socket_path, split_host_port
+from sidecar.errors import ListenError
 
 
 @pytest.fixture

@@ -184,11 +184,13 @@ def installed(tmp_path_factory) -> Path:
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
     for word, args in build:
         if word == "ENV":
-            env.update(item.split("=", 1) for item in shlex.split(args))
+            for item in shlex.split(args):
+                key, _, value = item.partition("=")
+                env[key] = value
     result = _run(["sh", "-ec", run], cwd=src, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"token-sidecar {__version__}" in result.stdout
-    return base / "opt" / "token-sidecar" / "bin"
+    return Path(base) / "opt" / "token-sidecar" / "bin"
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -305,6 +307,7 @@ def test_native_sidecar_is_wired_to_its_config(workload, tmp_path):
     config_file = tmp_path / "config.toml"
     config_file.write_text(_configmap_toml(), encoding="utf-8")
     config = load_config(config_file)
+    assert config.server.ops_listen is not None
     ops_port = _port(config.server.ops_listen)
 
     (sidecar,) = pod["initContainers"]
@@ -498,6 +501,8 @@ def test_fly_toml_matches_its_env_only_config():
     config = config_from_env({**env, "TOKEN_SIDECAR_CLIENT_SECRET": FAKE_SECRET})
     assert config is not None
     assert list(config.profiles) == ["default"] == [env["TOKEN_SIDECAR_PROFILE"]]
+    assert config.server.listen is not None
+    assert config.server.ops_listen is not None
     token_host, _, token_port = config.server.listen.rpartition(":")
     assert token_host == "127.0.0.1"
     assert env["TOKEN_SIDECAR_URL"] == f"http://{config.server.listen}"

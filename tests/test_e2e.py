@@ -12,82 +12,23 @@ import os
 import signal
 import socket
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
-from sidecar.devidp import DevClient, DevIdP
-from sidecar.testing import START_TIMEOUT, SidecarProcess, free_port
+from sidecar.testing import START_TIMEOUT, free_port
+from tests.support.e2e import (
+    E2E_SECRET,
+    HEADERS,
+    get_json,
+    profile_toml,
+    run_cli,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.slow
-
-AUDIENCE = "https://api.example.com/"
-CLIENT_ID = "e2e-client"
-SECRET = "e2e-secret-LEAKCANARY-5b2c"
-HEADERS = {"Token-Sidecar": "1"}
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A short directory for Unix sockets (paths are limited to about 100 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp"))
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
-
-
-@pytest.fixture
-async def real_idp(leaks) -> AsyncIterator[DevIdP]:
-    """The development IdP on the real clock, as a sidecar process would see any IdP."""
-    dev = DevIdP(audience=AUDIENCE, token_lifetime=3600)
-    dev.add_client(
-        DevClient(client_id=CLIENT_ID, client_secret=SECRET, audiences={AUDIENCE: ("read:tools",)})
-    )
-    await dev.start()
-    leaks.idps.append(dev)
-    yield dev
-    dev.release_hang()
-    await dev.stop()
-
-
-def profile_toml(idp: DevIdP, name: str = "api", secret: str = SECRET, **extra: str) -> str:
-    lines = [
-        f"[profiles.{name}]",
-        f'token_url = "{idp.base_url}/oauth/token"',
-        f'issuer = "{idp.issuer}"',
-        f'jwks_url = "{idp.base_url}/.well-known/jwks.json"',
-        f'client_id = "{CLIENT_ID}"',
-        f'client_secret = "{secret}"',
-        f'audience = "{AUDIENCE}"',
-        'scope = "read:tools"',
-        'timeout = "2s"',
-        *(f"{k} = {v}" for k, v in extra.items()),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-async def wait_ready(http: aiohttp.ClientSession, sidecar: SidecarProcess) -> None:
-    """Wait for the first token: the daemon logs token.refreshed."""
-    await sidecar.wait_event("token.refreshed")
-    async with http.get(f"{sidecar.ops}/readyz") as resp:
-        assert resp.status == 200
-
-
-async def get_json(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, Any]:
-    async with http.get(url, **kwargs) as resp:
-        return resp.status, await resp.json()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_serves_over_tcp_and_unix_socket(real_idp, sidecar_factory, http, short_tmp):
@@ -291,7 +232,7 @@ async def test_secret_never_leaves_the_process(real_idp, sidecar_factory, http):
             outputs.append(await resp.text())
     assert await sidecar.stop() == 0
     outputs.append(sidecar.stderr.decode())
-    secrets = {SECRET, "wrong-LEAKCANARY-secret", *real_idp.issued_tokens}
+    secrets = {E2E_SECRET, "wrong-LEAKCANARY-secret", *real_idp.issued_tokens}
     for text in outputs:
         for secret in secrets:
             assert secret not in text
@@ -316,7 +257,7 @@ async def test_cli_token_check_and_exit_codes(real_idp, sidecar_factory, http, t
 
     code, out, err = await run_cli("check", "--config", str(sidecar.config))
     assert code == 0
-    assert SECRET not in out
+    assert E2E_SECRET not in out
     code, out, err = await run_cli("check", "--config", str(sidecar.config), "--probe")
     assert code == 0, err
     assert "ok profile api" in out
@@ -388,20 +329,3 @@ async def test_dev_serves_a_token_within_seconds(http):
         proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 10)
     assert code == 0
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_SIDECAR_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()

@@ -7,20 +7,12 @@ import base64
 import os
 from collections.abc import AsyncIterator
 from types import MappingProxyType
+from typing import Any
 
 import jwt
 import pytest
-from conftest import AUDIENCE, CLIENT_ID, make_profile, run_for
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
-from redisutil import (
-    SHARED_URL,
-    delete_namespace,
-    free_port,
-    namespace_keys,
-    require_redis,
-    unique_namespace,
-)
 
 from sidecar.config import CacheConfig, Config
 from sidecar.errors import CacheUnavailableError, ConfigError
@@ -37,6 +29,16 @@ from sidecar.fleet import (
 from sidecar.metrics import Metrics
 from sidecar.testing import FakeClock
 from sidecar.token import fingerprint
+from tests.support.builders import AUDIENCE, CLIENT_ID, make_profile
+from tests.support.redis import (
+    SHARED_URL,
+    delete_namespace,
+    free_port,
+    namespace_keys,
+    require_redis,
+    unique_namespace,
+)
+from tests.support.virtual_time import run_for
 
 TOKEN = "header.payload-LEAKCANARY-fleet.signature"
 
@@ -65,7 +67,7 @@ async def namespace() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def make_cache_for(clock, namespace) -> AsyncIterator:
+async def make_cache_for(clock, namespace) -> AsyncIterator[Any]:
     made: list[RedisCache] = []
 
     def factory(

@@ -15,7 +15,19 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from redisutil import (
+
+from sidecar.devidp import DevClient, DevIdP
+from sidecar.testing import SidecarProcess
+from sidecar.token import fingerprint
+from tests.support.e2e import (
+    E2E_AUDIENCE,
+    E2E_CLIENT_ID,
+    E2E_SECRET,
+    HEADERS,
+    get_json,
+    profile_toml,
+)
+from tests.support.redis import (
     SHARED_URL,
     RedisServer,
     delete_namespace,
@@ -23,11 +35,6 @@ from redisutil import (
     require_redis,
     unique_namespace,
 )
-from test_e2e import AUDIENCE, CLIENT_ID, HEADERS, SECRET, get_json, profile_toml
-
-from sidecar.devidp import DevClient, DevIdP
-from sidecar.testing import SidecarProcess
-from sidecar.token import fingerprint
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +54,12 @@ async def make_idp(leaks) -> AsyncIterator[Callable[..., Awaitable[DevIdP]]]:
     made: list[DevIdP] = []
 
     async def make(lifetime: int = 3600) -> DevIdP:
-        dev = DevIdP(audience=AUDIENCE, token_lifetime=lifetime)
+        dev = DevIdP(audience=E2E_AUDIENCE, token_lifetime=lifetime)
         dev.add_client(
             DevClient(
-                client_id=CLIENT_ID, client_secret=SECRET, audiences={AUDIENCE: ("read:tools",)}
+                client_id=E2E_CLIENT_ID,
+                client_secret=E2E_SECRET,
+                audiences={E2E_AUDIENCE: ("read:tools",)},
             )
         )
         await dev.start()
@@ -99,12 +108,6 @@ async def metric(http: aiohttp.ClientSession, sidecar: SidecarProcess, line_star
         if line.startswith(line_start):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_four_cold_sidecars_mint_once_per_window(make_idp, fleet_factory, namespace, http):

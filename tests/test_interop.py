@@ -34,10 +34,10 @@ import uvicorn
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from test_e2e import HEADERS
 
 from sidecar.client import TokenClient
 from sidecar.testing import SidecarProcess, free_port
+from tests.support.e2e import HEADERS
 
 pytestmark = pytest.mark.slow
 
@@ -159,12 +159,6 @@ class OIDCProvider:
                 await self.proc.wait()
         if self._stderr_task is not None:
             await self._stderr_task
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import asyncio
 import random
 
 import pytest
-from conftest import make_profile
 
 from sidecar.breaker import CircuitBreaker, CircuitState
 from sidecar.credentials import CredentialStore
@@ -13,6 +12,7 @@ from sidecar.fleet import SharedToken
 from sidecar.idp import IdPClient
 from sidecar.minter import TokenMinter
 from sidecar.verify import TokenVerifier
+from tests.support.builders import make_profile
 
 
 @pytest.fixture

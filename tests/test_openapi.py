@@ -27,7 +27,6 @@ import jsonschema_rs
 import requests
 import schemathesis
 from aiohttp import web
-from conftest import idle, make_profile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -50,6 +49,8 @@ from schemathesis.specs.openapi.checks import (
 from sidecar.config import InlineSecret, ServerConfig
 from sidecar.token import fingerprint
 from sidecar.token_api import make_token_app
+from tests.support.builders import make_profile
+from tests.support.virtual_time import idle
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 GET_TOKEN = "GET /v1/token/{profile}"
@@ -90,7 +91,7 @@ MIN_TTLS = (
     *("", "-1", "+1", "1e3", "0.0000001", "1234567890", " 5", "5\n", "nan", "inf", "0x10"),
     "\uff15",  # a fullwidth digit five
 )
-BODIES = (
+BODIES: tuple[object, ...] = (
     {"fingerprint": "0123456789ab"},
     {"fingerprint": "0123456789ab", "note": "other keys are ignored"},
     {"access_token": "x"},

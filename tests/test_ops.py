@@ -6,12 +6,14 @@ import asyncio
 import time
 
 import pytest
-from conftest import idle, make_profile
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
 
 from sidecar._version import __version__
 from sidecar.config import InlineSecret
 from sidecar.ops_api import LoopWatchdog, make_ops_app
+from tests.support.builders import make_profile
+from tests.support.metrics import METRIC_NAMES
+from tests.support.virtual_time import idle
 
 PROFILE_STATUS_KEYS = {
     "state",
@@ -23,17 +25,6 @@ PROFILE_STATUS_KEYS = {
     "circuit",
     "fingerprint",
 }
-METRIC_NAMES = (
-    "token_sidecar_refresh_total",
-    "token_sidecar_refresh_duration_seconds",
-    "token_sidecar_token_expiry_timestamp_seconds",
-    "token_sidecar_token_requests_total",
-    "token_sidecar_fallback_total",
-    "token_sidecar_circuit_state",
-    "token_sidecar_invalidations_total",
-    "token_sidecar_ready",
-    "token_sidecar_build_info",
-)
 
 
 @pytest.fixture

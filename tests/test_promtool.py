@@ -7,10 +7,11 @@ import os
 import shutil
 
 import pytest
-from conftest import make_profile, run_for
-from test_ops import METRIC_NAMES
 
 from sidecar.ops_api import make_ops_app
+from tests.support.builders import make_profile
+from tests.support.metrics import METRIC_NAMES
+from tests.support.virtual_time import run_for
 
 PROMTOOL = shutil.which("promtool")
 

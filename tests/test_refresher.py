@@ -8,7 +8,6 @@ import socket
 import jwt
 import pytest
 from aiohttp import web
-from conftest import AUDIENCE, CLIENT_ID, CLIENT_SECRET, make_profile, run_for, write_secret
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -17,6 +16,8 @@ from sidecar.config import BackoffConfig, BreakerConfig, FileSecret, InlineSecre
 from sidecar.devidp import DevClient
 from sidecar.errors import TokenUnavailableError
 from sidecar.profile_status import ProfileState
+from tests.support.builders import AUDIENCE, CLIENT_ID, CLIENT_SECRET, make_profile, write_secret
+from tests.support.virtual_time import run_for
 
 DAY = 86400.0
 

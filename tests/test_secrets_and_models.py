@@ -8,7 +8,6 @@ import logging
 
 import orjson
 import pytest
-from conftest import CLIENT_SECRET, make_profile
 
 from sidecar.clock import wait_until
 from sidecar.config import EnvSecret, FileSecret, InlineSecret
@@ -17,6 +16,7 @@ from sidecar.errors import CredentialsError
 from sidecar.logs import REDACTED, JSONFormatter, TextFormatter, configure_logging
 from sidecar.testing import FakeClock
 from sidecar.token import HeldToken, TokenState, fingerprint
+from tests.support.builders import CLIENT_SECRET, make_profile
 
 
 def _token(value: str = "eyJ.secret.token") -> HeldToken:
@@ -218,6 +218,6 @@ async def test_fake_clock_wakes_sleepers_in_deadline_order():
     await clock.advance(25)
     assert woke == [("a", 10), ("b", 20)]
     await clock.advance(5)
-    assert woke[-1] == ("c", 30)
+    assert woke == [("a", 10), ("b", 20), ("c", 30)]
     await asyncio.gather(*tasks)
     assert clock.time() - clock.monotonic() == 1_800_000_000.0

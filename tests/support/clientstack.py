@@ -44,7 +44,7 @@ class ProtectedAPI:
 
 def peer_recorder(
     peers: list[object],
-) -> Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]], Any]:
+) -> Any:
     """A middleware that notes each request's peer address: one per client connection."""
 
     @web.middleware

@@ -57,7 +57,7 @@ async def namespace_keys(url: str, namespace: str) -> dict[bytes, bytes]:
     try:
         keys = [k async for k in client.scan_iter(match=f"{namespace}:*")]
         values = await client.mget(keys) if keys else []
-        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+        return {k: v for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)}
     finally:
         await client.aclose()
 

@@ -1,0 +1,63 @@
+"""Helpers for tests of ``serve`` subprocesses: TOML profiles, readiness, JSON reads, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import aiohttp
+
+from sidecar.devidp import DevIdP
+from sidecar.testing import SidecarProcess
+
+E2E_AUDIENCE = "https://api.example.com/"
+E2E_CLIENT_ID = "e2e-client"
+E2E_SECRET = "e2e-secret-LEAKCANARY-5b2c"
+HEADERS = {"Token-Sidecar": "1"}
+
+
+def profile_toml(idp: DevIdP, name: str = "api", secret: str = E2E_SECRET, **extra: str) -> str:
+    lines = [
+        f"[profiles.{name}]",
+        f'token_url = "{idp.base_url}/oauth/token"',
+        f'issuer = "{idp.issuer}"',
+        f'jwks_url = "{idp.base_url}/.well-known/jwks.json"',
+        f'client_id = "{E2E_CLIENT_ID}"',
+        f'client_secret = "{secret}"',
+        f'audience = "{E2E_AUDIENCE}"',
+        'scope = "read:tools"',
+        'timeout = "2s"',
+        *(f"{k} = {v}" for k, v in extra.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def wait_ready(http: aiohttp.ClientSession, sidecar: SidecarProcess) -> None:
+    """Wait for the first token: the daemon logs token.refreshed."""
+    await sidecar.wait_event("token.refreshed")
+    async with http.get(f"{sidecar.ops}/readyz") as resp:
+        assert resp.status == 200
+
+
+async def get_json(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, Any]:
+    async with http.get(url, **kwargs) as resp:
+        return resp.status, await resp.json()
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_SIDECAR_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
