@@ -19,7 +19,7 @@ import orjson
 from jwt.types import Options
 
 from sidecar.clock import Clock
-from sidecar.config import ProfileConfig, Verify
+from sidecar.config import ASYMMETRIC_ALGORITHMS, ProfileConfig, Verify
 from sidecar.errors import IdPUnavailableError, InvalidTokenError
 from sidecar.idp import map_transport_errors
 
@@ -27,9 +27,6 @@ JWKS_MAX_AGE = 3600.0
 UNKNOWN_KID_COOLDOWN = 10.0
 #: Tolerated clock difference for ``nbf`` and ``iat`` in the future.
 LEEWAY = 60.0
-ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
-)
 _NO_PYJWT_CLAIM_CHECKS: Options = {
     "verify_exp": False,
     "verify_nbf": False,

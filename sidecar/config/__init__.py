@@ -18,6 +18,7 @@ redacted view ``token-sidecar check`` prints). Import the names from here.
 from sidecar.config._document import config_from_mapping, load_config
 from sidecar.config._env import config_from_env, resolve_config
 from sidecar.config._model import (
+    ASYMMETRIC_ALGORITHMS,
     PROFILE_NAME_PATTERN,
     BackoffConfig,
     BreakerConfig,
@@ -41,6 +42,7 @@ from sidecar.config._reader import format_duration, parse_duration
 from sidecar.config._redact import redacted
 
 __all__ = [
+    "ASYMMETRIC_ALGORITHMS",
     "PROFILE_NAME_PATTERN",
     "BackoffConfig",
     "BreakerConfig",

@@ -24,6 +24,19 @@ ClientAuth = Literal["client_secret_post", "client_secret_basic", "private_key_j
 Verify = Literal["jwks", "claims", "none"]
 CacheBackend = Literal["memory", "redis"]
 
+#: The asymmetric JWS algorithms the sidecar signs and verifies with (never HS*, never none).
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+)
+
 PROFILE_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
 
 _EMPTY: MappingProxyType[str, str] = MappingProxyType({})

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import NamedTuple, cast, get_args
 
 from sidecar.config._model import (
+    ASYMMETRIC_ALGORITHMS,
     PROFILE_NAME_PATTERN,
     BackoffConfig,
     BreakerConfig,
@@ -59,7 +60,6 @@ _RESERVED_PARAMS = frozenset(
 )
 _CLIENT_AUTHS: tuple[str, ...] = get_args(ClientAuth)
 _VERIFY_MODES: tuple[str, ...] = get_args(Verify)
-_ASSERTION_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 
 _PROFILE_NAME = re.compile(PROFILE_NAME_PATTERN)
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
@@ -211,7 +211,7 @@ def _client_authentication(t: Table) -> _ClientAuthentication:
         private_key_file=t.path_value("private_key_file"),
         private_key_kid=t.string("private_key_kid"),
         assertion_alg=t.choice(
-            "assertion_alg", _ASSERTION_ALGS, default=ProfileConfig.assertion_alg
+            "assertion_alg", ASYMMETRIC_ALGORITHMS, default=ProfileConfig.assertion_alg
         ),
         assertion_audience=t.string("assertion_audience"),
     )

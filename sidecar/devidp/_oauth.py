@@ -15,6 +15,8 @@ from urllib.parse import unquote_plus
 
 from aiohttp import hdrs, web
 
+from sidecar.config import ASYMMETRIC_ALGORITHMS
+
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: Auth0 rejects client assertions longer than this many bytes.
 MAX_ASSERTION_BYTES = 2048
@@ -25,7 +27,7 @@ RATE_LIMIT = 30
 NO_AUDIENCE = "No audience parameter was provided, and no default audience has been configured"
 AUTH_METHODS = ("client_secret_post", "client_secret_basic", "private_key_jwt")
 #: The algorithms accepted for client assertions, as discovery advertises them.
-ASSERTION_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+ASSERTION_ALGORITHMS = ASYMMETRIC_ALGORITHMS
 #: Body fields that are recorded only masked (see :class:`~sidecar.devidp.MaskedValues`).
 SENSITIVE_FIELDS = ("client_secret", "client_assertion")
 #: The cache headers of every token endpoint answer (RFC 6749 §5.1).
