@@ -281,11 +281,12 @@ async def test_stale_token_is_flagged_during_outage(api, idp, clock, metrics):
 
 @pytest.mark.parametrize("value", ["0", "60", "2.5", "43200"])
 async def test_min_ttl_within_half_lifetime_is_served(api, value):
-    """A min_ttl up to half the token lifetime is accepted."""
+    """A min_ttl up to half the token lifetime is accepted and answered with at least that."""
     _service, client = await api()
     await client.get("/v1/token/api", headers=HEADERS)
     resp = await client.get("/v1/token/api", params={"min_ttl": value}, headers=HEADERS)
     assert resp.status == 200
+    assert (await resp.json())["expires_in"] >= float(value)
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "", "nan", "inf", "1e3", "10s", " 5", "0x10"])
