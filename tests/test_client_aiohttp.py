@@ -8,9 +8,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.client import TokenClient, sidecar_middleware
+from sidecar.client import SidecarError, TokenClient, sidecar_middleware
 from tests.support.builders import make_profile
 from tests.support.clientstack import client_stack
+from tests.support.virtual_time import run_for
 
 
 @pytest.fixture
@@ -37,12 +38,20 @@ async def test_aiohttp_middleware_retries_once_after_401(stack, clock):
         assert api.seen[1] != first.access_token
         assert api.bodies == [b"payload", b"payload"]
         api.always_401 = True
+        # Within the invalidate throttle the sidecar answers the same token: no replay.
+        async with aiohttp.ClientSession(middlewares=(sidecar_middleware(client),)) as http:
+            with pytest.raises(SidecarError) as info:
+                await http.get(stack["api_url"])
+        assert (info.value.code, info.value.retry_after) == ("throttled", 10.0)
+        assert len(api.seen) == 3
+        await run_for(clock, stack["service"], 10)  # the throttle passed: one retry, never more
         async with (
             aiohttp.ClientSession(middlewares=(sidecar_middleware(client),)) as http,
             http.get(stack["api_url"]) as resp,
         ):
             assert resp.status == 401
-        assert len(api.seen) == 4  # one retry, never more
+        assert len(api.seen) == 5
+        assert api.seen[3] != api.seen[4]
 
 
 async def test_aiohttp_middleware_does_not_replay_a_stream(stack, clock):

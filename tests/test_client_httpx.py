@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.client import SidecarAuth, TokenClient
+from sidecar.client import SidecarAuth, SidecarError, TokenClient
 from tests.support.builders import make_profile
 from tests.support.clientstack import client_stack, served
 
@@ -88,3 +88,25 @@ def test_sidecar_auth_repr():
         "SidecarAuth(TokenClient('http://127.0.0.1:8700', profile='api', min_ttl=30), "
         "profile='other')"
     )
+
+
+async def test_httpx_auth_raises_throttled_rather_than_replaying_the_same_token(stack, clock):
+    """A 401 whose report is throttled raises SidecarError throttled; nothing is replayed."""
+    api = stack["api"]
+    async with TokenClient(stack["url"], profile="api", clock=clock) as client:
+        first = await client.get_token()
+        await client.invalidate(first)  # a forced refresh: the throttle window starts
+        api.always_401 = True
+        async with httpx.AsyncClient(auth=SidecarAuth(client)) as http:
+            with pytest.raises(SidecarError) as info:
+                await http.get(stack["api_url"])
+        assert (info.value.code, info.value.retry_after) == ("throttled", 10.0)
+        assert len(api.seen) == 1  # sent once, with the current token; no replay
+
+        def sync_call() -> int:
+            with httpx.Client(auth=SidecarAuth(client)) as http:
+                return http.get(stack["api_url"]).status_code
+
+        with pytest.raises(SidecarError, match="throttled"):
+            await asyncio.to_thread(sync_call)
+        assert len(api.seen) == 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import hdrs
 
-from ._core import TokenClient, bearer, should_retry
+from ._core import TokenClient, bearer, replacement, should_retry
 
 
 def sidecar_middleware(
@@ -29,7 +29,7 @@ def sidecar_middleware(
             if not should_retry(response.status, _replayable(request), retries):
                 return response
             response.release()
-            token = await client.invalidate(token, profile)
+            token = replacement(token, await client.invalidate(token, profile))
             retries += 1
 
     return middleware

@@ -54,6 +54,27 @@ def should_retry(status: int, replayable: bool, retries: int) -> bool:
     return status in REFRESH_STATUS_CODES and replayable and retries < MAX_RETRIES
 
 
+#: The sidecar replaces a reported token at most once per profile in this many seconds.
+INVALIDATE_THROTTLE = 10.0
+
+
+def replacement(reported: Token, answer: Token) -> Token:
+    """The token to retry with after reporting ``reported``: only a different one.
+
+    When the sidecar answers the reported token itself (it was throttled, or no
+    replacement could be had), retrying would only earn the same 401 again:
+    raises :class:`SidecarError` ``throttled`` with ``retry_after`` instead.
+    """
+    if answer.access_token != reported.access_token:
+        return answer
+    raise SidecarError(
+        "throttled",
+        "the sidecar has no other token yet; the API's 401 stands",
+        status=200,
+        retry_after=INVALIDATE_THROTTLE,
+    )
+
+
 def fingerprint(value: str) -> str:
     """The first 12 hex digits of SHA-256: how a token is named anywhere visible."""
     return hashlib.sha256(value.encode()).hexdigest()[:12]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
 
-from ._core import Token, TokenClient, bearer, should_retry
+from ._core import Token, TokenClient, bearer, replacement, should_retry
 
 try:
     import httpx
@@ -36,7 +36,7 @@ if httpx is not None:
                 response = yield _authorized(request, token)
                 if not should_retry(response.status_code, _replayable(request), retries):
                     return
-                token = await self._client.invalidate(token, self._profile)
+                token = replacement(token, await self._client.invalidate(token, self._profile))
                 retries += 1
 
         def sync_auth_flow(
@@ -48,7 +48,7 @@ if httpx is not None:
                 response = yield _authorized(request, token)
                 if not should_retry(response.status_code, _replayable(request), retries):
                     return
-                token = self._client.invalidate_sync(token, self._profile)
+                token = replacement(token, self._client.invalidate_sync(token, self._profile))
                 retries += 1
 
         def __repr__(self) -> str:
