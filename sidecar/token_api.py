@@ -4,8 +4,9 @@ Every request first passes the guards (``Token-Sidecar: 1`` header, no proxy
 headers, a loopback ``Host``, and for Unix-socket peers an allowed uid), so a
 tool that fetches arbitrary URLs on behalf of a model can never read a token
 (SSRF and DNS-rebinding defence). Errors of every kind are mapped to the JSON
-error body of DESIGN.md in one middleware; no error body ever holds a token, a
-secret, or request input that is not a configured profile name.
+error body of DESIGN.md at one boundary wrapped around each route; no error
+body holds a token, a secret, or request input that is not a configured
+profile name.
 
 The hot path (a cached, servable token) is a dictionary lookup, a clock read
 and one ``orjson.dumps``: it never waits and never talks to the IdP.
