@@ -13,7 +13,7 @@ from typing import Any
 from sidecar.config import ProfileConfig
 from sidecar.errors import IdPResponseError, InvalidTokenError
 from sidecar.fleet import SharedToken
-from sidecar.idp import TokenResponse
+from sidecar.idp import MAX_LIFETIME, TokenResponse
 from sidecar.policy import refresh_at
 from sidecar.token import HeldToken, fingerprint
 
@@ -41,6 +41,8 @@ def build_token(
     if not lifetimes:
         raise IdPResponseError("token response has no expires_in and the token no exp")
     lifetime = min(lifetimes)
+    if lifetime > MAX_LIFETIME:
+        raise IdPResponseError("token lifetime (JWT exp) is above one year")
     if lifetime <= profile.min_ttl:
         raise InvalidTokenError(
             "token lifetime is not above min_ttl",

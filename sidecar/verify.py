@@ -20,11 +20,13 @@ from jwt.types import Options
 
 from sidecar.clock import Clock
 from sidecar.config import ProfileConfig, Verify
-from sidecar.errors import IdPUnavailableError, InvalidTokenError
-from sidecar.idp import map_transport_errors
+from sidecar.errors import IdPResponseError, IdPUnavailableError, InvalidTokenError
+from sidecar.idp import map_transport_errors, read_capped
 
 JWKS_MAX_AGE = 3600.0
 UNKNOWN_KID_COOLDOWN = 10.0
+#: A key set is a few KiB; more is garbage (or an attack), not keys.
+MAX_JWKS_BODY = 1024 * 1024
 #: Tolerated clock difference for ``nbf`` and ``iat`` in the future.
 LEEWAY = 60.0
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -99,13 +101,21 @@ class JWKSCache:
         return True
 
     async def fetch(self) -> None:
-        """Fetch the JWKS now and replace the cached keys."""
+        """Fetch the JWKS now and replace the cached keys.
+
+        Redirects are not followed (one could lead to plain http, where anyone
+        on the path swaps the keys) and the body is read up to
+        :data:`MAX_JWKS_BODY`: either is a failed fetch.
+        """
         timeout = aiohttp.ClientTimeout(total=10, sock_connect=3)
         with map_transport_errors():
-            async with self._session.get(self.url, timeout=timeout) as resp:
+            async with self._session.get(self.url, timeout=timeout, allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise IdPUnavailableError(f"JWKS endpoint answered {resp.status}")
-                body = await resp.read()
+                try:
+                    body = await read_capped(resp, MAX_JWKS_BODY)
+                except IdPResponseError:
+                    raise IdPUnavailableError("JWKS body is larger than 1 MiB") from None
         try:
             document = orjson.loads(body)
             if not isinstance(document, dict):
