@@ -34,6 +34,7 @@ from sidecar.errors import (
     CircuitOpenError,
     FailureKind,
     IdPRateLimitedError,
+    IdPUnavailableError,
     InvalidTokenError,
     RefreshError,
     TokenUnavailableError,
@@ -291,7 +292,7 @@ class ProfileRefresher:
                     identity=identity_of(self.profile, creds.client_id),
                     lock_ttl=self.profile.timeout + LOCK_MARGIN,
                     mint=functools.partial(self.minter.mint, creds),
-                    adopt=self._adoptable,
+                    adopt=functools.partial(self._adoptable, client_id=creds.client_id),
                 )
             )
         except RefreshError as exc:
@@ -301,8 +302,8 @@ class ProfileRefresher:
         finally:
             self._report.attempt_took(self._clock.monotonic() - start)
 
-    async def _adoptable(self, shared: SharedToken) -> HeldToken | None:
-        """``shared`` as our token, if it outlives ours and passes the minter's vetting."""
+    async def _adoptable(self, shared: SharedToken, *, client_id: str) -> HeldToken | None:
+        """``shared`` as our token if newer than ours and vetted; InvalidTokenError if it is bad."""
         current = self._token
         wall = self._clock.time()
         if shared.fingerprint == self._rejected or shared.expires_at - wall <= self.profile.min_ttl:
@@ -313,10 +314,12 @@ class ProfileRefresher:
         ):
             return None
         try:
-            return await self.minter.vet_shared(shared)
-        except InvalidTokenError as exc:
+            return await self.minter.vet_shared(shared, client_id)
+        except (InvalidTokenError, IdPUnavailableError) as exc:
             self._report.shared_rejected(shared, exc)
-            return None
+            if isinstance(exc, InvalidTokenError):
+                raise
+            return None  # unverifiable now (JWKS down, kid in cooldown): mint instead
 
     def _on_success(self, obtained: FleetResult) -> None:
         self._token = obtained.token

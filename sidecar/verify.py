@@ -181,12 +181,7 @@ class TokenVerifier:
         if not looks_like_jwt(token):
             raise _invalid("token is not a JWT", f"verify = {mode!r} needs a JWT")
         if mode == "claims":
-            try:
-                claims = jwt.decode(
-                    token, options={**_NO_PYJWT_CLAIM_CHECKS, "verify_signature": False}
-                )
-            except jwt.PyJWTError as exc:
-                raise _invalid("token payload is not valid", type(exc).__name__) from None
+            claims = unverified_claims(token)
         else:
             assert profile.jwks_url is not None  # noqa: S101 - the loader requires it
             claims = await self._verify_signature(token, profile.jwks_url)
@@ -212,6 +207,32 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise _invalid("token signature check failed", type(exc).__name__) from None
         return claims
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The payload of JWT ``token``, signature not checked; InvalidTokenError if unparsable."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, options={**_NO_PYJWT_CLAIM_CHECKS, "verify_signature": False}
+        )
+    except jwt.PyJWTError as exc:
+        raise _invalid("token payload is not valid", type(exc).__name__) from None
+    return claims
+
+
+def check_client(claims: dict[str, Any], client_id: str) -> None:
+    """The token was issued to ``client_id``, as DESIGN "Limits and trust" says.
+
+    ``azp`` and ``client_id``, where present, must name it; with neither,
+    ``sub`` must be ``CLIENT_ID@clients`` (Auth0's client-credentials subject).
+    """
+    named = [claims[c] for c in ("azp", "client_id") if c in claims]
+    if named:
+        matches = all(value == client_id for value in named)
+    else:
+        matches = claims.get("sub") == f"{client_id}@clients"
+    if not matches:
+        raise _invalid("token was issued to another client", "azp/client_id/sub mismatch")
 
 
 def check_claims(claims: dict[str, Any], expect: Expectations, *, now: float) -> None:

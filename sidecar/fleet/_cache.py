@@ -40,7 +40,11 @@ class CacheState(enum.Enum):
 
 @dataclass(frozen=True, repr=False, eq=False)
 class SharedToken:
-    """A token as stored for the fleet: wall-clock instants, since monotonic ones are local."""
+    """A token as stored for the fleet: wall-clock instants, since monotonic ones are local.
+
+    Everything but ``value`` is the writer's say-so: trusted only when
+    ``sealed`` (read from an AES-GCM value only the fleet's key opens).
+    """
 
     value: str
     token_type: str
@@ -48,6 +52,7 @@ class SharedToken:
     obtained_at: float  # UNIX time
     expires_at: float  # UNIX time
     fingerprint: str
+    sealed: bool = False
 
     @classmethod
     def of(cls, token: HeldToken) -> SharedToken:
@@ -116,6 +121,10 @@ class TokenCache(Protocol):
         """The fleet's current hold-off, if a peer's refresh failed moments ago."""
         ...
 
+    async def discard(self, identity: str, token: SharedToken) -> None:
+        """Delete the shared ``token`` if it is still the stored one (a newer value stays)."""
+        ...
+
     def lock(self, identity: str, ttl: float) -> AbstractAsyncContextManager[bool]:
         """Try once to take the fleet refresh lock; yields whether this sidecar holds it.
 
@@ -170,6 +179,9 @@ class MemoryCache:
 
     async def held_off(self, identity: str) -> SharedFailure | None:  # noqa: ARG002
         return None
+
+    async def discard(self, identity: str, token: SharedToken) -> None:  # noqa: ARG002
+        return
 
     @contextlib.asynccontextmanager
     async def lock(self, identity: str, ttl: float) -> AsyncIterator[bool]:  # noqa: ARG002

@@ -47,6 +47,10 @@ log = logging.getLogger("sidecar.cache")
 OP_TIMEOUT = 0.5
 #: How often a down backend is probed again (and how long one pub/sub read waits).
 PROBE_INTERVAL = 1.0
+#: Deletes a key only while it still holds the value read (compare-and-delete).
+_DELETE_IF_SAME = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 class RedisCache:
@@ -131,6 +135,20 @@ class RedisCache:
             self._metrics.cache_errors.labels(exc.reason).inc()
             log.warning("cache.value_unreadable", extra={"reason": exc.reason})
             return None
+
+    async def discard(self, identity: str, token: SharedToken) -> None:
+        key = self.token_key(identity)
+        with self._mapped("discard"):
+            raw = await self._redis.get(key)
+            if raw is None:
+                return
+            blob = raw if isinstance(raw, bytes) else raw.encode()
+            try:
+                stored = self._codec.decode(blob, aad=key.encode())
+            except UnreadableValueError:
+                return  # another value by now, counted when it is read
+            if stored.fingerprint == token.fingerprint:
+                await self._redis.eval(_DELETE_IF_SAME, 1, key, blob)
 
     async def write(self, identity: str, token: SharedToken) -> None:
         ttl_ms = int((token.expires_at - self._clock.time()) * 1000)

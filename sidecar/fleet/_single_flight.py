@@ -39,6 +39,7 @@ from sidecar.errors import (
     IdPRateLimitedError,
     IdPTimeoutError,
     IdPUnavailableError,
+    InvalidTokenError,
     RefreshError,
 )
 from sidecar.fleet._cache import CacheState, SharedFailure, SharedToken, TokenCache
@@ -80,7 +81,8 @@ class FleetRequest:
     identity: str
     lock_ttl: float
     mint: Callable[[], Awaitable[HeldToken]]
-    #: This refresher's view of a shared token, or None when it is no better than ours.
+    #: This refresher's view of a shared token, or None when it is no better than ours
+    #: or cannot be vetted now; raises InvalidTokenError when it is bad (then dropped).
     adopt: Callable[[SharedToken], Awaitable[HeldToken | None]]
 
 
@@ -121,7 +123,15 @@ class FleetRefresh:
 
     async def _adoptable(self, request: FleetRequest) -> FleetResult | None:
         shared = await self.cache.read(request.identity)
-        token = await request.adopt(shared) if shared is not None else None
+        if shared is None:
+            return None
+        try:
+            token = await request.adopt(shared)
+        except InvalidTokenError:
+            # Provably bad (forged, another client's, inconsistent): drop it so that
+            # no peer trips over it again; a newer value written meanwhile stays.
+            await self.cache.discard(request.identity, shared)
+            return None
         return FleetResult(token, Source.SHARED) if token is not None else None
 
     async def _mint_and_share(self, request: FleetRequest) -> FleetResult:
