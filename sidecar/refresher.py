@@ -292,6 +292,7 @@ class ProfileRefresher:
                     identity=identity_of(self.profile, creds.client_id),
                     lock_ttl=self.profile.timeout + LOCK_MARGIN,
                     mint=functools.partial(self.minter.mint, creds),
+                    hold_off_cap=self.profile.backoff.cap,
                     adopt=functools.partial(self._adoptable, client_id=creds.client_id),
                 )
             )

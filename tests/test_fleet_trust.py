@@ -37,16 +37,16 @@ def sample(metrics, name, **labels):
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-@pytest.fixture
-async def namespace() -> AsyncIterator[str]:
+@pytest.fixture(name="namespace")
+async def namespace_fixture() -> AsyncIterator[str]:
     await require_redis()
     ns = unique_namespace()
     yield ns
     await delete_namespace(SHARED_URL, ns)
 
 
-@pytest.fixture
-async def caches(clock, namespace) -> AsyncIterator:
+@pytest.fixture(name="caches")
+async def caches_fixture(clock, namespace) -> AsyncIterator:
     """Build RedisCaches on the test's namespace (own metrics); all closed at teardown."""
     made: list[RedisCache] = []
 
@@ -66,8 +66,8 @@ async def caches(clock, namespace) -> AsyncIterator:
         await cache.aclose()
 
 
-@pytest.fixture
-def sidecar(make_service, caches, idp):
+@pytest.fixture(name="sidecar")
+def sidecar_fixture(make_service, caches, idp):
     """One started TokenService in fleet mode on the test's namespace."""
 
     def build(*, key: bytes | None = None, **profile_overrides):

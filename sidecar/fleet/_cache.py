@@ -84,6 +84,39 @@ class SharedFailure:
     until: float  # UNIX time: do not ask the IdP before this
 
 
+#: The kinds a shared hold-off may have; anything else is not ours.
+_HOLD_OFF_KINDS = frozenset({"error", "timeout", "rate_limited"})
+#: A hold-off record is a few hundred bytes; more is garbage.
+MAX_HOLD_OFF_BYTES = 4096
+_TEXT_LIMIT = 300
+
+
+def parse_failure(raw: bytes, *, now: float, horizon: float) -> SharedFailure | None:
+    """A stored hold-off, or None when it is not one (wrong type or shape, huge, absurd).
+
+    ``until`` must be a finite number no further than ``horizon`` seconds
+    after ``now``; an instant in the past is simply no hold-off.
+    """
+    try:
+        data = orjson.loads(raw) if len(raw) <= MAX_HOLD_OFF_BYTES else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    kind, until = data.get("kind"), data.get("until")
+    texts = (data.get("error"), data.get("description"))
+    if (
+        kind not in _HOLD_OFF_KINDS
+        or isinstance(until, bool)
+        or not isinstance(until, int | float)
+        or not now - horizon <= until <= now + horizon  # also refuses NaN and infinities
+        or not all(text is None or isinstance(text, str) for text in texts)
+    ):
+        return None
+    error, description = (None if t is None else t[:_TEXT_LIMIT] for t in texts)
+    return SharedFailure(kind=kind, error=error, description=description, until=float(until))
+
+
 class TokenCache(Protocol):
     """Shared token storage with a refresh lock and write notifications."""
 
