@@ -41,6 +41,8 @@ _TRANSIENT_OAUTH_ERRORS = frozenset({"server_error", "temporarily_unavailable"})
 _DESCRIPTION_LIMIT = 300
 #: The longest wait an IdP's 429 can impose on us.
 MAX_RETRY_AFTER = 3600.0
+#: The longest token lifetime believed (``expires_in``, JWT ``exp``, a shared record): a year.
+MAX_LIFETIME = 365 * 86400.0
 
 
 @dataclass(frozen=True, repr=False)
@@ -118,16 +120,17 @@ class IdPClient:
                 timeout=timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await _read_capped(resp)
+                body = await read_capped(resp)
                 return classify_response(resp.status, resp.headers, body, now=self._clock.time())
 
 
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+async def read_capped(resp: aiohttp.ClientResponse, limit: int = MAX_BODY) -> bytes:
+    """The body of ``resp``, or :class:`IdPResponseError` once it exceeds ``limit`` bytes."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(16 * 1024):
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > limit:
             raise IdPResponseError("IdP response body is too large", status=resp.status)
         chunks.append(chunk)
     return b"".join(chunks)
@@ -204,6 +207,9 @@ def _expires_in(value: object) -> float | None:
         seconds = math.nan
     if not math.isfinite(seconds) or seconds <= 0:
         raise IdPResponseError("expires_in is not a positive number", status=200)
+    if seconds > MAX_LIFETIME:
+        # Garbage, not a token for the ages: a number this big breaks every JSON encoder.
+        raise IdPResponseError("expires_in is above one year", status=200)
     return seconds
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from sidecar.errors import FailureKind, InvalidTokenError, RefreshError
+from sidecar.errors import FailureKind, RefreshError
 from sidecar.fleet import FleetResult, SharedToken, Source
 from sidecar.metrics import Metrics
 from sidecar.token import HeldToken
@@ -91,8 +91,8 @@ class ProfileInstruments:
             },
         )
 
-    def shared_rejected(self, shared: SharedToken, exc: InvalidTokenError) -> None:
-        """A token from the fleet cache failed vetting and was not adopted."""
+    def shared_rejected(self, shared: SharedToken, exc: RefreshError) -> None:
+        """A token from the fleet cache failed (or could not pass) vetting: not adopted."""
         self._metrics.cache_errors.labels("rejected").inc()
         log.warning(
             "cache.token_rejected",

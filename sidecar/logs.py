@@ -64,7 +64,22 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             entry["exc_type"] = record.exc_info[0].__name__
             entry["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except TypeError:
+            # orjson refuses integers beyond 64 bits: write them as strings, never a broken line.
+            return orjson.dumps(_json_safe(entry), default=str).decode()
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every integer orjson cannot write turned into its decimal string."""
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 class TextFormatter(logging.Formatter):

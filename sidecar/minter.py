@@ -26,7 +26,14 @@ from sidecar.fleet import SharedToken
 from sidecar.idp import IdPClient
 from sidecar.issuance import build_token, token_from_shared
 from sidecar.token import HeldToken, fingerprint
-from sidecar.verify import TokenVerifier
+from sidecar.verify import (
+    Expectations,
+    TokenVerifier,
+    check_claims,
+    check_client,
+    looks_like_jwt,
+    unverified_claims,
+)
 
 
 class TokenMinter:
@@ -96,17 +103,35 @@ class TokenMinter:
         self.breaker.record_success()
         return token
 
-    async def vet_shared(self, shared: SharedToken) -> HeldToken:
-        """``shared`` as this profile's token, verified like one from the IdP.
+    async def vet_shared(self, shared: SharedToken, client_id: str) -> HeldToken:
+        """``shared`` as this profile's token, if the fleet's trust rules allow it.
+
+        A value that is not sealed is adopted only when the profile checks
+        signatures (``verify = "jwks"``); a JWT must name this profile's
+        ``iss``, ``aud`` and client ``client_id`` (from the loaded
+        credentials). Scope and expiry come from the verified token, not the
+        record (see :func:`~sidecar.issuance.token_from_shared`).
 
         Raises:
             InvalidTokenError: it fails verification or does not match its record.
             IdPUnavailableError: its keys could not be fetched to tell.
         """
+        if not shared.sealed and not self.profile.verified:
+            raise InvalidTokenError(
+                "an unsealed shared token can only be adopted with verify = 'jwks'",
+                description="unsealed value, signature not checked",
+            )
         claims = await self._verifier.verify(self.profile, shared.value)
+        if not claims and looks_like_jwt(shared.value):
+            # verify = "none": a sealed JWT still has to be this profile's.
+            claims = unverified_claims(shared.value)
+            check_claims(claims, Expectations.of(self.profile), now=self._clock.time())
+        if claims:
+            check_client(claims, client_id)
         _check_record(shared, claims)
         return token_from_shared(
             shared,
+            claims,
             self.profile,
             now=self._clock.monotonic(),
             wall_now=self._clock.time(),

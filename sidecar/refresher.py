@@ -32,6 +32,7 @@ from sidecar.config import ProfileConfig
 from sidecar.credentials import CredentialStore
 from sidecar.errors import (
     FailureKind,
+    IdPUnavailableError,
     InvalidTokenError,
     RefreshError,
     TokenUnavailableError,
@@ -297,7 +298,8 @@ class ProfileRefresher:
                     identity=identity_of(self.profile, creds.client_id),
                     lock_ttl=self.profile.timeout + LOCK_MARGIN,
                     mint=functools.partial(self.minter.mint, creds),
-                    adopt=self._adoptable,
+                    hold_off_cap=self.profile.backoff.cap,
+                    adopt=functools.partial(self._adoptable, client_id=creds.client_id),
                 )
             )
         except RefreshError as exc:
@@ -307,18 +309,20 @@ class ProfileRefresher:
         finally:
             self._report.attempt_took(self._clock.monotonic() - start)
 
-    async def _adoptable(self, shared: SharedToken) -> HeldToken | None:
-        """``shared`` as our token, if it outlives ours and passes the minter's vetting."""
+    async def _adoptable(self, shared: SharedToken, *, client_id: str) -> HeldToken | None:
+        """``shared`` as our token if it outlives ours and is vetted; InvalidTokenError if bad."""
         wall, min_ttl = self._clock.time(), self.profile.min_ttl
         if shared.fingerprint == self._reports.rejected or not shared.outlives(
             self._token, wall_now=wall, min_ttl=min_ttl
         ):
             return None
         try:
-            return await self.minter.vet_shared(shared)
-        except InvalidTokenError as exc:
+            return await self.minter.vet_shared(shared, client_id)
+        except (InvalidTokenError, IdPUnavailableError) as exc:
             self._report.shared_rejected(shared, exc)
-            return None
+            if isinstance(exc, InvalidTokenError):
+                raise
+            return None  # unverifiable now (JWKS down, kid in cooldown): mint instead
 
     def _on_success(self, obtained: FleetResult) -> None:
         self._token = obtained.token

@@ -22,7 +22,7 @@ import aiohttp
 from sidecar._version import __version__
 from sidecar.breaker import CircuitBreaker, CircuitState
 from sidecar.clock import Clock, SystemClock
-from sidecar.config import Config, ProfileConfig
+from sidecar.config import Config, ProfileConfig, url_view
 from sidecar.credentials import CredentialStore
 from sidecar.errors import UnknownProfileError
 from sidecar.fleet import FleetRefresh, TokenCache, make_cache
@@ -83,17 +83,19 @@ class TokenService:
                 self._context.clock,
                 failures=profile.breaker.failures,
                 reset=profile.breaker.reset,
-                name=profile.token_url,
+                name=url_view(profile.token_url),  # it is logged: no password, no query
             )
-            breaker.add_listener(functools.partial(self._on_circuit, breaker))
+            breaker.add_listener(functools.partial(self._on_circuit, breaker, profile.token_url))
             self._breakers[profile.token_url] = breaker
         return breaker
 
-    def _on_circuit(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+    def _on_circuit(
+        self, breaker: CircuitBreaker, token_url: str, old: CircuitState, new: CircuitState
+    ) -> None:
         event = {"open": "circuit.opened", "half_open": "circuit.half_opened"}.get(
             new.value, "circuit.closed"
         )
-        users = [r.name for r in self.refreshers.values() if r.profile.token_url == breaker.name]
+        users = [r.name for r in self.refreshers.values() if r.profile.token_url == token_url]
         level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
         log.log(
             level,

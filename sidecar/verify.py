@@ -20,11 +20,13 @@ from jwt.types import Options
 
 from sidecar.clock import Clock
 from sidecar.config import ASYMMETRIC_ALGORITHMS, ProfileConfig, Verify
-from sidecar.errors import IdPUnavailableError, InvalidTokenError
-from sidecar.idp import map_transport_errors
+from sidecar.errors import IdPResponseError, IdPUnavailableError, InvalidTokenError
+from sidecar.idp import map_transport_errors, read_capped
 
 JWKS_MAX_AGE = 3600.0
 UNKNOWN_KID_COOLDOWN = 10.0
+#: A key set is a few KiB; more is garbage (or an attack), not keys.
+MAX_JWKS_BODY = 1024 * 1024
 #: Tolerated clock difference for ``nbf`` and ``iat`` in the future.
 LEEWAY = 60.0
 _NO_PYJWT_CLAIM_CHECKS: Options = {
@@ -96,13 +98,21 @@ class JWKSCache:
         return True
 
     async def fetch(self) -> None:
-        """Fetch the JWKS now and replace the cached keys."""
+        """Fetch the JWKS now and replace the cached keys.
+
+        Redirects are not followed (one could lead to plain http, where anyone
+        on the path swaps the keys) and the body is read up to
+        :data:`MAX_JWKS_BODY`: either is a failed fetch.
+        """
         timeout = aiohttp.ClientTimeout(total=10, sock_connect=3)
         with map_transport_errors():
-            async with self._session.get(self.url, timeout=timeout) as resp:
+            async with self._session.get(self.url, timeout=timeout, allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise IdPUnavailableError(f"JWKS endpoint answered {resp.status}")
-                body = await resp.read()
+                try:
+                    body = await read_capped(resp, MAX_JWKS_BODY)
+                except IdPResponseError:
+                    raise IdPUnavailableError("JWKS body is larger than 1 MiB") from None
         try:
             document = orjson.loads(body)
             if not isinstance(document, dict):
@@ -168,12 +178,7 @@ class TokenVerifier:
         if not looks_like_jwt(token):
             raise _invalid("token is not a JWT", f"verify = {mode!r} needs a JWT")
         if mode == "claims":
-            try:
-                claims = jwt.decode(
-                    token, options={**_NO_PYJWT_CLAIM_CHECKS, "verify_signature": False}
-                )
-            except jwt.PyJWTError as exc:
-                raise _invalid("token payload is not valid", type(exc).__name__) from None
+            claims = unverified_claims(token)
         else:
             assert profile.jwks_url is not None  # noqa: S101 - the loader requires it
             claims = await self._verify_signature(token, profile.jwks_url)
@@ -199,6 +204,32 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise _invalid("token signature check failed", type(exc).__name__) from None
         return claims
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The payload of JWT ``token``, signature not checked; InvalidTokenError if unparsable."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, options={**_NO_PYJWT_CLAIM_CHECKS, "verify_signature": False}
+        )
+    except jwt.PyJWTError as exc:
+        raise _invalid("token payload is not valid", type(exc).__name__) from None
+    return claims
+
+
+def check_client(claims: dict[str, Any], client_id: str) -> None:
+    """The token was issued to ``client_id``, as DESIGN "Limits and trust" says.
+
+    ``azp`` and ``client_id``, where present, must name it; with neither,
+    ``sub`` must be ``CLIENT_ID@clients`` (Auth0's client-credentials subject).
+    """
+    named = [claims[c] for c in ("azp", "client_id") if c in claims]
+    if named:
+        matches = all(value == client_id for value in named)
+    else:
+        matches = claims.get("sub") == f"{client_id}@clients"
+    if not matches:
+        raise _invalid("token was issued to another client", "azp/client_id/sub mismatch")
 
 
 def check_claims(claims: dict[str, Any], expect: Expectations, *, now: float) -> None:

@@ -24,12 +24,14 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.config import Config, ProfileConfig
 from sidecar.devidp import DevClient, DevIdP
+from sidecar.fleet import RedisCache, TokenCodec
 from sidecar.logs import JSONFormatter
 from sidecar.metrics import Metrics
 from sidecar.service import TokenService
 from sidecar.testing import FakeClock, SidecarProcess
-from tests.support.builders import AUDIENCE, CLIENT_ID, CLIENT_SECRET
+from tests.support.builders import AUDIENCE, CLIENT_ID, CLIENT_SECRET, make_profile
 from tests.support.e2e import E2E_AUDIENCE, E2E_CLIENT_ID, E2E_SECRET
+from tests.support.redis import SHARED_URL, delete_namespace, require_redis, unique_namespace
 
 
 class LeakRegistry:
@@ -213,3 +215,49 @@ async def real_idp(leaks) -> AsyncIterator[DevIdP]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+# -- fleet mode on the shared Redis --------------------------------------------
+
+
+@pytest.fixture(name="namespace")
+async def namespace_fixture() -> AsyncIterator[str]:
+    """A unique key namespace on the shared Redis, deleted at teardown."""
+    await require_redis()
+    ns = unique_namespace()
+    yield ns
+    await delete_namespace(SHARED_URL, ns)
+
+
+@pytest.fixture(name="caches")
+async def caches_fixture(clock, namespace) -> AsyncIterator[Any]:
+    """Build RedisCaches on the test's namespace (own metrics); all closed at teardown."""
+    made: list[RedisCache] = []
+
+    def make(*, key: bytes | None = None) -> RedisCache:
+        cache = RedisCache(
+            SHARED_URL,
+            namespace,
+            clock=clock,
+            metrics=Metrics(CollectorRegistry()),
+            codec=TokenCodec(key),
+        )
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        await cache.aclose()
+
+
+@pytest.fixture(name="sidecar")
+def sidecar_fixture(make_service, caches, idp):
+    """One started TokenService in fleet mode on the test's namespace."""
+
+    def build(*, key: bytes | None = None, **profile_overrides):
+        cache = caches(key=key)
+        return make_service(
+            make_profile(idp, **profile_overrides), metrics=cache._metrics, cache=cache
+        )
+
+    return build

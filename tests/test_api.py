@@ -18,6 +18,7 @@ from sidecar.config import BackoffConfig, InlineSecret, ServerConfig
 from sidecar.token import fingerprint
 from sidecar.token_api import MAX_BODY, make_token_app
 from tests.support.builders import CLIENT_SECRET, make_profile
+from tests.support.metrics import sample
 from tests.support.virtual_time import idle, run_for
 
 HEADERS = {"Token-Sidecar": "1"}
@@ -26,10 +27,6 @@ WALL_START = 1_800_000_000
 WRONG_SECRET = "wrong-secret-LEAKCANARY-2c4d"
 ERROR_KEYS = {"error", "message", "profile"}
 TOKEN_KEYS = {"access_token", "token_type", "expires_in", "expires_at", "scope", "profile", "stale"}
-
-
-def sample(metrics, name, **labels):
-    return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 def requests(metrics, outcome, profile="api"):

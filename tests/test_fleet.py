@@ -30,21 +30,15 @@ from sidecar.metrics import Metrics
 from sidecar.testing import FakeClock
 from sidecar.token import fingerprint
 from tests.support.builders import AUDIENCE, CLIENT_ID, make_profile
+from tests.support.metrics import sample
 from tests.support.redis import (
     SHARED_URL,
-    delete_namespace,
     free_port,
     namespace_keys,
-    require_redis,
-    unique_namespace,
 )
 from tests.support.virtual_time import run_for
 
 TOKEN = "header.payload-LEAKCANARY-fleet.signature"
-
-
-def sample(metrics, name, **labels):
-    return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 def shared_token(clock: FakeClock, lifetime: float = 3600.0, value: str = TOKEN) -> SharedToken:
@@ -56,14 +50,6 @@ def shared_token(clock: FakeClock, lifetime: float = 3600.0, value: str = TOKEN)
         expires_at=clock.time() + lifetime,
         fingerprint=fingerprint(value),
     )
-
-
-@pytest.fixture
-async def namespace() -> AsyncIterator[str]:
-    await require_redis()
-    ns = unique_namespace()
-    yield ns
-    await delete_namespace(SHARED_URL, ns)
 
 
 @pytest.fixture

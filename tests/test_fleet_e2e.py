@@ -30,23 +30,13 @@ from tests.support.e2e import (
 from tests.support.redis import (
     SHARED_URL,
     RedisServer,
-    delete_namespace,
     namespace_keys,
-    require_redis,
     unique_namespace,
 )
 
 pytestmark = pytest.mark.slow
 
 Factory = Callable[..., Awaitable[SidecarProcess]]
-
-
-@pytest.fixture
-async def namespace() -> AsyncIterator[str]:
-    await require_redis()
-    ns = unique_namespace()
-    yield ns
-    await delete_namespace(SHARED_URL, ns)
 
 
 @pytest.fixture

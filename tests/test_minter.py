@@ -12,7 +12,7 @@ from sidecar.fleet import SharedToken
 from sidecar.idp import IdPClient
 from sidecar.minter import TokenMinter
 from sidecar.verify import TokenVerifier
-from tests.support.builders import make_profile
+from tests.support.builders import CLIENT_ID, make_profile
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ async def test_vet_shared_accepts_a_consistent_verified_token(make_minter, clock
     minter, creds = make_minter()
     mine = await minter.mint(creds)
     shared = SharedToken.of(mine)
-    vetted = await minter.vet_shared(shared)
+    vetted = await minter.vet_shared(shared, CLIENT_ID)
     assert vetted.value == mine.value
     assert vetted.expires_at == mine.expires_at
     assert vetted.fingerprint == mine.fingerprint
@@ -118,4 +118,4 @@ async def test_vet_shared_refuses_a_record_that_promises_more_life(make_minter):
         fingerprint=mine.fingerprint,
     )
     with pytest.raises(InvalidTokenError, match="does not match its record"):
-        await minter.vet_shared(forged)
+        await minter.vet_shared(forged, CLIENT_ID)

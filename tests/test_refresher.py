@@ -17,13 +17,10 @@ from sidecar.devidp import DevClient
 from sidecar.errors import TokenUnavailableError
 from sidecar.profile_status import ProfileState
 from tests.support.builders import AUDIENCE, CLIENT_ID, CLIENT_SECRET, make_profile, write_secret
+from tests.support.metrics import sample
 from tests.support.virtual_time import run_for
 
 DAY = 86400.0
-
-
-def sample(metrics, name, **labels):
-    return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 async def test_stampede_on_cold_profile_makes_one_idp_request(idp, make_service, clock):

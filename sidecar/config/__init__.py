@@ -39,7 +39,7 @@ from sidecar.config._model import (
     is_loopback_host,
 )
 from sidecar.config._reader import format_duration, parse_duration
-from sidecar.config._redact import redacted
+from sidecar.config._redact import redacted, url_view
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -68,4 +68,5 @@ __all__ = [
     "parse_duration",
     "redacted",
     "resolve_config",
+    "url_view",
 ]

@@ -96,12 +96,28 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str) -> Config:
         ConfigError: naming ``source``, the key path and the problem.
     """
     root = Table(data, source=source, path="", allowed=_TOP_KEYS)
-    return Config(
+    config = Config(
         profiles=read_profiles(root),
         server=_server(root.table("server", _SERVER_KEYS)),
         cache=_cache(root.table("cache", _CACHE_KEYS)),
         source=source,
     )
+    _require_trust(config)
+    return config
+
+
+def _require_trust(config: Config) -> None:
+    """Fleet mode trusts nothing in Redis it cannot verify: a key_file, or JWKS on every profile."""
+    if config.cache.backend != "redis" or config.cache.key_file is not None:
+        return
+    for name, profile in config.profiles.items():
+        if not profile.verified:
+            raise ConfigError(
+                config.source,
+                f"profiles.{name}.verify",
+                'fleet mode (cache.backend = "redis") without cache.key_file needs '
+                'verify = "jwks" (set jwks_url or auth0_domain), or set cache.key_file',
+            )
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -181,6 +181,11 @@ class ProfileConfig:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
     @property
+    def verified(self) -> bool:
+        """Signature-checked: ``verify = "jwks"``, or automatic with a JWKS URL known."""
+        return self.verify == "jwks" or (self.verify is None and self.jwks_url is not None)
+
+    @property
     def effective_assertion_audience(self) -> str:
         """RFC 7523 ``aud`` of a client assertion: configured, else issuer, else token URL."""
         return self.assertion_audience or self.issuer or self.token_url

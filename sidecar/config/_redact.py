@@ -1,14 +1,16 @@
 """The redacted view of a config, as ``token-sidecar check`` prints it.
 
 Inline secrets never appear: they show as ``"[redacted]"``, references show
-where the value comes from, and passwords in URLs are masked.
+where the value comes from, and passwords and query strings in URLs are
+masked (:func:`url_view`, the one way any URL is shown: logs, ``/status``,
+``check``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from sidecar.config._model import (
     Config,
@@ -45,7 +47,7 @@ def redacted(config: Config) -> dict[str, Any]:
         },
         "cache": {
             "backend": cache.backend,
-            "url": _url_view(cache.url),
+            "url": url_view(cache.url),
             "namespace": cache.namespace,
             "key_file": _path_view(cache.key_file),
         },
@@ -55,9 +57,9 @@ def redacted(config: Config) -> dict[str, Any]:
 
 def _profile_view(p: ProfileConfig) -> dict[str, Any]:
     view: dict[str, Any] = {
-        "token_url": _url_view(p.token_url),
+        "token_url": url_view(p.token_url),
         "issuer": p.issuer,
-        "jwks_url": _url_view(p.jwks_url) if p.jwks_url else None,
+        "jwks_url": url_view(p.jwks_url) if p.jwks_url else None,
         "client_id": _client_id_view(p.client_id),
         "client_secret": _secret_view(p.client_secret),
         "client_auth": p.client_auth,
@@ -109,10 +111,17 @@ def _path_view(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-def _url_view(url: str) -> str:
-    """The URL with any password replaced (``redis://:pw@host`` keeps no ``pw``)."""
+def url_view(url: str) -> str:
+    """``url`` as it may be shown: password and query string replaced, fragment dropped.
+
+    ``redis://:pw@host/0?password=pw`` shows as ``redis://:[redacted]@host/0?[redacted]``;
+    a URL with neither is returned unchanged.
+    """
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{_REDACTED}@{host}"))
+    shown = url.partition("#")[0]
+    if parts.query:
+        shown = f"{shown.partition('?')[0]}?{_REDACTED}"
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        shown = shown.replace(parts.netloc, f"{parts.username or ''}:{_REDACTED}@{host}", 1)
+    return shown

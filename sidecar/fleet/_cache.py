@@ -40,7 +40,11 @@ class CacheState(enum.Enum):
 
 @dataclass(frozen=True, repr=False, eq=False)
 class SharedToken:
-    """A token as stored for the fleet: wall-clock instants, since monotonic ones are local."""
+    """A token as stored for the fleet: wall-clock instants, since monotonic ones are local.
+
+    Everything but ``value`` is the writer's say-so: trusted only when
+    ``sealed`` (read from an AES-GCM value only the fleet's key opens).
+    """
 
     value: str
     token_type: str
@@ -48,6 +52,7 @@ class SharedToken:
     obtained_at: float  # UNIX time
     expires_at: float  # UNIX time
     fingerprint: str
+    sealed: bool = False
 
     @classmethod
     def of(cls, token: HeldToken) -> SharedToken:
@@ -87,6 +92,39 @@ class SharedFailure:
     until: float  # UNIX time: do not ask the IdP before this
 
 
+#: The kinds a shared hold-off may have; anything else is not ours.
+_HOLD_OFF_KINDS = frozenset({"error", "timeout", "rate_limited"})
+#: A hold-off record is a few hundred bytes; more is garbage.
+MAX_HOLD_OFF_BYTES = 4096
+_TEXT_LIMIT = 300
+
+
+def parse_failure(raw: bytes, *, now: float, horizon: float) -> SharedFailure | None:
+    """A stored hold-off, or None when it is not one (wrong type or shape, huge, absurd).
+
+    ``until`` must be a finite number no further than ``horizon`` seconds
+    after ``now``; an instant in the past is simply no hold-off.
+    """
+    try:
+        data = orjson.loads(raw) if len(raw) <= MAX_HOLD_OFF_BYTES else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    kind, until = data.get("kind"), data.get("until")
+    texts = (data.get("error"), data.get("description"))
+    if (
+        kind not in _HOLD_OFF_KINDS
+        or isinstance(until, bool)
+        or not isinstance(until, int | float)
+        or not now - horizon <= until <= now + horizon  # also refuses NaN and infinities
+        or not all(text is None or isinstance(text, str) for text in texts)
+    ):
+        return None
+    error, description = (None if t is None else t[:_TEXT_LIMIT] for t in texts)
+    return SharedFailure(kind=kind, error=error, description=description, until=float(until))
+
+
 class TokenCache(Protocol):
     """Shared token storage with a refresh lock and write notifications."""
 
@@ -122,6 +160,10 @@ class TokenCache(Protocol):
 
     async def held_off(self, identity: str) -> SharedFailure | None:
         """The fleet's current hold-off, if a peer's refresh failed moments ago."""
+        ...
+
+    async def discard(self, identity: str, token: SharedToken) -> None:
+        """Delete the shared ``token`` if it is still the stored one (a newer value stays)."""
         ...
 
     def lock(self, identity: str, ttl: float) -> AbstractAsyncContextManager[bool]:
@@ -178,6 +220,9 @@ class MemoryCache:
 
     async def held_off(self, identity: str) -> SharedFailure | None:  # noqa: ARG002
         return None
+
+    async def discard(self, identity: str, token: SharedToken) -> None:  # noqa: ARG002
+        return
 
     @contextlib.asynccontextmanager
     async def lock(self, identity: str, ttl: float) -> AsyncIterator[bool]:  # noqa: ARG002

@@ -32,6 +32,8 @@ PLAIN = b"ts1p"
 SEALED = b"ts1e"
 KEY_BYTES = 32
 NONCE_BYTES = 12
+#: A stored token record is a few KiB; anything larger is not ours to parse.
+MAX_VALUE = 64 * 1024
 
 
 def load_key(path: Path, *, source: str) -> bytes:
@@ -83,6 +85,8 @@ class TokenCodec:
         return SEALED + nonce + self._aead.encrypt(nonce, record, aad)
 
     def decode(self, blob: bytes, *, aad: bytes) -> SharedToken:
+        if len(blob) > MAX_VALUE:
+            raise UnreadableValueError("malformed")
         tag, body = blob[:4], blob[4:]
         if tag == SEALED:
             if self._aead is None:
@@ -98,13 +102,13 @@ class TokenCodec:
             record = body
         else:
             raise UnreadableValueError("malformed")
-        return _parse(record)
+        return _parse(record, sealed=tag == SEALED)
 
     def __repr__(self) -> str:
         return f"TokenCodec(sealed={self.sealed})"
 
 
-def _parse(record: bytes) -> SharedToken:
+def _parse(record: bytes, *, sealed: bool) -> SharedToken:
     try:
         data: Any = orjson.loads(record)
         token = SharedToken(
@@ -114,6 +118,7 @@ def _parse(record: bytes) -> SharedToken:
             obtained_at=float(_typed(data["obtained_at"], int | float)),
             expires_at=float(_typed(data["expires_at"], int | float)),
             fingerprint=_typed(data["fingerprint"], str),
+            sealed=sealed,
         )
     except (orjson.JSONDecodeError, KeyError, TypeError):
         raise UnreadableValueError("malformed") from None

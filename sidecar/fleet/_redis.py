@@ -37,8 +37,9 @@ from redis.exceptions import LockNotOwnedError, RedisError
 
 from sidecar.clock import Clock, cancel_and_wait
 from sidecar.errors import CacheUnavailableError, UnreadableValueError
-from sidecar.fleet._cache import CacheState, SharedFailure, SharedToken
+from sidecar.fleet._cache import CacheState, SharedFailure, SharedToken, parse_failure
 from sidecar.fleet._codec import TokenCodec
+from sidecar.idp import MAX_LIFETIME
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.cache")
@@ -47,6 +48,15 @@ log = logging.getLogger("sidecar.cache")
 OP_TIMEOUT = 0.5
 #: How often a down backend is probed again (and how long one pub/sub read waits).
 PROBE_INTERVAL = 1.0
+#: Gives a lock key with no expiry one (a planted lock, or a peer's bug): then it expires.
+_EXPIRE_IF_PERSISTENT = (
+    "if redis.call('PTTL', KEYS[1]) == -1 then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end"
+    " return 0"
+)
+#: Deletes a key only while it still holds the value read (compare-and-delete).
+_DELETE_IF_SAME = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 class RedisCache:
@@ -132,6 +142,20 @@ class RedisCache:
             log.warning("cache.value_unreadable", extra={"reason": exc.reason})
             return None
 
+    async def discard(self, identity: str, token: SharedToken) -> None:
+        key = self.token_key(identity)
+        with self._mapped("discard"):
+            raw = await self._redis.get(key)
+            if raw is None:
+                return
+            blob = raw if isinstance(raw, bytes) else raw.encode()
+            try:
+                stored = self._codec.decode(blob, aad=key.encode())
+            except UnreadableValueError:
+                return  # another value by now, counted when it is read
+            if stored.fingerprint == token.fingerprint:
+                await self._redis.eval(_DELETE_IF_SAME, 1, key, blob)
+
     async def write(self, identity: str, token: SharedToken) -> None:
         ttl_ms = int((token.expires_at - self._clock.time()) * 1000)
         if ttl_ms <= 0:
@@ -154,16 +178,24 @@ class RedisCache:
             raw = await self._redis.get(self._hold_off_key(identity))
         if raw is None:
             return None
-        try:
-            return SharedFailure(**orjson.loads(raw))
-        except (orjson.JSONDecodeError, TypeError):
-            return None  # not ours to interpret: no hold-off
+        blob = raw if isinstance(raw, bytes) else raw.encode()
+        failure = parse_failure(blob, now=self._clock.time(), horizon=MAX_LIFETIME)
+        if failure is None:
+            # Not a hold-off this fleet wrote (wrong type, shape or size): a miss, never a crash.
+            self._metrics.cache_errors.labels("malformed").inc()
+            log.warning("cache.value_unreadable", extra={"reason": "malformed"})
+        return failure
 
     @contextlib.asynccontextmanager
     async def lock(self, identity: str, ttl: float) -> AsyncIterator[bool]:
-        lock = Lock(self._redis, self._lock_key(identity), timeout=ttl, blocking=False)
+        key = self._lock_key(identity)
+        lock = Lock(self._redis, key, timeout=ttl, blocking=False)
         with self._mapped("lock"):
             held = await lock.acquire()
+            if not held:
+                # Every lock we take expires; one without an expiry is treated as
+                # expired after the lock TTL from now, so it cannot stop the fleet.
+                await self._redis.eval(_EXPIRE_IF_PERSISTENT, 1, key, int(ttl * 1000))
         try:
             yield held
         finally:

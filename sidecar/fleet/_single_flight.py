@@ -11,13 +11,15 @@ where it used to call the IdP:
    notifies;
 3. the others wait for that notification, bounded by the lock TTL (a holder
    that dies loses the lock at its TTL), and start again at 1, at most
-   :data:`MAX_ROUNDS` times.
+   :data:`MAX_ROUNDS` times; then they mint for themselves.
 
 A holder whose IdP request fails transiently or is rate limited shares the
 failure as a hold-off (:data:`HOLD_OFF_SECONDS`, or the IdP's ``Retry-After``):
 until it passes, the rest of the fleet fails its attempt at once, without an
 IdP request, and backs off on its own schedule. Backoff and 429 waits thus
-apply fleet-wide. Rejections are not shared: they may be one sidecar's own
+apply fleet-wide, bounded: a hold-off counts for at most the profile's backoff
+cap (a 429's at most an hour) from when a sidecar first sees it, whatever
+its ``until`` says. Rejections are not shared: they may be one sidecar's own
 credentials.
 
 When the backend is down, or fails on the way, the refresher asks the IdP on
@@ -39,9 +41,11 @@ from sidecar.errors import (
     IdPRateLimitedError,
     IdPTimeoutError,
     IdPUnavailableError,
+    InvalidTokenError,
     RefreshError,
 )
 from sidecar.fleet._cache import CacheState, SharedFailure, SharedToken, TokenCache
+from sidecar.idp import MAX_RETRY_AFTER
 from sidecar.token import HeldToken
 
 log = logging.getLogger("sidecar.fleet")
@@ -80,7 +84,10 @@ class FleetRequest:
     identity: str
     lock_ttl: float
     mint: Callable[[], Awaitable[HeldToken]]
-    #: This refresher's view of a shared token, or None when it is no better than ours.
+    #: The longest a peer's non-429 hold-off may keep this sidecar from the IdP (backoff cap).
+    hold_off_cap: float
+    #: This refresher's view of a shared token, or None when it is no better than ours
+    #: or cannot be vetted now; raises InvalidTokenError when it is bad (then dropped).
     adopt: Callable[[SharedToken], Awaitable[HeldToken | None]]
 
 
@@ -90,6 +97,8 @@ class FleetRefresh:
     def __init__(self, cache: TokenCache, clock: Clock) -> None:
         self.cache = cache
         self._clock = clock
+        #: Per identity: the hold-off last seen and the monotonic instant it was first seen.
+        self._first_seen: dict[str, tuple[SharedFailure, float]] = {}
 
     async def obtain(self, request: FleetRequest) -> FleetResult:
         """A new token for ``request``; IdP errors from ``mint`` propagate unchanged."""
@@ -114,14 +123,21 @@ class FleetRefresh:
                         return await self._adoptable(request) or await self._mint_and_share(request)
                 log.debug("fleet.waiting", extra={"bound": request.lock_ttl})
                 await wait_until(self._clock, written, request.lock_ttl + WAIT_GRACE)
-        adopted = await self._adoptable(request)
-        if adopted is not None:
-            return adopted
-        raise IdPTimeoutError("another sidecar holds the refresh lock and shared no token")
+        # The lock outlived every bound and nobody shared a token (a holder stuck or a
+        # planted lock): mint for ourselves rather than fail.
+        return await self._adoptable(request) or await self._mint_and_share(request)
 
     async def _adoptable(self, request: FleetRequest) -> FleetResult | None:
         shared = await self.cache.read(request.identity)
-        token = await request.adopt(shared) if shared is not None else None
+        if shared is None:
+            return None
+        try:
+            token = await request.adopt(shared)
+        except InvalidTokenError:
+            # Provably bad (forged, another client's, inconsistent): drop it so that
+            # no peer trips over it again; a newer value written meanwhile stays.
+            await self.cache.discard(request.identity, shared)
+            return None
         return FleetResult(token, Source.SHARED) if token is not None else None
 
     async def _mint_and_share(self, request: FleetRequest) -> FleetResult:
@@ -155,8 +171,7 @@ class FleetRefresh:
     async def _raise_if_held_off(self, request: FleetRequest) -> None:
         """Fail this attempt without an IdP request while a peer's failure is fresh."""
         failure = await self.cache.held_off(request.identity)
-        # The backend's expiry is only cleanup: the instant in the value decides.
-        remaining = failure.until - self._clock.time() if failure is not None else 0.0
+        remaining = self._bounded(request, failure)
         if failure is None or remaining <= 0:
             return
         description = f"held off by another sidecar: {failure.description or failure.kind}"
@@ -173,3 +188,22 @@ class FleetRefresh:
             error=failure.error,
             description=description,
         )
+
+    def _bounded(self, request: FleetRequest, failure: SharedFailure | None) -> float:
+        """Seconds ``failure`` still holds this sidecar off: at most its cap from first sight.
+
+        The cap is the IdP's ``Retry-After`` (at most an hour) for a rate limit,
+        else the profile's backoff cap; it counts from when this sidecar first
+        saw the value, so a planted or skewed ``until`` cannot park it longer.
+        """
+        if failure is None:
+            self._first_seen.pop(request.identity, None)
+            return 0.0
+        now = self._clock.monotonic()
+        seen, since = self._first_seen.get(request.identity, (None, now))
+        if seen != failure:
+            since = now
+            self._first_seen[request.identity] = (failure, since)
+        cap = MAX_RETRY_AFTER if failure.kind == FailureKind.RATE_LIMITED else request.hold_off_cap
+        # The backend's expiry is only cleanup: the instant in the value decides, bounded.
+        return min(failure.until - self._clock.time(), since + cap - now)

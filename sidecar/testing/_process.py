@@ -101,6 +101,7 @@ class SidecarProcess:
         self.stderr = bytearray()
         self._changed = changed if changed is not None else asyncio.Condition()
         self._reader: asyncio.Task[None] | None = None
+        self._stderr_closed = False
 
     @property
     def url(self) -> str:
@@ -172,7 +173,7 @@ class SidecarProcess:
     @property
     def exited(self) -> bool:
         """Whether the child's stderr is closed (it exited, or is about to)."""
-        return self._reader is not None and self._reader.done()
+        return self._stderr_closed
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> None:
         """Return once ``predicate()`` holds, checking it at every logged event.
@@ -240,6 +241,9 @@ class SidecarProcess:
                 self.events.append(LogEvent(fields, time.monotonic()))
                 self._changed.notify_all()
         async with self._changed:
+            # Set before the last wake-up: the reader task is not done yet while
+            # waiters re-check their predicate, so ``exited`` must not ask it.
+            self._stderr_closed = True
             self._changed.notify_all()
 
     def _started(self) -> asyncio.subprocess.Process:

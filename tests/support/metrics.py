@@ -1,4 +1,15 @@
-"""The metric names DESIGN.md promises, for tests that read an exposition."""
+"""The metric names DESIGN.md promises, and reading one sample from a registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def sample(metrics: Any, name: str, **labels: str) -> float:
+    """The value of one sample of ``metrics.registry`` (0.0 when never set)."""
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
+
 
 METRIC_NAMES = (
     "token_sidecar_refresh_total",
