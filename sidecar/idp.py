@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 
 from sidecar.clock import Clock
-from sidecar.config import ProfileConfig
+from sidecar.config import ProfileConfig, url_view
 from sidecar.credentials import Credentials, client_assertion
 from sidecar.errors import (
     IdPRateLimitedError,
@@ -59,18 +59,23 @@ class TokenResponse:
 
 
 @contextlib.contextmanager
-def map_transport_errors() -> Iterator[None]:
-    """Translate aiohttp and timeout exceptions into :class:`IdPUnavailableError` types."""
+def map_transport_errors(url: str, limit: float) -> Iterator[None]:
+    """Translate aiohttp and timeout exceptions into :class:`IdPUnavailableError` types.
+
+    Messages name the URL (password and query masked) and, for a timeout,
+    the limit that ran out, so an operator can tell which endpoint failed how.
+    """
+    where = url_view(url)
     try:
         yield
     except RefreshError:
         raise
     except TimeoutError as exc:  # aiohttp's ServerTimeoutError is a TimeoutError too
-        raise IdPTimeoutError("IdP did not answer in time") from exc
+        raise IdPTimeoutError(f"{where} did not answer within {limit:g}s") from exc
     except aiohttp.ClientConnectorError as exc:
-        raise IdPUnavailableError(f"cannot connect to IdP: {exc.os_error.strerror}") from exc
+        raise IdPUnavailableError(f"cannot connect to {where}: {exc.os_error.strerror}") from exc
     except aiohttp.ClientError as exc:
-        raise IdPUnavailableError(f"IdP connection failed: {type(exc).__name__}") from exc
+        raise IdPUnavailableError(f"{where}: connection failed: {type(exc).__name__}") from exc
 
 
 def build_form(profile: ProfileConfig, creds: Credentials, clock: Clock) -> dict[str, str]:
@@ -112,7 +117,7 @@ class IdPClient:
             secret = creds.client_secret.reveal() if creds.client_secret else ""
             headers["Authorization"] = basic_auth_header(creds.client_id, secret)
         timeout = aiohttp.ClientTimeout(total=profile.timeout, sock_connect=profile.connect_timeout)
-        with map_transport_errors():
+        with map_transport_errors(profile.token_url, profile.timeout):
             async with self._session.post(
                 profile.token_url,
                 data=form,
@@ -168,6 +173,8 @@ def classify_response(status: int, headers: Any, body: bytes, *, now: float) -> 
         raise IdPResponseError("IdP answered 400 without an OAuth error", status=status)
     # 400/401/403 with an OAuth error, or any other 4xx (404: wrong token_url):
     # the request itself is wrong, and retrying it unchanged cannot help.
+    if status == 404 and error is None:
+        description = description or "the token endpoint was not found: check token_url"
     raise IdPRejectedError(
         f"IdP rejected the token request ({status} {error or 'no error code'})",
         error=error or f"http_{status}",

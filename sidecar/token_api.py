@@ -27,7 +27,7 @@ import orjson
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from sidecar.config import ServerConfig
+from sidecar.config import PROFILE_NAME_PATTERN, ServerConfig
 from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
 from sidecar.refresher import ProfileRefresher
 from sidecar.responses import error_response, json_response
@@ -47,6 +47,7 @@ MAX_BODY: Final = 16 * 1024
 _PROXY_HEADERS = (hdrs.FORWARDED, hdrs.X_FORWARDED_FOR, hdrs.VIA)
 _MIN_TTL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{0,6})?")
 _FINGERPRINT = re.compile(r"[0-9a-f]{12}")
+_PROFILE_NAME = re.compile(PROFILE_NAME_PATTERN)
 # A Host header: a bracketed IPv6 literal or a name without colons, then an optional port.
 _HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]+))(?::[0-9]{1,5})?")
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -118,8 +119,8 @@ async def _boundary(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     except ApiError as exc:
         return error_response(exc)
-    except UnknownProfileError:
-        return error_response(ApiError(404, "unknown_profile", "unknown profile"))
+    except UnknownProfileError as exc:
+        return error_response(_unknown_profile(exc.profile, request.app[SERVICE]))
     except TokenUnavailableError as exc:
         request.app[SERVICE].metrics.count_request(exc.profile, "unavailable")
         return error_response(
@@ -132,6 +133,17 @@ async def _boundary(request: web.Request, handler: Handler) -> web.StreamRespons
         )
     except web.HTTPNotFound:
         return error_response(ApiError(404, "not_found", "no such endpoint"))
+
+
+def _unknown_profile(asked: str, service: TokenService) -> ApiError:
+    """404 naming the profile asked for (only if it is a valid name) and the configured ones.
+
+    Answered only after the guards passed: a caller that may read tokens may
+    also know which profiles exist; the guard answers reveal nothing of them.
+    """
+    shown = f"{asked!r}" if _PROFILE_NAME.fullmatch(asked) else "(not a valid profile name)"
+    configured = ", ".join(sorted(service.refreshers)) or "none"
+    return ApiError(404, "unknown_profile", f"unknown profile {shown}; configured: {configured}")
 
 
 def _check_guards(request: web.Request) -> None:

@@ -24,6 +24,8 @@ from sidecar.errors import IdPResponseError, IdPUnavailableError, InvalidTokenEr
 from sidecar.idp import map_transport_errors, read_capped
 
 JWKS_MAX_AGE = 3600.0
+#: Bound on one JWKS fetch, in seconds.
+JWKS_TIMEOUT = 10.0
 UNKNOWN_KID_COOLDOWN = 10.0
 #: A key set is a few KiB; more is garbage (or an attack), not keys.
 MAX_JWKS_BODY = 1024 * 1024
@@ -104,8 +106,8 @@ class JWKSCache:
         on the path swaps the keys) and the body is read up to
         :data:`MAX_JWKS_BODY`: either is a failed fetch.
         """
-        timeout = aiohttp.ClientTimeout(total=10, sock_connect=3)
-        with map_transport_errors():
+        timeout = aiohttp.ClientTimeout(total=JWKS_TIMEOUT, sock_connect=3)
+        with map_transport_errors(self.url, JWKS_TIMEOUT):
             async with self._session.get(self.url, timeout=timeout, allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise IdPUnavailableError(f"JWKS endpoint answered {resp.status}")
@@ -246,10 +248,21 @@ def check_claims(claims: dict[str, Any], expect: Expectations, *, now: float) ->
         aud = claims.get("aud")
         audiences = aud if isinstance(aud, list) else [aud]
         if expect.audience not in audiences:
-            raise _invalid("token audience does not match", "aud mismatch")
+            raise _invalid(
+                "token audience does not match",
+                f"aud mismatch: expected {expect.audience!r}, got {_shown(aud)}",
+            )
     if expect.issuer is not None and claims.get("iss") != expect.issuer:
-        raise _invalid("token issuer does not match", "iss mismatch")
+        raise _invalid(
+            "token issuer does not match",
+            f"iss mismatch: expected {expect.issuer!r}, got {_shown(claims.get('iss'))}",
+        )
 
 
 def _invalid(message: str, description: str) -> InvalidTokenError:
     return InvalidTokenError(message, error="invalid_token", description=description)
+
+
+def _shown(value: object) -> str:
+    """A claim value for an error message: a claim is not a secret, but keep it short."""
+    return repr(value)[:120]

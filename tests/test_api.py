@@ -337,12 +337,16 @@ async def test_min_ttl_longer_than_any_token_is_unavailable(api, idp, leaks, met
 
 
 async def test_unknown_profile_is_404_without_echo(api, leaks, metrics):
-    """An unknown profile gets 404 unknown_profile and the name is never reflected."""
+    """An unknown profile gets 404 unknown_profile naming valid names only, and the profiles."""
     _service, client = await api()
     resp = await client.get("/v1/token/%3Cscript%3Ex", headers=HEADERS)
     body = await error_body(resp, 404, "unknown_profile", leaks)
     assert "script" not in await resp.text()
-    assert body["message"] == "unknown profile"
+    assert body["message"] == "unknown profile (not a valid profile name); configured: api"
+    resp = await client.get("/v1/token/apj", headers=HEADERS)
+    body = await error_body(resp, 404, "unknown_profile", leaks)
+    assert body["message"] == "unknown profile 'apj'; configured: api"
+    assert body["profile"] is None
     resp = await client.post("/v1/token/other/invalidate", json={"fingerprint": "0" * 12})
     await error_body(resp, 400, "missing_header", leaks)
     resp = await client.post(

@@ -10,8 +10,10 @@ from sidecar.errors import (
     IdPRejectedError,
     IdPResponseError,
     IdPUnavailableError,
+    InvalidTokenError,
 )
 from sidecar.idp import basic_auth_header, classify_response, retry_after_seconds
+from sidecar.verify import Expectations, check_claims
 
 NOW = 1_800_000_000.0
 
@@ -78,6 +80,16 @@ def test_rejections(status, body, error):
         classify_response(status, {}, body, now=NOW)
     assert info.value.error == error
     assert info.value.kind == "rejected"
+
+
+def test_a_404_says_to_check_token_url():
+    """A token endpoint that is not there says what to check; an OAuth 4xx keeps its own words."""
+    with pytest.raises(IdPRejectedError) as info:
+        classify_response(404, {}, b"<html>not found</html>", now=NOW)
+    assert info.value.description == "the token endpoint was not found: check token_url"
+    with pytest.raises(IdPRejectedError) as info:
+        classify_response(403, {}, b'{"error":"access_denied"}', now=NOW)
+    assert info.value.description is None
 
 
 def test_rejection_carries_description():
@@ -151,3 +163,22 @@ def test_basic_auth_urlencodes_before_base64():
     header = basic_auth_header("id:with space", "s3cr&t/+")
     raw = base64.b64decode(header.removeprefix("Basic ")).decode()
     assert raw == "id%3Awith+space:s3cr%26t%2F%2B"
+
+
+def test_claim_mismatches_show_expected_and_actual():
+    """An iss or aud mismatch names what was expected and what the token said."""
+    claims = {"exp": NOW + 60, "iss": "https://other.example/", "aud": "https://api.example.com/"}
+    expect = Expectations(audience="https://api.example.com/", issuer="https://idp.example/")
+    with pytest.raises(InvalidTokenError) as info:
+        check_claims(claims, expect, now=NOW)
+    assert info.value.description == (
+        "iss mismatch: expected 'https://idp.example/', got 'https://other.example/'"
+    )
+    claims["iss"] = "https://idp.example/"
+    check_claims(claims, expect, now=NOW)  # the positive control: the same claims, matching
+    claims["aud"] = ["https://a/", "https://b/"]
+    with pytest.raises(InvalidTokenError) as info:
+        check_claims(claims, expect, now=NOW)
+    assert info.value.description == (
+        "aud mismatch: expected 'https://api.example.com/', got ['https://a/', 'https://b/']"
+    )

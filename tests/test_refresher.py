@@ -322,6 +322,8 @@ async def test_hang_is_a_timeout(idp, make_service, clock, metrics):
     service = make_service(make_profile(idp, timeout=0.2, connect_timeout=0.1))
     await run_for(clock, service, 0)
     assert sample(metrics, "token_sidecar_refresh_total", profile="api", result="timeout") == 1
+    error = service.refresher_for("api").status()["last_error"]
+    assert error["description"] == f"{idp.token_url} did not answer within 0.2s"
 
 
 async def test_connection_refused_is_transient(make_service, clock, metrics, idp):
