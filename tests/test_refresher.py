@@ -517,3 +517,12 @@ async def test_jwks_that_is_not_an_object_is_transient_and_frees_the_probe(
     # Every reset period lets exactly one probe through; the slot never sticks.
     assert idp.token_requests >= 3
     assert sample(metrics, "token_sidecar_refresh_total", profile="api", result="error") >= 3
+
+
+async def test_memory_backend_logs_no_fleet_events(idp, make_service, log_output):
+    """With the memory backend a refresh logs token.refreshed, and no fleet.* event."""
+    service = make_service(make_profile(idp))
+    await service.get("api")
+    events = log_output.getvalue()
+    assert '"event":"token.refreshed"' in events
+    assert '"event":"fleet.' not in events

@@ -102,6 +102,9 @@ class FleetRefresh:
 
     async def obtain(self, request: FleetRequest) -> FleetResult:
         """A new token for ``request``; IdP errors from ``mint`` propagate unchanged."""
+        if self.cache.backend == "memory":
+            # Nothing is shared: no fleet to coordinate, no fleet events to log.
+            return FleetResult(await request.mint(), Source.IDP)
         if self.cache.state is CacheState.DOWN:
             return FleetResult(await request.mint(), Source.LOCAL)
         try:
