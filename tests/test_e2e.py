@@ -298,8 +298,8 @@ async def test_serve_refuses_bad_config_and_busy_port(real_idp, tmp_path):
 
 
 async def test_dev_serves_a_token_within_seconds(http):
-    """`token-sidecar dev` prints a curl command whose URL answers with a demo token."""
-    port, ops_port = free_port(), free_port()
+    """`token-sidecar dev` prints a curl and a token command that both fetch a demo token."""
+    port, ops_port, idp_port = free_port(), free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -309,6 +309,8 @@ async def test_dev_serves_a_token_within_seconds(http):
         str(port),
         "--ops-port",
         str(ops_port),
+        "--idp-port",
+        str(idp_port),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -325,6 +327,14 @@ async def test_dev_serves_a_token_within_seconds(http):
         assert status == 200
         assert body["profile"] == "demo"
         assert body["token_type"] == "Bearer"
+        lines = [curl]
+        while "IdP issuer" not in lines[-1]:
+            lines.append((await asyncio.wait_for(proc.stdout.readline(), 5)).decode())
+        (token_line,) = [line.strip() for line in lines if "token-sidecar token" in line]
+        assert token_line == f"token-sidecar token demo --url http://127.0.0.1:{port}"
+        code, out, _err = await run_cli(*token_line.split()[1:])
+        assert (code, out.strip()) == (0, body["access_token"])
+        assert f"http://127.0.0.1:{idp_port}/" in lines[-1]
     finally:
         proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 10)

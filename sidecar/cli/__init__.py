@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8700, help="token API port on 127.0.0.1")
     dev.add_argument("--ops-port", type=int, default=9700, help="ops API port on 127.0.0.1")
     dev.add_argument(
+        "--idp-port", type=int, default=0, help="dev IdP port on 127.0.0.1 (default: any free one)"
+    )
+    dev.add_argument(
         "--token-lifetime", type=int, default=3600, help="seconds each dev token lives"
     )
 
@@ -114,7 +117,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return serve(args.config)
     if args.command == "dev":
         return asyncio.run(
-            run_dev(port=args.port, ops_port=args.ops_port, token_lifetime=args.token_lifetime)
+            run_dev(
+                port=args.port,
+                ops_port=args.ops_port,
+                idp_port=args.idp_port,
+                token_lifetime=args.token_lifetime,
+            )
         )
     if args.command == "token":
         return run_token(

@@ -50,12 +50,18 @@ def curl_command(daemon: Daemon) -> str:
     return f"curl -s -H 'Token-Sidecar: 1' http://{address}/v1/token/{DEMO_PROFILE}"
 
 
+def token_command(daemon: Daemon) -> str:
+    """The ``token-sidecar token`` line that prints the demo token from this daemon."""
+    return f"token-sidecar token {DEMO_PROFILE} --url http://{daemon.addresses['token']}"
+
+
 def _announce(idp: DevIdP, daemon: Daemon) -> None:
     ops = daemon.addresses.get("ops", "")
     sys.stdout.write(
         "token-sidecar dev is running with profile 'demo' against an embedded IdP.\n"
         "Fetch a token:\n\n"
         f"  {curl_command(daemon)}\n\n"
+        f"or, for shell scripts:\n\n  {token_command(daemon)}\n\n"
         f"Status: curl -s http://{ops}/status   Metrics: curl -s http://{ops}/metrics\n"
         f"IdP issuer: {idp.issuer}   JWKS: {idp.base_url}/.well-known/jwks.json\n"
         "Stop with Ctrl-C.\n"
@@ -63,7 +69,7 @@ def _announce(idp: DevIdP, daemon: Daemon) -> None:
     sys.stdout.flush()
 
 
-async def run_dev(*, port: int, ops_port: int, token_lifetime: int) -> int:
+async def run_dev(*, port: int, ops_port: int, token_lifetime: int, idp_port: int = 0) -> int:
     """Run the dev IdP and the sidecar until SIGINT/SIGTERM."""
     secret = secrets.token_urlsafe(24)
     idp = DevIdP(audience=DEMO_AUDIENCE, token_lifetime=token_lifetime)
@@ -74,7 +80,11 @@ async def run_dev(*, port: int, ops_port: int, token_lifetime: int) -> int:
             audiences={DEMO_AUDIENCE: ("read:tools", "write:tools")},
         )
     )
-    await idp.start()
+    try:
+        await idp.start(port=idp_port)
+    except OSError as exc:
+        sys.stderr.write(f"token-sidecar: dev IdP cannot listen: {exc.strerror} (try --idp-port)\n")
+        return 1
     try:
         daemon = Daemon(demo_config(idp, secret, port=port, ops_port=ops_port))
         await daemon.run(on_started=functools.partial(_announce, idp))
