@@ -107,6 +107,11 @@ async def _unrouted(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound
 
 
+async def answer_unrouted(request: web.Request) -> web.StreamResponse:
+    """The guarded JSON answer to a target the router cannot place (``CONNECT``, ``OPTIONS *``)."""
+    return await _boundary(request, _unrouted)
+
+
 # -- the boundary: guards and error mapping ----------------------------------
 
 

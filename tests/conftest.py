@@ -202,15 +202,23 @@ Predicate = Callable[[], bool]
 
 
 @pytest.fixture
-async def sidecar_factory(tmp_path: Path) -> AsyncIterator[Any]:
-    """Start ``serve`` processes from a TOML snippet; all are killed at teardown."""
+async def sidecar_factory(tmp_path: Path, leaks: LeakRegistry) -> AsyncIterator[Any]:
+    """Start ``serve`` processes from a TOML snippet; all are killed at teardown.
+
+    At teardown each process's whole stderr (every log line it wrote, access
+    and malformed-request lines included) is scanned for the test's secrets.
+    """
     made: list[Sidecar] = []
 
     async def make(
-        profiles: str, *, socket_path: Path | None = None, server_extra: str = ""
+        profiles: str,
+        *,
+        socket_path: Path | None = None,
+        server_extra: str = "",
+        nofile: int | None = None,
     ) -> Sidecar:
         config = tmp_path / f"config-{len(made)}.toml"
-        sidecar = Sidecar(config, socket_path=socket_path, server_extra=server_extra)
+        sidecar = Sidecar(config, socket_path=socket_path, server_extra=server_extra, nofile=nofile)
         config.write_text(sidecar.server_toml() + profiles)
         made.append(sidecar)
         await sidecar.start()
@@ -219,3 +227,6 @@ async def sidecar_factory(tmp_path: Path) -> AsyncIterator[Any]:
     yield make
     for sidecar in made:
         await sidecar.kill()
+    written = b"".join(bytes(sidecar.stderr) for sidecar in made).decode(errors="replace")
+    leaked = [v for v in leaks.all_values() if v and v in written]
+    assert not leaked, f"{len(leaked)} secret value(s) reached a sidecar's stderr"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import sys
@@ -25,9 +26,15 @@ class Sidecar:
     """A ``token-sidecar serve`` subprocess, with its log events and addresses."""
 
     def __init__(
-        self, config: Path, *, socket_path: Path | None = None, server_extra: str = ""
+        self,
+        config: Path,
+        *,
+        socket_path: Path | None = None,
+        server_extra: str = "",
+        nofile: int | None = None,
     ) -> None:
         self.config = config
+        self.nofile = nofile
         self.server_extra = server_extra
         self.port = free_port()
         self.ops_port = free_port()
@@ -71,9 +78,22 @@ class Sidecar:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env={**env, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=self._limit_descriptors if self.nofile is not None else None,
         )
         self._reader = asyncio.create_task(self._read_stderr())
         await self.wait_event(wait_for)
+
+    def _limit_descriptors(self) -> None:
+        """In the child: the soft descriptor limit a container runtime would give."""
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, hard))
+
+    def rss_bytes(self) -> int:
+        """The process's resident memory now, from /proc."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        line = next(li for li in status.splitlines() if li.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
 
     async def _read_stderr(self) -> None:
         assert self.proc is not None
