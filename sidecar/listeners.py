@@ -172,6 +172,15 @@ class GuardedRequestHandler(RequestHandler):
         if not self.busy:
             self.force_close()
 
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:  # noqa: ARG002 - fixed text
+        """aiohttp's own failures after an answer: the throttled crash log, not a flood."""
+        exc = kwargs.get("exc_info")
+        error = type(exc).__name__ if isinstance(exc, BaseException) else None
+        self._limited.crash_log.emit(
+            {"listener": self._limited.name, "error": error},
+            exc_info=exc if isinstance(exc, BaseException) else None,
+        )
+
     def handle_error(
         self,
         request: BaseRequest,

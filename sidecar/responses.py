@@ -38,7 +38,10 @@ def error_response(exc: ApiError) -> web.Response:
         seconds = max(1, math.ceil(exc.retry_after))
         body["retry_after"] = seconds
         headers[hdrs.RETRY_AFTER] = str(seconds)
-    return json_response(body, status=exc.status, headers=headers)
+    response = json_response(body, status=exc.status, headers=headers)
+    if exc.headers.get(hdrs.CONNECTION) == "close":
+        response.force_close()
+    return response
 
 
 def edge_error_response(status: int) -> web.Response:

@@ -241,3 +241,30 @@ async def test_malformed_request_is_answered_without_echo(real_idp, sidecar_fact
     # Positive control: the log path was written (and is scanned for the canary at teardown).
     assert 1 <= sidecar.count("http.bad_request") <= 2
     assert CANARY.encode() not in bytes(sidecar.stderr)
+
+
+@pytest.mark.parametrize(
+    ("request_line", "guard", "status", "code"),
+    [
+        (b"CONNECT 127.0.0.1:1 HTTP/1.1", False, 400, "missing_header"),
+        (b"CONNECT 127.0.0.1:1 HTTP/1.1", True, 403, "forbidden"),
+        (b"OPTIONS * HTTP/1.1", False, 400, "missing_header"),
+        (b"OPTIONS * HTTP/1.1", True, 403, "forbidden"),
+        (b"GET http://127.0.0.1:1 HTTP/1.1", True, 403, "forbidden"),
+        (b"GET /nowhere HTTP/1.1", True, 404, "not_found"),
+        (b"DELETE /v1/token/api HTTP/1.1", True, 405, "method_not_allowed"),
+    ],
+)
+async def test_every_token_port_answer_is_json(
+    real_idp, sidecar_factory, request_line, guard, status, code
+):
+    """Targets the router cannot place pass the guards first and get DESIGN's JSON errors."""
+    sidecar = await sidecar_factory(profile_toml(real_idp))
+    head = request_line + b"\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    head += b"Token-Sidecar: 1\r\n\r\n" if guard else b"\r\n"
+    answer = await exchange(sidecar.port, head)
+    head_bytes, _, body = answer.partition(b"\r\n\r\n")
+    assert head_bytes.split(b" ", 2)[1] == str(status).encode()
+    assert b"Content-Type: application/json" in head_bytes
+    assert b"Cache-Control: no-store" in head_bytes
+    assert orjson.loads(body)["error"] == code
