@@ -26,6 +26,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from sidecar._early_signals import EARLY_SIGHUP
 from sidecar.clock import Clock, cancel_and_wait
 from sidecar.config import Config, ServerConfig, is_loopback_host
 from sidecar.errors import ConfigError, ListenError
@@ -241,6 +242,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         with _signal_handlers(loop, self):
             await self.start()
+            if EARLY_SIGHUP.take():
+                log.info("sidecar.reload_deferred", extra={"reason": "SIGHUP during start-up"})
+                self.request_reload()
             if on_started is not None:
                 on_started(self)
             await self._stop.wait()
@@ -250,6 +254,8 @@ class Daemon:
 
     async def aclose(self) -> None:
         """Stop listeners (in-flight requests finish), then refreshes, then the session."""
+        if self.service is not None:
+            self.service.begin_shutdown()
         await cancel_and_wait(self._reloading, SHUTDOWN_GRACE)
         runners, self._runners = self._runners, []
         await asyncio.gather(*(r.cleanup() for r in runners))

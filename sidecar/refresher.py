@@ -113,6 +113,7 @@ class ProfileRefresher:
         self._settled = asyncio.Event()
         self._parked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._shutting_down = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -125,6 +126,11 @@ class ProfileRefresher:
     def alive(self) -> bool:
         """Whether the refresh loop is running (``/livez``)."""
         return self._task is not None and not self._task.done()
+
+    def shut_down(self) -> None:
+        """Answer every waiting and later ``get()`` that must wait with ``shutting_down``."""
+        self._shutting_down = True
+        self._settled.set()  # wakes the waiters; each sees the flag and gives up
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Cancel the refresh loop and wait for it (bounded)."""
@@ -171,6 +177,10 @@ class ProfileRefresher:
         need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
         deadline = self._clock.monotonic() + self.profile.wait_timeout
         while True:
+            if self._shutting_down:
+                raise self._unavailable(
+                    "the sidecar is shutting down", retry_after=1.0, code="shutting_down"
+                )
             self._raise_if_hopeless(deadline)
             settled = self._settled
             if not self._in_flight:

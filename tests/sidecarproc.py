@@ -66,6 +66,11 @@ class Sidecar:
         return f"http://127.0.0.1:{self.ops_port}"
 
     async def start(self, *, wait_for: str = "sidecar.started") -> None:
+        await self.spawn()
+        await self.wait_event(wait_for)
+
+    async def spawn(self) -> None:
+        """Start the process and its log reader, without waiting for any event."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_SIDECAR_")}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -81,7 +86,6 @@ class Sidecar:
             preexec_fn=self._limit_descriptors if self.nofile is not None else None,
         )
         self._reader = asyncio.create_task(self._read_stderr())
-        await self.wait_event(wait_for)
 
     def _limit_descriptors(self) -> None:
         """In the child: the soft descriptor limit a container runtime would give."""
