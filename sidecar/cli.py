@@ -25,7 +25,7 @@ import orjson
 
 from sidecar._version import __version__
 from sidecar.config import redacted, resolve_config
-from sidecar.daemon import Daemon
+from sidecar.daemon import Daemon, warn_if_allow_uids_bypassable
 from sidecar.dev import run_dev
 from sidecar.errors import ConfigError, ListenError
 from sidecar.fetch import fetch_token_command
@@ -147,6 +147,7 @@ def _check(path: str | None, *, probe: bool) -> int:
 
     config = resolve_config(path, os.environ)
     sys.stdout.write(orjson.dumps(redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
+    warn_if_allow_uids_bypassable(config)
     if not probe:
         return EXIT_OK
 

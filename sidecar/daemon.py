@@ -148,15 +148,7 @@ class Daemon:
                     "connect gets tokens; restrict it with a network policy",
                 },
             )
-        if server.listen and server.allow_uids:
-            log.warning(
-                "server.allow_uids_tcp",
-                extra={
-                    "listen": server.listen,
-                    "warning": "allow_uids protects only the Unix socket: any local process "
-                    'can read tokens over TCP; set listen = "" to serve on the socket only',
-                },
-            )
+        warn_if_allow_uids_bypassable(self.config)
         app = make_token_app(self.service, server)
         runner = LimitedRunner(
             app,
@@ -267,6 +259,21 @@ class Daemon:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def warn_if_allow_uids_bypassable(config: Config) -> None:
+    """Log ``server.allow_uids_tcp`` when an ``allow_uids`` list can be bypassed over TCP."""
+    server = config.server
+    restricted = bool(server.allow_uids) or any(p.allow_uids for p in config.profiles.values())
+    if server.listen and restricted:
+        log.warning(
+            "server.allow_uids_tcp",
+            extra={
+                "listen": server.listen,
+                "warning": "allow_uids protects only the Unix socket: any local process "
+                'can read tokens over TCP; set listen = "" to serve on the socket only',
+            },
+        )
 
 
 def _listener_limits(server: ServerConfig) -> ListenerLimits:

@@ -382,3 +382,33 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def test_allow_uids_with_tcp_warns_and_socket_only_does_not(
+    real_idp, sidecar_factory, http, short_tmp
+):
+    """allow_uids beside a TCP listener logs a warning; listen = "" serves the socket alone."""
+    exposed = await sidecar_factory(
+        profile_toml(real_idp), socket_path=short_tmp / "a.sock", server_extra="allow_uids = [0]"
+    )
+    warning = await exposed.wait_event("server.allow_uids_tcp")
+    assert warning["level"] == "warning"
+    assert warning["listen"] == f"127.0.0.1:{exposed.port}"
+    sock = short_tmp / "b.sock"
+    config = Path(str(exposed.config).replace("config-0", "socket-only"))
+    socket_only = Sidecar(config, socket_path=sock, server_extra="allow_uids = [0]")
+    toml = socket_only.server_toml().replace(f'"127.0.0.1:{socket_only.port}"', '""')
+    await asyncio.to_thread(config.write_text, toml + profile_toml(real_idp))
+    try:
+        await socket_only.start()
+        assert socket_only.count("server.allow_uids_tcp") == 0
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get(f"{socket_only.url}/v1/token/api", headers=HEADERS)
+        await socket_only.wait_event("token.refreshed")
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as unix,
+            unix.get("http://localhost/v1/token/api", headers=HEADERS) as resp,
+        ):
+            assert resp.status == 200
+    finally:
+        await socket_only.kill()
