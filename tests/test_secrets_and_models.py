@@ -114,6 +114,17 @@ def test_text_formatter_is_one_line_with_fields():
     assert "hunter2" not in line
 
 
+def test_text_formatter_escapes_control_characters():
+    """A path with a newline cannot forge a second text log line; plain values are unchanged."""
+    record = logging.LogRecord("sidecar.access", logging.INFO, __file__, 1, "http.access", (), None)
+    record.path = "/v1/token/x\n17:11:00 error   refresh.failed profile=api\x1b[2J"
+    record.method = "GET"
+    line = TextFormatter().format(record)
+    assert "\n" not in line
+    forged = "/v1/token/x\\n17:11:00 error   refresh.failed profile=api\\x1b[2J"
+    assert line.endswith(f"http.access path={forged} method=GET")
+
+
 def test_configure_logging_writes_json_lines():
     """configure_logging sends sidecar events, and other libraries' warnings, as JSON lines."""
     stream = io.StringIO()
