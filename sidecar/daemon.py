@@ -26,14 +26,17 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from sidecar._early_signals import EARLY_SIGHUP
 from sidecar.clock import Clock, cancel_and_wait
 from sidecar.config import Config, ServerConfig, is_loopback_host
 from sidecar.errors import ConfigError, ListenError
+from sidecar.listeners import LimitedRunner, ListenerLimits, raise_descriptor_limit
 from sidecar.logs import AccessLogger
 from sidecar.metrics import Metrics
 from sidecar.ops_api import make_ops_app
+from sidecar.responses import edge_error_response
 from sidecar.service import TokenService
-from sidecar.token_api import make_token_app
+from sidecar.token_api import answer_unrouted, make_token_app
 
 log = logging.getLogger("sidecar.daemon")
 
@@ -95,6 +98,7 @@ class Daemon:
         self._session: aiohttp.ClientSession | None = None
         self.service: TokenService | None = None
         self._runners: list[web.AppRunner] = []
+        self._limits = ListenerLimits()
         self._socket_path: Path | None = None
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[None] | None = None
@@ -118,6 +122,7 @@ class Daemon:
             await self._session.close()
             raise
         self.service.start()
+        self._limits = _listener_limits(self.config.server)
         try:
             await self._open_token_api(self.config.server)
             await self._open_ops_api(self.config.server)
@@ -143,9 +148,14 @@ class Daemon:
                     "connect gets tokens; restrict it with a network policy",
                 },
             )
+        warn_if_allow_uids_bypassable(self.config)
         app = make_token_app(self.service, server)
-        runner = web.AppRunner(
+        runner = LimitedRunner(
             app,
+            name="token",
+            limits=self._limits,
+            error_answer=edge_error_response,
+            unrouted=answer_unrouted,
             shutdown_timeout=SHUTDOWN_GRACE,
             access_log=logging.getLogger("sidecar.access") if server.access_log else None,
             access_log_class=AccessLogger,
@@ -154,18 +164,17 @@ class Daemon:
         self._runners.append(runner)
         if server.listen:
             host, port = split_host_port(server.listen)
-            site = web.TCPSite(runner, host, port, shutdown_timeout=SHUTDOWN_GRACE)
-            await site.start()
+            await web.TCPSite(runner, host, port).start()
             self.addresses["token"] = _bound_address(runner, 0)
         if server.socket is not None:
             prepare_socket_path(server.socket)
-            old_umask = os.umask(0o177)  # never world-accessible, even for an instant
+            # bind() creates the socket with exactly socket_mode: no chmod afterwards,
+            # which would follow a symlink swapped in at that path.
+            old_umask = os.umask(0o777 & ~server.socket_mode)
             try:
-                site_unix = web.UnixSite(runner, server.socket, shutdown_timeout=SHUTDOWN_GRACE)
-                await site_unix.start()
+                await web.UnixSite(runner, server.socket).start()
             finally:
                 os.umask(old_umask)
-            server.socket.chmod(server.socket_mode)
             self._socket_path = server.socket
             self.addresses["socket"] = str(server.socket)
 
@@ -173,13 +182,18 @@ class Daemon:
         if not server.ops_listen:
             return
         assert self.service is not None  # noqa: S101 - start() created it
-        runner = web.AppRunner(
-            make_ops_app(self.service), shutdown_timeout=SHUTDOWN_GRACE, access_log=None
+        runner = LimitedRunner(
+            make_ops_app(self.service),
+            name="ops",
+            limits=self._limits,
+            error_answer=edge_error_response,
+            shutdown_timeout=SHUTDOWN_GRACE,
+            access_log=None,
         )
         await runner.setup()
         self._runners.append(runner)
         host, port = split_host_port(server.ops_listen)
-        await web.TCPSite(runner, host, port, shutdown_timeout=SHUTDOWN_GRACE).start()
+        await web.TCPSite(runner, host, port).start()
         self.addresses["ops"] = _bound_address(runner, 0)
 
     def request_stop(self) -> None:
@@ -220,6 +234,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         with _signal_handlers(loop, self):
             await self.start()
+            if EARLY_SIGHUP.take():
+                log.info("sidecar.reload_deferred", extra={"reason": "SIGHUP during start-up"})
+                self.request_reload()
             if on_started is not None:
                 on_started(self)
             await self._stop.wait()
@@ -229,6 +246,8 @@ class Daemon:
 
     async def aclose(self) -> None:
         """Stop listeners (in-flight requests finish), then refreshes, then the session."""
+        if self.service is not None:
+            self.service.begin_shutdown()
         await cancel_and_wait(self._reloading, SHUTDOWN_GRACE)
         runners, self._runners = self._runners, []
         await asyncio.gather(*(r.cleanup() for r in runners))
@@ -240,6 +259,42 @@ class Daemon:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def warn_if_allow_uids_bypassable(config: Config) -> None:
+    """Log ``server.allow_uids_tcp`` when an ``allow_uids`` list can be bypassed over TCP."""
+    server = config.server
+    restricted = bool(server.allow_uids) or any(p.allow_uids for p in config.profiles.values())
+    if server.listen and restricted:
+        log.warning(
+            "server.allow_uids_tcp",
+            extra={
+                "listen": server.listen,
+                "warning": "allow_uids protects only the Unix socket: any local process "
+                'can read tokens over TCP; set listen = "" to serve on the socket only',
+            },
+        )
+
+
+def _listener_limits(server: ServerConfig) -> ListenerLimits:
+    """The configured limits, after raising the descriptor limit; lowered to fit it if need be."""
+    before, soft = raise_descriptor_limit()
+    log.info("server.descriptor_limit", extra={"soft_before": before, "soft": soft})
+    configured = ListenerLimits(
+        server.max_connections, server.header_timeout, server.keepalive_timeout
+    )
+    listeners = sum(1 for on in (server.listen, server.socket, server.ops_listen) if on)
+    fitted = configured.within_descriptors(soft, listeners)
+    if fitted.max_connections < configured.max_connections:
+        log.warning(
+            "server.max_connections_lowered",
+            extra={
+                "max_connections": fitted.max_connections,
+                "configured": configured.max_connections,
+                "descriptor_limit": soft,
+            },
+        )
+    return fitted
 
 
 def _bound_address(runner: web.AppRunner, index: int) -> str:

@@ -82,13 +82,26 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _printable(value: object) -> str:
+    """``value`` as text with control characters escaped (``\\n``, ``\\x1b``)."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class TextFormatter(logging.Formatter):
-    """``HH:MM:SS level event key=value ...`` for a terminal."""
+    """``HH:MM:SS level event key=value ...`` for a terminal.
+
+    Control characters in the event and field values are escaped, so a value
+    taken from a request (a path with ``%0A``) cannot forge a second line.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
-        fields = " ".join(f"{k}={v}" for k, v in record_fields(record).items())
-        line = f"{ts} {record.levelname.lower():<7} {record.getMessage()} {fields}".rstrip()
+        fields = " ".join(f"{k}={_printable(v)}" for k, v in record_fields(record).items())
+        event = _printable(record.getMessage())
+        line = f"{ts} {record.levelname.lower():<7} {event} {fields}".rstrip()
         if record.exc_info and record.exc_info[0] is not None:
             line += "\n" + self.formatException(record.exc_info)
         return line

@@ -1,22 +1,16 @@
 """ProfileRefresher: one profile's token, its refresh loop, serving, invalidate and bookkeeping.
 
-A :class:`ProfileRefresher` owns exactly one background task. Every IdP
-request of the profile happens in that task, which makes single flight a
-property of the structure rather than of a lock: callers never talk to the
-IdP, they only wake the loop and wait for the attempt to settle. How a token
-is minted or vetted is the :class:`~sidecar.minter.TokenMinter`'s business;
-when to try again is :func:`sidecar.policy.retry_delay`'s; what the profile
-looks like from outside is :mod:`sidecar.profile_status`'s.
+One background task per profile makes every IdP request of the profile;
+callers only wake it and wait, so single flight is structural. Minting is the
+:class:`~sidecar.minter.TokenMinter`'s, waiting :func:`sidecar.policy.retry_delay`'s,
+reports :class:`~sidecar.invalidation.Reports`', the outside view
+:mod:`sidecar.profile_status`'s.
 
-Invariants:
-- a failed refresh never replaces a valid token;
-- a token with ``min_ttl`` or less left is never served;
-- callers wait only when no servable token exists, on an event, bounded by
-  ``wait_timeout`` of clock time;
-- transient failures back off with full jitter, but never past the instant the
-  current token stops being servable; 429s wait what the IdP asked; rejected
-  requests (misconfigured) retry every 5 minutes, or at once when the
-  credentials change.
+Invariants: a failed refresh never replaces a valid token; a token with
+``min_ttl`` or less left is never served; callers wait only when nothing is
+servable, on an event, bounded by ``wait_timeout``; transient failures back
+off with full jitter but never past the token's servable end, 429s wait what
+the IdP asked, rejections retry every 5 minutes or when credentials change.
 """
 
 from __future__ import annotations
@@ -110,6 +104,7 @@ class ProfileRefresher:
         self._settled = asyncio.Event()
         self._parked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._shutting_down = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -122,6 +117,11 @@ class ProfileRefresher:
     def alive(self) -> bool:
         """Whether the refresh loop is running (``/livez``)."""
         return self._task is not None and not self._task.done()
+
+    def shut_down(self) -> None:
+        """Answer every waiting and later ``get()`` that must wait with ``shutting_down``."""
+        self._shutting_down = True
+        self._settled.set()  # wakes the waiters; each sees the flag and gives up
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Cancel the refresh loop and wait for it (bounded)."""
@@ -169,6 +169,8 @@ class ProfileRefresher:
         need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
         deadline = self._clock.monotonic() + self.profile.wait_timeout
         while True:
+            if self._shutting_down:
+                raise self._unavailable("the sidecar is shutting down", code="shutting_down")
             if self._hopeless(deadline):
                 return self._serve_withheld(min_ttl) or self._raise_hopeless()
             settled = self._settled
@@ -177,16 +179,14 @@ class ProfileRefresher:
             if not await wait_until(self._clock, settled, deadline - self._clock.monotonic()):
                 served = self._serve_withheld(min_ttl)
                 if served is None:
-                    raise self._unavailable("timed out waiting for a token", retry_after=1.0)
+                    raise self._unavailable("timed out waiting for a token")
                 return served
             served = self.serve_now(min_ttl)
             if served is not None:
                 return served
             if self._failures == 0 and self._token is not None:
                 # A fresh token arrived and still lives less than asked for.
-                raise self._unavailable(
-                    f"the IdP issues tokens shorter than min_ttl {need:.0f}s", retry_after=1.0
-                )
+                raise self._unavailable(f"the IdP issues tokens shorter than min_ttl {need:.0f}s")
 
     async def invalidate(self, token_fingerprint: str) -> tuple[str, ServedToken]:
         """Replace the current token if it is the reported one; answer the current valid token.
@@ -232,7 +232,7 @@ class ProfileRefresher:
         return self.serve_now(min_ttl) if self._token is not None else None
 
     def _unavailable(
-        self, message: str, *, retry_after: float, code: str = "token_unavailable"
+        self, message: str, *, retry_after: float = 1.0, code: str = "token_unavailable"
     ) -> TokenUnavailableError:
         return TokenUnavailableError(self.name, message, code=code, retry_after=retry_after)
 

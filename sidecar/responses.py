@@ -38,4 +38,18 @@ def error_response(exc: ApiError) -> web.Response:
         seconds = max(1, math.ceil(exc.retry_after))
         body["retry_after"] = seconds
         headers[hdrs.RETRY_AFTER] = str(seconds)
-    return json_response(body, status=exc.status, headers=headers)
+    response = json_response(body, status=exc.status, headers=headers)
+    if exc.headers.get(hdrs.CONNECTION) == "close":
+        response.force_close()
+    return response
+
+
+def edge_error_response(status: int) -> web.Response:
+    """The answer to a request that failed below the app (malformed, or a handler crashed).
+
+    Fixed text: the request itself (which may carry a token in its query or
+    headers) is never echoed.
+    """
+    if status < 500:
+        return error_response(ApiError(400, "bad_request", "malformed HTTP request"))
+    return error_response(ApiError(500, "internal_error", "internal error; see the sidecar log"))

@@ -132,6 +132,11 @@ class TokenService:
         for refresher in self.refreshers.values():
             refresher.start()
 
+    def begin_shutdown(self) -> None:
+        """Callers waiting for a refresh get 503 ``shutting_down`` now, not at the grace's end."""
+        for refresher in self.refreshers.values():
+            refresher.shut_down()
+
     async def aclose(self) -> None:
         """Stop every refresh loop and wait for them (bounded)."""
         await asyncio.gather(*(r.aclose() for r in self.refreshers.values()))

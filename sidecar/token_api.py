@@ -14,6 +14,7 @@ and one ``orjson.dumps``: it never waits and never talks to the IdP.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import logging
@@ -26,6 +27,7 @@ from typing import Final, Protocol
 import orjson
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 
 from sidecar.config import PROFILE_NAME_PATTERN, ServerConfig
 from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
@@ -107,6 +109,11 @@ async def _unrouted(request: web.Request) -> web.StreamResponse:
         if pattern.fullmatch(request.path):
             raise web.HTTPMethodNotAllowed(request.method, allowed)
     raise web.HTTPNotFound
+
+
+async def answer_unrouted(request: web.Request) -> web.StreamResponse:
+    """The guarded JSON answer to a target the router cannot place (``CONNECT``, ``OPTIONS *``)."""
+    return await _boundary(request, _unrouted)
 
 
 # -- the boundary: guards and error mapping ----------------------------------
@@ -311,10 +318,26 @@ async def _read_body(request: web.Request, profile: str) -> bytes:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise too_big
     body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise too_big
+    try:
+        # The body gets as long as a head: a half-sent body cannot hold the connection.
+        async with asyncio.timeout(request.app[SERVER].header_timeout):
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    raise too_big
+    except RequestPayloadError:  # a Content-Encoding that does not decode
+        # Nothing more can be read from a broken payload: end it, so aiohttp does
+        # not linger reading it after the answer (which would raise there).
+        request.content.feed_eof()
+        raise ApiError(
+            400,
+            "bad_request",
+            "the body could not be decoded",
+            profile=profile,
+            headers={hdrs.CONNECTION: "close"},  # the connection cannot carry another request
+        ) from None
+    except TimeoutError:
+        raise _bad_request("the body did not arrive in time", profile) from None
     return bytes(body)
 
 

@@ -150,22 +150,33 @@ async def make_service(
 
 class SidecarFactory(Protocol):
     async def __call__(
-        self, profiles: str, *, socket_path: Path | None = ..., server_extra: str = ...
+        self,
+        profiles: str,
+        *,
+        socket_path: Path | None = ...,
+        server_extra: str = ...,
+        nofile: int | None = ...,
     ) -> SidecarProcess: ...
 
 
 @pytest.fixture
-async def sidecar_factory(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
+async def sidecar_factory(tmp_path: Path, leaks: LeakRegistry) -> AsyncIterator[SidecarFactory]:
     """Start ``serve`` processes from a TOML snippet; all are killed at teardown.
 
     The processes share one condition, so ``wait_until`` on any of them
-    re-checks at every event of all of them.
+    re-checks at every event of all of them. At teardown each process's whole
+    stderr (every log line it wrote, access and malformed-request lines
+    included) is scanned for the test's secrets.
     """
     made: list[SidecarProcess] = []
     changed = asyncio.Condition()
 
     async def make(
-        profiles: str, *, socket_path: Path | None = None, server_extra: str = ""
+        profiles: str,
+        *,
+        socket_path: Path | None = None,
+        server_extra: str = "",
+        nofile: int | None = None,
     ) -> SidecarProcess:
         sidecar = SidecarProcess(
             tmp_path,
@@ -173,6 +184,7 @@ async def sidecar_factory(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
             socket_path=socket_path,
             server_extra=server_extra,
             changed=changed,
+            nofile=nofile,
         )
         made.append(sidecar)
         await sidecar.start()
@@ -181,6 +193,9 @@ async def sidecar_factory(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
     yield make
     for sidecar in made:
         await sidecar.kill()
+    written = b"".join(bytes(sidecar.stderr) for sidecar in made).decode(errors="replace")
+    leaked = [v for v in leaks.all_values() if v and v in written]
+    assert not leaked, f"{len(leaked)} secret value(s) reached a sidecar's stderr"
 
 
 @pytest.fixture

@@ -607,3 +607,17 @@ async def test_invalidate_during_an_outage_serves_the_reported_token_stale(api, 
     idp.faults.status = None
     answer = await invalidate(client, {"access_token": old})  # throttled: still the same one
     assert (answer["access_token"], answer["result"]) == (old, "throttled")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_invalidate_undecodable_body_is_bad_request(api, leaks, metrics, coding):
+    """A compressed invalidate body that does not decode gets the JSON 400, not a 500."""
+    _service, client = await api()
+    token = await (await client.get("/v1/token/api", headers=HEADERS)).json()
+    headers = {**HEADERS, "Content-Encoding": coding}
+    resp = await client.post("/v1/token/api/invalidate", data=b"not compressed", headers=headers)
+    await error_body(resp, 400, "bad_request", leaks, profile="api")
+    # Positive control: the same body, uncompressed and well-formed, is accepted.
+    body = f'{{"access_token": "{token["access_token"]}"}}'.encode()
+    resp = await client.post("/v1/token/api/invalidate", data=body, headers=HEADERS)
+    assert resp.status == 200

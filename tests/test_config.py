@@ -243,6 +243,16 @@ BAD_CONFIGS = [
     ),
     pytest.param(go_api('[server]\naccess_log = "yes"\n'), "server.access_log", "boolean"),
     pytest.param(go_api('[server]\nops_listen = "9700"\n'), "server.ops_listen", "HOST:PORT"),
+    pytest.param(go_api("[server]\nmax_connections = 0\n"), "server.max_connections", "at least 1"),
+    pytest.param(
+        go_api('[server]\nmax_connections = "many"\n'), "server.max_connections", "integer"
+    ),
+    pytest.param(
+        go_api('[server]\nheader_timeout = "0s"\n'), "server.header_timeout", "above zero"
+    ),
+    pytest.param(
+        go_api('[server]\nkeepalive_timeout = "soon"\n'), "server.keepalive_timeout", "duration"
+    ),
     # cache
     pytest.param(go_api('[cache]\nbackend = "memcached"\n'), "cache.backend", "expected one of"),
     pytest.param(go_api('[cache]\nurl = "http://redis:6379"\n'), "cache.url", "redis://"),
@@ -643,6 +653,23 @@ def test_redacted_hides_inline_secrets():
     assert view["profiles"]["file"]["verify"] == "auto"
     assert view["cache"]["url"] == "redis://:[redacted]@redis:6379/0"
     assert view["server"]["socket_mode"] == "0660"
+    assert (
+        view["server"]["max_connections"],
+        view["server"]["header_timeout"],
+        view["server"]["keepalive_timeout"],
+    ) == (1024, "10s", "1m15s")
+
+
+def test_connection_limits_are_read():
+    """max_connections, header_timeout and keepalive_timeout come from [server]."""
+    server = {"max_connections": 64, "header_timeout": "2s", "keepalive_timeout": "30s"}
+    profile = {"token_url": "https://idp.example/t", "client_id": "a", "client_secret_env": "S"}
+    config = config_from_mapping({"server": server, "profiles": {"p": profile}}, source="t")
+    assert (
+        config.server.max_connections,
+        config.server.header_timeout,
+        config.server.keepalive_timeout,
+    ) == (64, 2.0, 30.0)
 
 
 def test_redacted_private_key_jwt_profile():

@@ -220,7 +220,10 @@ def test_installed_command_checks_the_kubernetes_config(installed, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     effective = json.loads(result.stdout)
-    assert effective["server"]["listen"] == "127.0.0.1:8700"
+    # Socket only: allow_uids cannot be bypassed over TCP, and check does not warn.
+    assert effective["server"]["listen"] is None
+    assert effective["server"]["allow_uids"] == [10002]
+    assert "server.allow_uids_tcp" not in result.stderr
     assert effective["profiles"]["api"]["client_secret"].startswith("file:")
 
 

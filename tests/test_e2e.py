@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 import pytest
 
-from sidecar.testing import START_TIMEOUT, free_port
+from sidecar.testing import START_TIMEOUT, SidecarProcess, free_port
 from tests.support.e2e import (
     E2E_SECRET,
     HEADERS,
@@ -175,7 +175,7 @@ async def test_sighup_under_load_loses_no_request(real_idp, sidecar_factory, htt
 
 
 async def test_sigterm_lets_in_flight_requests_finish(real_idp, sidecar_factory, http):
-    """SIGTERM while callers wait for a hanging IdP completes their requests and exits 0."""
+    """SIGTERM while callers wait for a hanging IdP answers every one of them and exits 0."""
     real_idp.faults.hang = True
     sidecar = await sidecar_factory(profile_toml(real_idp))
     url = f"{sidecar.url}/v1/token/api"
@@ -200,7 +200,8 @@ async def test_sigterm_lets_in_flight_requests_finish(real_idp, sidecar_factory,
         real_idp.faults.hang = False
         real_idp.release_hang()
         results = await asyncio.gather(*pending)
-    assert [status for status, _ in results] == [200] * 20
+    # DESIGN: callers waiting for a refresh get 503 shutting_down at once, not an empty reply.
+    assert [(status, body["error"]) for status, body in results] == [(503, "shutting_down")] * 20
     assert await sidecar.stop(None) == 0
 
 
@@ -339,3 +340,36 @@ async def test_dev_serves_a_token_within_seconds(http):
         proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 10)
     assert code == 0
+
+
+async def test_allow_uids_with_tcp_warns_and_socket_only_does_not(
+    real_idp, sidecar_factory, http, short_tmp
+):
+    """allow_uids beside a TCP listener logs a warning; listen = "" serves the socket alone."""
+    exposed = await sidecar_factory(
+        profile_toml(real_idp), socket_path=short_tmp / "a.sock", server_extra="allow_uids = [0]"
+    )
+    warning = await exposed.wait_event("server.allow_uids_tcp")
+    assert warning["level"] == "warning"
+    assert warning["listen"] == f"127.0.0.1:{exposed.port}"
+    sock = short_tmp / "b.sock"
+    socket_only = SidecarProcess(
+        short_tmp,
+        profile_toml(real_idp),
+        socket_path=sock,
+        server_extra="allow_uids = [0]",
+        tcp=False,
+    )
+    try:
+        await socket_only.start()
+        assert socket_only.count("server.allow_uids_tcp") == 0
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get(f"{socket_only.url}/v1/token/api", headers=HEADERS)
+        await socket_only.wait_event("token.refreshed")
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as unix,
+            unix.get("http://localhost/v1/token/api", headers=HEADERS) as resp,
+        ):
+            assert resp.status == 200
+    finally:
+        await socket_only.kill()

@@ -63,3 +63,14 @@ def test_leak_scan_would_catch_a_leak(leaks, log_output):
     leaked = [v for v in leaks.all_values() if v in log_output.getvalue()]
     assert leaked == [CLIENT_SECRET]
     log_output.truncate(0)  # let the real scan at teardown pass
+
+
+def test_text_formatter_escapes_control_characters():
+    """A path with a newline cannot forge a second text log line; plain values are unchanged."""
+    record = logging.LogRecord("sidecar.access", logging.INFO, __file__, 1, "http.access", (), None)
+    record.path = "/v1/token/x\n17:11:00 error   refresh.failed profile=api\x1b[2J"
+    record.method = "GET"
+    line = TextFormatter().format(record)
+    assert "\n" not in line
+    forged = "/v1/token/x\\n17:11:00 error   refresh.failed profile=api\\x1b[2J"
+    assert line.endswith(f"http.access path={forged} method=GET")

@@ -10,6 +10,11 @@ Expected failures print one clear line on stderr, never a traceback.
 
 from __future__ import annotations
 
+from sidecar._early_signals import defer_sighup
+
+# Before the heavy imports below (about a second): a SIGHUP now must not end the process.
+defer_sighup()
+
 import argparse
 import asyncio
 import functools

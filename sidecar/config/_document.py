@@ -29,6 +29,9 @@ _SERVER_KEYS = (
     "ops_listen",
     "allow_non_loopback",
     "access_log",
+    "max_connections",
+    "header_timeout",
+    "keepalive_timeout",
 )
 _CACHE_KEYS = ("backend", "url", "namespace", "key_file")
 _CACHE_BACKENDS: tuple[str, ...] = get_args(CacheBackend)
@@ -60,6 +63,11 @@ def _server(t: Table) -> ServerConfig:
         ops_listen=ops_listen,
         allow_non_loopback=allow_non_loopback,
         access_log=t.boolean("access_log", default=ServerConfig.access_log),
+        max_connections=t.integer(
+            "max_connections", default=ServerConfig.max_connections, minimum=1
+        ),
+        header_timeout=t.duration("header_timeout", default=ServerConfig.header_timeout),
+        keepalive_timeout=t.duration("keepalive_timeout", default=ServerConfig.keepalive_timeout),
     )
 
 

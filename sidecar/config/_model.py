@@ -200,6 +200,12 @@ class ServerConfig:
     ops_listen: str | None = "0.0.0.0:9700"  # probes come from the kubelet, so not loopback
     allow_non_loopback: bool = False
     access_log: bool = False
+    #: Open connections per listener; at the cap the oldest idle one makes room.
+    max_connections: int = 1024
+    #: Seconds a connection has to deliver a complete request line and headers.
+    header_timeout: float = 10.0
+    #: Seconds an idle keep-alive connection stays open.
+    keepalive_timeout: float = 75.0
 
 
 @dataclass(frozen=True)

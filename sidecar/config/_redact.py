@@ -44,6 +44,9 @@ def redacted(config: Config) -> dict[str, Any]:
             "ops_listen": server.ops_listen,
             "allow_non_loopback": server.allow_non_loopback,
             "access_log": server.access_log,
+            "max_connections": server.max_connections,
+            "header_timeout": format_duration(server.header_timeout),
+            "keepalive_timeout": format_duration(server.keepalive_timeout),
         },
         "cache": {
             "backend": cache.backend,

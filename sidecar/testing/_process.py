@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import sys
@@ -67,6 +68,8 @@ class SidecarProcess:
         cwd: the child's working directory (default: this one's).
         timeout: the default bound of every wait, in real seconds.
         changed: notified on every event; pass one to several processes to share it.
+        tcp: serve the token API over TCP too (False: ``listen = ""``, the socket only).
+        nofile: the child's soft descriptor limit (what a container runtime gives).
     """
 
     def __init__(
@@ -82,6 +85,8 @@ class SidecarProcess:
         cwd: Path | None = None,
         timeout: float = START_TIMEOUT,
         changed: asyncio.Condition | None = None,
+        tcp: bool = True,
+        nofile: int | None = None,
     ) -> None:
         self.profiles = profiles
         self.socket_path = socket_path
@@ -91,6 +96,8 @@ class SidecarProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.timeout = timeout
+        self.tcp = tcp
+        self.nofile = nofile
         self.port = free_port()
         self.ops_port = free_port()
         self.config = workdir / f"sidecar-{self.port}.toml"
@@ -122,7 +129,7 @@ class SidecarProcess:
         """The ``[server]`` table of the config file."""
         lines = [
             "[server]",
-            f'listen = "127.0.0.1:{self.port}"',
+            f'listen = "127.0.0.1:{self.port}"' if self.tcp else 'listen = ""',
             f'ops_listen = "127.0.0.1:{self.ops_port}"',
         ]
         if self.socket_path is not None:
@@ -153,10 +160,22 @@ class SidecarProcess:
             stderr=asyncio.subprocess.PIPE,
             env=self.env if self.env is not None else clean_environ(),
             cwd=self.cwd,
+            preexec_fn=self._limit_descriptors if self.nofile is not None else None,
         )
         self._reader = asyncio.create_task(self._read_stderr(self.proc))
         if wait_for is not None:
             await self.wait_event(wait_for)
+
+    def _limit_descriptors(self) -> None:
+        """In the child, before exec: the soft descriptor limit a container runtime would give."""
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile or hard, hard))
+
+    def rss_bytes(self) -> int:
+        """The child's resident memory now, from /proc."""
+        status = Path(f"/proc/{self.pid}/status").read_text(encoding="ascii")
+        line = next(li for li in status.splitlines() if li.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
 
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the child."""

@@ -19,19 +19,19 @@ HEADERS = {"Token-Sidecar": "1"}
 
 
 def profile_toml(idp: DevIdP, name: str = "api", secret: str = E2E_SECRET, **extra: str) -> str:
-    lines = [
-        f"[profiles.{name}]",
-        f'token_url = "{idp.base_url}/oauth/token"',
-        f'issuer = "{idp.issuer}"',
-        f'jwks_url = "{idp.base_url}/.well-known/jwks.json"',
-        f'client_id = "{E2E_CLIENT_ID}"',
-        f'client_secret = "{secret}"',
-        f'audience = "{E2E_AUDIENCE}"',
-        'scope = "read:tools"',
-        'timeout = "2s"',
-        *(f"{k} = {v}" for k, v in extra.items()),
-    ]
-    return "\n".join(lines) + "\n"
+    """A ``[profiles.NAME]`` table for ``idp``; ``extra`` adds keys or overrides (TOML values)."""
+    keys = {
+        "token_url": f'"{idp.base_url}/oauth/token"',
+        "issuer": f'"{idp.issuer}"',
+        "jwks_url": f'"{idp.base_url}/.well-known/jwks.json"',
+        "client_id": f'"{E2E_CLIENT_ID}"',
+        "client_secret": f'"{secret}"',
+        "audience": f'"{E2E_AUDIENCE}"',
+        "scope": '"read:tools"',
+        "timeout": '"2s"',
+        **extra,
+    }
+    return f"[profiles.{name}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
 async def wait_ready(http: aiohttp.ClientSession, sidecar: SidecarProcess) -> None:

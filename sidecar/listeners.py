@@ -1,0 +1,331 @@
+"""Listeners: the HTTP edge of both ports, bounding what an idle, slow or hostile client can hold.
+
+aiohttp's web server closes idle keep-alive connections (``keepalive_timeout``)
+but has no deadline for a request's head, no cap on connections, and answers a
+malformed request with a text page that echoes the request bytes after logging
+them with a traceback. This module adds what is missing, in three small
+subclasses wired in by :class:`LimitedRunner` (used instead of ``web.AppRunner``):
+
+- :class:`LimitedServer` (a ``web.Server``) keeps one pool of connections per
+  listener (TCP or Unix socket) in accept order. At ``max_connections`` it
+  closes the oldest connection that has no request in progress (idle or
+  half-sent) to admit the new one; when every connection is busy, the new one
+  is closed. It wraps the app's handler to mark a connection busy while a
+  request is handled.
+- :class:`GuardedRequestHandler` (a ``RequestHandler``) arms one timer
+  (``loop.call_at``) per connection: a complete request line and headers must
+  arrive within ``header_timeout`` of the accept, or of the first byte after a
+  response. It also bounds the bytes a request head may take
+  (:data:`MAX_HEAD_BYTES`), so many half-sent heads cannot exhaust memory.
+  A malformed request gets a fixed JSON 400 and one throttled ``warning``
+  without the raw bytes.
+- :class:`ThrottledLog` writes an event at most once a second and reports how
+  many it left out.
+
+Time here is the event loop's own clock: these are network deadlines of the
+real loop, as with aiohttp's keep-alive timer, not refresh policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+log = logging.getLogger("sidecar.listeners")
+
+#: Largest request line plus headers a connection may send before its request starts.
+MAX_HEAD_BYTES: Final = 16 * 1024
+#: Descriptors kept out of the connection budget: IdP and Redis sockets, files, the loop.
+RESERVED_DESCRIPTORS: Final = 64
+#: Connections one accept burst may admit before closed ones release their descriptors.
+ACCEPT_BURST: Final = 128
+
+#: Builds the JSON answer to a request that failed below the app: (status) -> response.
+ErrorAnswer = Callable[[int], web.StreamResponse]
+Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
+#: Answers a request whose target the app's router cannot place.
+AppHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class ListenerLimits:
+    """What one listener allows: connections, head deadline, keep-alive idle time."""
+
+    max_connections: int = 1024
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+
+    def within_descriptors(self, soft_limit: int, listeners: int) -> ListenerLimits:
+        """These limits, with ``max_connections`` lowered to fit ``soft_limit`` descriptors."""
+        budget = (soft_limit - RESERVED_DESCRIPTORS) // max(1, listeners) - ACCEPT_BURST
+        fitted = max(1, min(self.max_connections, budget))
+        return ListenerLimits(fitted, self.header_timeout, self.keepalive_timeout)
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; returns ``(before, after)``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard in (resource.RLIM_INFINITY, soft):
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # a sandbox may refuse; the budget then uses the old limit
+        return soft, soft
+    return soft, hard
+
+
+class ThrottledLog:
+    """One log event at most once per ``interval`` seconds, with the count of those left out."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        event: str,
+        *,
+        level: int = logging.WARNING,
+        interval: float = 1.0,
+        now: Callable[[], float],
+    ) -> None:
+        self._logger = logger
+        self._event = event
+        self._level = level
+        self._interval = interval
+        self._now = now
+        self._next_at = float("-inf")
+        self._suppressed = 0
+
+    def emit(self, fields: dict[str, Any], *, exc_info: BaseException | None = None) -> None:
+        """Log ``fields`` now, or count the event when one was logged less than a second ago."""
+        now = self._now()
+        if now < self._next_at:
+            self._suppressed += 1
+            return
+        self._next_at = now + self._interval
+        extra = {**fields, "suppressed": self._suppressed}
+        self._suppressed = 0
+        self._logger.log(self._level, self._event, extra=extra, exc_info=exc_info)
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's connection protocol with a head deadline, a head size bound and a quiet 400."""
+
+    def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limited = manager
+        self.busy = False
+        self._head_bytes = 0
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_head_deadline()
+        self._limited.forget(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            # Bytes of a new request head: its deadline starts with the first of them.
+            if self._head_deadline is None:
+                self._arm_head_deadline()
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self.force_close()
+                return
+        super().data_received(data)
+
+    def request_started(self) -> None:
+        """A complete head arrived and the app handles it: the connection is busy."""
+        self.busy = True
+        self._head_bytes = 0
+        self._disarm_head_deadline()
+
+    def request_finished(self) -> None:
+        """The app answered: the connection is idle (keep-alive) until the next byte."""
+        self.busy = False
+
+    def _arm_head_deadline(self) -> None:
+        self._disarm_head_deadline()
+        loop = asyncio.get_running_loop()
+        self._head_deadline = loop.call_later(
+            self._limited.limits.header_timeout, self._head_timed_out
+        )
+
+    def _disarm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if not self.busy:
+            self.force_close()
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:  # noqa: ARG002 - fixed text
+        """aiohttp's own failures after an answer: the throttled crash log, not a flood."""
+        exc = kwargs.get("exc_info")
+        error = type(exc).__name__ if isinstance(exc, BaseException) else None
+        self._limited.crash_log.emit(
+            {"listener": self._limited.name, "error": error},
+            exc_info=exc if isinstance(exc, BaseException) else None,
+        )
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,  # noqa: ARG002 - aiohttp's text holds the raw request bytes
+    ) -> web.StreamResponse:
+        """A fixed JSON answer; one throttled log line with the error's class, never its text."""
+        fields = {"listener": self._limited.name, "status": status, "error": type(exc).__name__}
+        if status >= 500:  # a bug in a handler: keep the traceback
+            self._limited.crash_log.emit(fields, exc_info=exc)
+        else:
+            self._limited.bad_request_log.emit(fields)
+        if request.writer.output_size > 0:
+            # Part of an answer went out already: the connection cannot carry another.
+            raise ConnectionError("response already started")
+        answer = self._limited.error_answer(status)
+        answer.force_close()
+        return answer
+
+
+class LimitedServer(web.Server):
+    """``web.Server`` with per-listener connection pools and guarded connections."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        name: str,
+        limits: ListenerLimits,
+        error_answer: ErrorAnswer,
+        unrouted: AppHandler | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(self._track(handler), **kwargs)
+        self.name = name
+        self.limits = limits
+        self.error_answer = error_answer
+        self._unrouted = unrouted
+        self._handler_kwargs = {k: v for k, v in kwargs.items() if k not in _SERVER_ONLY}
+        # One pool per listener (TCP, Unix socket), each in accept order.
+        self._pools: dict[int, dict[GuardedRequestHandler, None]] = {}
+        now = asyncio.get_running_loop().time
+        self.bad_request_log = ThrottledLog(log, "http.bad_request", now=now)
+        self.crash_log = ThrottledLog(log, "http.handler_failed", level=logging.ERROR, now=now)
+
+    def __call__(self) -> GuardedRequestHandler:
+        return GuardedRequestHandler(self, loop=asyncio.get_running_loop(), **self._handler_kwargs)
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        if not isinstance(handler, GuardedRequestHandler):  # pragma: no cover - built by __call__
+            return
+        sock = transport.get_extra_info("socket")
+        pool = self._pools.setdefault(sock.family if sock is not None else socket.AF_INET, {})
+        if len(pool) >= self.limits.max_connections and not self._evict_oldest_idle(pool):
+            handler.force_close()  # every connection has a request in progress
+            return
+        pool[handler] = None
+
+    def forget(self, handler: GuardedRequestHandler) -> None:
+        """Drop a closed connection from its pool."""
+        for pool in self._pools.values():
+            pool.pop(handler, None)
+
+    def open_connections(self) -> int:
+        """Connections currently counted against the pools, for tests and status."""
+        return sum(len(pool) for pool in self._pools.values())
+
+    @staticmethod
+    def _evict_oldest_idle(pool: dict[GuardedRequestHandler, None]) -> bool:
+        for oldest in pool:
+            if not oldest.busy:
+                del pool[oldest]
+                oldest.force_close()
+                return True
+        return False
+
+    def _track(self, handler: Handler) -> Handler:
+        """The app's handler, marking the connection busy while it runs."""
+
+        async def tracked(request: BaseRequest) -> web.StreamResponse:
+            protocol = request.protocol
+            guarded = protocol if isinstance(protocol, GuardedRequestHandler) else None
+            if guarded is not None:
+                guarded.request_started()
+            try:
+                return await handler(request)
+            except web.HTTPException:
+                # Only the router raises here (every route answers for itself): a
+                # target it cannot place, such as CONNECT's or "OPTIONS *".
+                unrouted = self._unrouted
+                if (
+                    unrouted is None
+                    or not isinstance(request, web.Request)
+                    or request.raw_path.startswith("/")
+                ):
+                    raise
+                return await unrouted(request)
+            finally:
+                if guarded is not None:
+                    guarded.request_finished()
+
+        return tracked
+
+
+# web.Server's own arguments; everything else is passed on to each RequestHandler.
+_SERVER_ONLY = frozenset({"request_factory", "handler_cancellation", "loop"})
+
+
+class LimitedRunner(web.AppRunner):
+    """``web.AppRunner`` serving its app through a :class:`LimitedServer`."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        name: str,
+        limits: ListenerLimits,
+        error_answer: ErrorAnswer,
+        unrouted: AppHandler | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("max_headers", 32)
+        super().__init__(app, keepalive_timeout=limits.keepalive_timeout, **kwargs)
+        self._limited_args: dict[str, Any] = {
+            "name": name,
+            "limits": limits,
+            "error_answer": error_answer,
+            "unrouted": unrouted,
+            "keepalive_timeout": limits.keepalive_timeout,
+            **{k: v for k, v in kwargs.items() if k not in _RUNNER_ONLY},
+        }
+
+    async def _make_server(self) -> web.Server:
+        # The app's own server runs the app's startup and freezes it; this one
+        # takes its handler and request factory and serves them with limits.
+        plain = await super()._make_server()
+        return LimitedServer(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            **self._limited_args,
+        )
+
+
+# web.AppRunner's own arguments.
+_RUNNER_ONLY = frozenset({"shutdown_timeout", "handle_signals"})
