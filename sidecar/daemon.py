@@ -28,7 +28,7 @@ from aiohttp import web
 
 from sidecar._early_signals import EARLY_SIGHUP
 from sidecar.clock import Clock, cancel_and_wait
-from sidecar.config import Config, ServerConfig, is_loopback_host
+from sidecar.config import Config, ServerConfig, advice, is_loopback_host
 from sidecar.errors import ConfigError, ListenError
 from sidecar.listeners import LimitedRunner, ListenerLimits, raise_descriptor_limit
 from sidecar.logs import AccessLogger
@@ -148,7 +148,7 @@ class Daemon:
                     "connect gets tokens; restrict it with a network policy",
                 },
             )
-        warn_if_allow_uids_bypassable(self.config)
+        warn_about(self.config, os.environ if self._environ is None else self._environ)
         app = make_token_app(self.service, server)
         runner = LimitedRunner(
             app,
@@ -261,19 +261,10 @@ class Daemon:
             self._session = None
 
 
-def warn_if_allow_uids_bypassable(config: Config) -> None:
-    """Log ``server.allow_uids_tcp`` when an ``allow_uids`` list can be bypassed over TCP."""
-    server = config.server
-    restricted = bool(server.allow_uids) or any(p.allow_uids for p in config.profiles.values())
-    if server.listen and restricted:
-        log.warning(
-            "server.allow_uids_tcp",
-            extra={
-                "listen": server.listen,
-                "warning": "allow_uids protects only the Unix socket: any local process "
-                'can read tokens over TCP; set listen = "" to serve on the socket only',
-            },
-        )
+def warn_about(config: Config, environ: Mapping[str, str]) -> None:
+    """Log each :func:`~sidecar.config.advice` warning of ``config`` (at start; ``check`` too)."""
+    for item in advice(config, environ):
+        log.warning(item.event, extra=dict(item.fields))
 
 
 def _listener_limits(server: ServerConfig) -> ListenerLimits:

@@ -21,7 +21,7 @@ from sidecar.cli._exit import EXIT_FAILURE, EXIT_OK
 from sidecar.clock import SystemClock
 from sidecar.config import Config, ProfileConfig, redacted, resolve_config
 from sidecar.credentials import CredentialStore
-from sidecar.daemon import warn_if_allow_uids_bypassable
+from sidecar.daemon import warn_about
 from sidecar.errors import RefreshError
 from sidecar.idp import IdPClient
 from sidecar.minter import TokenMinter
@@ -32,7 +32,7 @@ def run_check(path: str | None, *, probe: bool) -> int:
     """Validate and print the config at ``path``; with ``probe``, try every profile once."""
     config = resolve_config(path, os.environ)
     sys.stdout.write(orjson.dumps(redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
-    warn_if_allow_uids_bypassable(config)
+    warn_about(config, os.environ)
     if not probe:
         return EXIT_OK
 

@@ -15,6 +15,7 @@ the value parsers), ``_document`` (a TOML file, the top-level keys,
 redacted view ``token-sidecar check`` prints). Import the names from here.
 """
 
+from sidecar.config._advice import KNOWN_VARIABLES, Advice, advice
 from sidecar.config._document import config_from_mapping, load_config
 from sidecar.config._env import config_from_env, resolve_config
 from sidecar.config._model import (
@@ -43,7 +44,9 @@ from sidecar.config._redact import redacted, url_view
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
+    "KNOWN_VARIABLES",
     "PROFILE_NAME_PATTERN",
+    "Advice",
     "BackoffConfig",
     "BreakerConfig",
     "CacheBackend",
@@ -60,6 +63,7 @@ __all__ = [
     "SecretRef",
     "ServerConfig",
     "Verify",
+    "advice",
     "config_from_env",
     "config_from_mapping",
     "format_duration",
