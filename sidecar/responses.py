@@ -21,13 +21,18 @@ from sidecar.errors import ApiError
 NO_STORE: Final[Mapping[str, str]] = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+def bytes_response(
+    body: bytes, *, status: int, headers: Mapping[str, str] = NO_STORE
+) -> web.Response:
+    """Already encoded JSON ``body`` as an answer."""
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
+
+
 def json_response(
     body: Mapping[str, Any], *, status: int, headers: Mapping[str, str] = NO_STORE
 ) -> web.Response:
     """``body`` as an orjson-encoded JSON answer."""
-    return web.Response(
-        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
-    )
+    return bytes_response(orjson.dumps(body), status=status, headers=headers)
 
 
 def error_response(exc: ApiError) -> web.Response:

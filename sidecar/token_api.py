@@ -32,7 +32,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from sidecar.config import PROFILE_NAME_PATTERN, ServerConfig
 from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
 from sidecar.refresher import ProfileRefresher
-from sidecar.responses import error_response, json_response
+from sidecar.responses import bytes_response, error_response
 from sidecar.service import TokenService
 from sidecar.token import ServedToken, fingerprint
 
@@ -50,6 +50,9 @@ _PROXY_HEADERS = (hdrs.FORWARDED, hdrs.X_FORWARDED_FOR, hdrs.VIA)
 _MIN_TTL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{0,6})?")
 _FINGERPRINT = re.compile(r"[0-9a-f]{12}")
 _PROFILE_NAME = re.compile(PROFILE_NAME_PATTERN)
+#: Per profile: (token, whole seconds left, stale) and the GET body encoded for them.
+EncodedBodies = dict[str, tuple[tuple[object, int, bool], bytes]]
+ENCODED: Final = web.AppKey("encoded", EncodedBodies)
 # A Host header: a bracketed IPv6 literal or a name without colons, then an optional port.
 _HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]+))(?::[0-9]{1,5})?")
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -86,6 +89,7 @@ def make_token_app(service: TokenService, server: ServerConfig) -> web.Applicati
     app = web.Application()
     app[SERVICE] = service
     app[SERVER] = server
+    app[ENCODED] = {}
     # No HEAD: asking for a token has effects (metrics, possibly a refresh).
     app.router.add_get("/v1/token/{profile}", _guarded(_get_token), allow_head=False)
     app.router.add_post("/v1/token/{profile}/invalidate", _guarded(_invalidate))
@@ -282,7 +286,7 @@ async def _get_token(request: web.Request) -> web.Response:
     served = refresher.serve_now(min_ttl)
     if served is None:
         served = await refresher.get(min_ttl)
-    return _token_response(service, refresher.name, served)
+    return _token_response(service, refresher.name, served, encoded=request.app[ENCODED])
 
 
 async def _invalidate(request: web.Request) -> web.Response:
@@ -362,15 +366,31 @@ def _reported_fingerprint(body: bytes, profile: str) -> str:
 
 
 def _token_response(
-    service: TokenService, profile: str, served: ServedToken, *, result: str | None = None
+    service: TokenService,
+    profile: str,
+    served: ServedToken,
+    *,
+    result: str | None = None,
+    encoded: EncodedBodies | None = None,
 ) -> web.Response:
-    """The 200 answer of both endpoints (invalidate adds its ``result``); counts it."""
+    """The 200 answer of both endpoints (invalidate adds its ``result``); counts it.
+
+    The encoded body of a GET is kept per profile and reused while the token,
+    its whole seconds left and its stale flag are the same: thousands of
+    callers a second then cost one encoding per second.
+    """
     token = served.token
     service.metrics.count_request(profile, "stale" if served.stale else "served")
+    expires_in = token.expires_in(service.clock.monotonic())
+    key = (token, expires_in, served.stale)
+    if encoded is not None:
+        cached = encoded.get(profile)
+        if cached is not None and cached[0] == key:
+            return bytes_response(cached[1], status=200)
     body = {
         "access_token": token.value,
         "token_type": "Bearer",
-        "expires_in": token.expires_in(service.clock.monotonic()),
+        "expires_in": expires_in,
         "expires_at": math.floor(token.expires_at_wall),
         "scope": token.scope,
         "profile": profile,
@@ -378,7 +398,10 @@ def _token_response(
     }
     if result is not None:
         body["result"] = result
-    return json_response(body, status=200)
+    data = orjson.dumps(body)
+    if encoded is not None:
+        encoded[profile] = (key, data)
+    return bytes_response(data, status=200)
 
 
 def _bad_request(message: str, profile: str) -> ApiError:

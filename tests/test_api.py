@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
@@ -621,3 +622,18 @@ async def test_invalidate_undecodable_body_is_bad_request(api, leaks, metrics, c
     body = f'{{"access_token": "{token["access_token"]}"}}'.encode()
     resp = await client.post("/v1/token/api/invalidate", data=body, headers=HEADERS)
     assert resp.status == 200
+
+
+async def test_get_bodies_follow_the_clock_and_the_token(api, idp, clock):
+    """Answers within one second are identical; a second later expires_in is one less."""
+    service, client = await api()
+    first = await (await client.get("/v1/token/api", headers=HEADERS)).read()
+    again = await (await client.get("/v1/token/api", headers=HEADERS)).read()
+    assert again == first
+    await clock.advance(1.0)
+    later = orjson.loads(await (await client.get("/v1/token/api", headers=HEADERS)).read())
+    assert later["expires_in"] == orjson.loads(first)["expires_in"] - 1
+    refresher = service.refresher_for("api")
+    await refresher.invalidate(refresher.token.fingerprint)
+    newer = orjson.loads(await (await client.get("/v1/token/api", headers=HEADERS)).read())
+    assert newer["access_token"] != later["access_token"]
