@@ -30,6 +30,7 @@ from sidecar.metrics import Metrics
 from sidecar.service import TokenService
 from sidecar.testing import FakeClock, SidecarProcess
 from tests.support.builders import AUDIENCE, CLIENT_ID, CLIENT_SECRET, make_profile
+from tests.support.clientstack import client_stack
 from tests.support.e2e import E2E_AUDIENCE, E2E_CLIENT_ID, E2E_SECRET
 from tests.support.redis import SHARED_URL, delete_namespace, require_redis, unique_namespace
 
@@ -276,3 +277,15 @@ def sidecar_fixture(make_service, caches, idp):
         )
 
     return build
+
+
+# -- the client library against a live token API ---------------------------------
+
+
+@pytest.fixture
+async def stack(idp, make_service) -> AsyncIterator[dict[str, Any]]:
+    """A started token service, its token API on TCP and a Unix socket, and a protected API."""
+    service = make_service(make_profile(idp))
+    await service.get("api")
+    async with client_stack(service, idp) as value:
+        yield value

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -12,17 +11,6 @@ import pytest
 
 from sidecar.cli.token import answer_of, describe_failure, run_token
 from sidecar.client import SidecarError, Token
-from tests.support.builders import make_profile
-from tests.support.clientstack import client_stack
-
-
-@pytest.fixture
-async def stack(idp, make_service) -> AsyncIterator[dict[str, Any]]:
-    """A started token service and its token API on TCP and a Unix socket."""
-    service = make_service(make_profile(idp))
-    await service.get("api")
-    async with client_stack(service, idp) as value:
-        yield value
 
 
 def token_command(profile: str | None = None, **options: Any) -> int:

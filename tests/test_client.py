@@ -5,9 +5,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,18 +14,8 @@ import sidecar.client
 from sidecar.client import SidecarError, Token, TokenClient
 from sidecar.client._core import Endpoint, fingerprint, parse_answer, should_retry
 from sidecar.token import fingerprint as daemon_fingerprint
-from tests.support.builders import make_profile
-from tests.support.clientstack import client_stack, served
+from tests.support.clientstack import served
 from tests.support.virtual_time import run_for
-
-
-@pytest.fixture
-async def stack(idp, make_service) -> AsyncIterator[dict[str, Any]]:
-    """A started token service, its token API on TCP and a Unix socket, and a protected API."""
-    service = make_service(make_profile(idp))
-    await service.get("api")
-    async with client_stack(service, idp) as value:
-        yield value
 
 
 async def test_reuses_token_until_min_ttl(stack, clock, idp):

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 import aiohttp
 import pytest
 
 from sidecar.client import SidecarError, TokenClient, sidecar_middleware
-from tests.support.builders import make_profile
-from tests.support.clientstack import client_stack
 from tests.support.virtual_time import run_for
-
-
-@pytest.fixture
-async def stack(idp, make_service) -> AsyncIterator[dict[str, Any]]:
-    """A started token service, its token API on TCP and a Unix socket, and a protected API."""
-    service = make_service(make_profile(idp))
-    await service.get("api")
-    async with client_stack(service, idp) as value:
-        yield value
 
 
 async def test_aiohttp_middleware_retries_once_after_401(stack, clock):

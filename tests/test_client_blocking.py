@@ -5,23 +5,12 @@ from __future__ import annotations
 import asyncio
 import http.client
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 
 from sidecar.client import SidecarError, TokenClient
 from sidecar.client._blocking import BlockingConnection
-from tests.support.builders import make_profile
-from tests.support.clientstack import client_stack, served
-
-
-@pytest.fixture
-async def stack(idp, make_service) -> AsyncIterator[dict[str, Any]]:
-    """A started token service, its token API on TCP and a Unix socket, and a protected API."""
-    service = make_service(make_profile(idp))
-    await service.get("api")
-    async with client_stack(service, idp) as value:
-        yield value
+from tests.support.clientstack import served
 
 
 async def test_sync_calls_share_the_cache_and_one_connection(stack, clock):

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
 
 from sidecar.client import SidecarAuth, SidecarError, TokenClient
-from tests.support.builders import make_profile
-from tests.support.clientstack import client_stack, served
-
-
-@pytest.fixture
-async def stack(idp, make_service) -> AsyncIterator[dict[str, Any]]:
-    """A started token service, its token API on TCP and a Unix socket, and a protected API."""
-    service = make_service(make_profile(idp))
-    await service.get("api")
-    async with client_stack(service, idp) as value:
-        yield value
+from tests.support.clientstack import served
 
 
 async def test_httpx_async_auth_retries_once(stack, clock):
