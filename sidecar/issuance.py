@@ -50,22 +50,14 @@ def build_token(
             error="invalid_token",
             description=f"lifetime {lifetime:.0f}s <= min_ttl {profile.min_ttl:.0f}s",
         )
-    expires_at = now + lifetime
-    return HeldToken(
-        value=issued.access_token,
-        token_type=issued.token_type,
-        scope=issued.scope if issued.scope is not None else _scope_claim(claims),
+    return _held(
+        issued.access_token,
+        issued.scope if issued.scope is not None else _scope_claim(claims),
+        profile,
         obtained_at=now,
-        refresh_at=refresh_at(
-            obtained_at=now,
-            expires_at=expires_at,
-            refresh_before=profile.refresh_before,
-            min_ttl=profile.min_ttl,
-            rng=rng,
-        ),
-        expires_at=expires_at,
+        expires_at=now + lifetime,
         expires_at_wall=wall_now + lifetime,
-        fingerprint=fingerprint(issued.access_token),
+        rng=rng,
     )
 
 
@@ -108,9 +100,31 @@ def token_from_shared(
     expires_at = now + remaining
     obtained_at = min(now - (wall_now - minted_wall), expires_at)
     scope = _scope_claim(claims) or (shared.scope if shared.sealed else None)
+    return _held(
+        shared.value,
+        scope,
+        profile,
+        obtained_at=obtained_at,
+        expires_at=expires_at,
+        expires_at_wall=expires_wall,
+        rng=rng,
+    )
+
+
+def _held(
+    value: str,
+    scope: str | None,
+    profile: ProfileConfig,
+    *,
+    obtained_at: float,
+    expires_at: float,
+    expires_at_wall: float,
+    rng: random.Random,
+) -> HeldToken:
+    """A Bearer :class:`HeldToken` whose refresh instant the policy draws (with jitter)."""
     return HeldToken(
-        value=shared.value,
-        token_type="Bearer",  # noqa: S106 - the only type the sidecar accepts, whatever was stored
+        value=value,
+        token_type="Bearer",  # noqa: S106 - the only type the sidecar accepts
         scope=scope,
         obtained_at=obtained_at,
         refresh_at=refresh_at(
@@ -121,8 +135,8 @@ def token_from_shared(
             rng=rng,
         ),
         expires_at=expires_at,
-        expires_at_wall=expires_wall,
-        fingerprint=shared.fingerprint,
+        expires_at_wall=expires_at_wall,
+        fingerprint=fingerprint(value),
     )
 
 
