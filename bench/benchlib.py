@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -24,13 +25,17 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from sidecar.clock import SystemClock
+from sidecar.config import Config, InlineSecret, ProfileConfig, ServerConfig
 from sidecar.devidp import DevClient, DevIdP
-from sidecar.testing import SidecarProcess, clean_environ
+from sidecar.service import TokenService
+from sidecar.testing import SidecarProcess, clean_environ, seed_token
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -450,3 +455,23 @@ def run_quiet(cmd: Sequence[str], timeout: float) -> subprocess.CompletedProcess
     return subprocess.run(  # noqa: S603
         list(cmd), capture_output=True, text=True, check=False, timeout=timeout
     )
+
+
+def seeded_service(session: aiohttp.ClientSession) -> TokenService:
+    """A token service with one profile ``bench`` holding a cached 1-hour token (no IdP)."""
+    profile = ProfileConfig(
+        name="bench",
+        token_url="http://127.0.0.1:1/oauth/token",  # noqa: S106 - a URL, not a secret
+        client_id=InlineSecret("x"),
+    )
+    config = Config(profiles=MappingProxyType({"bench": profile}), server=ServerConfig())
+    service = TokenService(config, session, rng=random.Random(1))
+    seed_token(
+        service.refreshers["bench"],
+        "eyJ" + "x" * 700,
+        lifetime=3600,
+        clock=SystemClock(),
+        refresh_in=3000,
+        scope="read:tools",
+    )
+    return service

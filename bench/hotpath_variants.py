@@ -24,49 +24,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import random
 import re
 import signal
 import statistics
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import MappingProxyType
 
 import aiohttp
 import benchlib as bl
 from aiohttp import web
 
 from sidecar import token_api as api
-from sidecar.clock import SystemClock
-from sidecar.config import Config, InlineSecret, ProfileConfig, ServerConfig
+from sidecar.config import ServerConfig
 from sidecar.responses import json_response
 from sidecar.service import TokenService
-from sidecar.testing import free_port, seed_token
+from sidecar.testing import free_port
 
 SELF = Path(__file__).resolve()
 VARIANTS = ("shipped", "no-middleware", "prebound", "ceiling")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def make_service(session: aiohttp.ClientSession) -> TokenService:
-    """A token service with one profile ``bench`` holding a cached 1-hour token."""
-    profile = ProfileConfig(
-        name="bench",
-        token_url="http://127.0.0.1:1/oauth/token",  # noqa: S106 - a URL, not a secret
-        client_id=InlineSecret("x"),
-    )
-    config = Config(profiles=MappingProxyType({"bench": profile}), server=ServerConfig())
-    service = TokenService(config, session, rng=random.Random(1))
-    seed_token(
-        service.refreshers["bench"],
-        "eyJ" + "x" * 700,
-        lifetime=3600,
-        clock=SystemClock(),
-        refresh_in=3000,
-        scope="read:tools",
-    )
-    return service
 
 
 def boundary_wrapper(handler: Handler) -> Handler:
@@ -129,7 +106,7 @@ def make_ceiling(body: bytes) -> web.Application:
 
 async def serve(name: str, port: int) -> None:
     async with aiohttp.ClientSession() as session:
-        await _serve(name, port, make_service(session))
+        await _serve(name, port, bl.seeded_service(session))
 
 
 async def _serve(name: str, port: int, service: TokenService) -> None:

@@ -23,14 +23,13 @@ import argparse
 import asyncio
 import collections
 import pstats
-import random
 import re
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import MappingProxyType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -41,10 +40,8 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from sidecar import token_api as api
-from sidecar.clock import SystemClock
-from sidecar.config import Config, InlineSecret, ProfileConfig, ServerConfig
-from sidecar.service import TokenService
-from sidecar.testing import SidecarProcess, seed_token
+from sidecar.config import ServerConfig
+from sidecar.testing import SidecarProcess
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 GROUPS = (
@@ -218,25 +215,6 @@ async def cprofile(args: argparse.Namespace, wd: Path, idp: bl.IdP) -> None:
 # -- micro-benchmark ----------------------------------------------------------
 
 
-def _service() -> TokenService:
-    profile = ProfileConfig(
-        name="bench",
-        token_url="http://127.0.0.1:1/oauth/token",  # noqa: S106 - a URL, not a secret
-        client_id=InlineSecret("x"),
-    )
-    config = Config(profiles=MappingProxyType({"bench": profile}), server=ServerConfig())
-    service = TokenService(config, mock.Mock(spec=aiohttp.ClientSession), rng=random.Random(1))
-    seed_token(
-        service.refreshers["bench"],
-        "eyJ" + "x" * 700,
-        lifetime=3600,
-        clock=SystemClock(),
-        refresh_in=3000,
-        scope="read:tools",
-    )
-    return service
-
-
 async def _per_call(
     fn: Callable[[], Awaitable[Any]] | Callable[[], Any], n: int, *, is_async: bool
 ) -> float:
@@ -255,7 +233,7 @@ async def _per_call(
 
 
 async def micro(n: int) -> None:
-    service = _service()
+    service = bl.seeded_service(mock.Mock(spec=aiohttp.ClientSession))
     app = api.make_token_app(service, ServerConfig())
     sock = SimpleNamespace(family=socket.AF_INET)
     # A plain stub, not a Mock: Mock calls cost microseconds and would swamp the guards.

@@ -31,7 +31,7 @@ from sidecar.service import TokenService
 from sidecar.testing import FakeClock, SidecarProcess
 from tests.support.builders import AUDIENCE, CLIENT_ID, CLIENT_SECRET, make_profile
 from tests.support.clientstack import client_stack
-from tests.support.e2e import E2E_AUDIENCE, E2E_CLIENT_ID, E2E_SECRET
+from tests.support.e2e import e2e_idp
 from tests.support.redis import SHARED_URL, delete_namespace, require_redis, unique_namespace
 
 
@@ -212,14 +212,7 @@ def short_tmp() -> Iterator[Path]:
 @pytest.fixture
 async def real_idp(leaks) -> AsyncIterator[DevIdP]:
     """The development IdP on the real clock, as a sidecar process would see any IdP."""
-    dev = DevIdP(audience=E2E_AUDIENCE, token_lifetime=3600)
-    dev.add_client(
-        DevClient(
-            client_id=E2E_CLIENT_ID,
-            client_secret=E2E_SECRET,
-            audiences={E2E_AUDIENCE: ("read:tools",)},
-        )
-    )
+    dev = e2e_idp()
     await dev.start()
     leaks.idps.append(dev)
     yield dev

@@ -16,14 +16,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.devidp import DevClient, DevIdP
+from sidecar.devidp import DevIdP
 from sidecar.testing import SidecarProcess
 from sidecar.token import fingerprint
 from tests.support.e2e import (
-    E2E_AUDIENCE,
-    E2E_CLIENT_ID,
-    E2E_SECRET,
     HEADERS,
+    e2e_idp,
     get_json,
     profile_toml,
 )
@@ -44,14 +42,7 @@ async def make_idp(leaks) -> AsyncIterator[Callable[..., Awaitable[DevIdP]]]:
     made: list[DevIdP] = []
 
     async def make(lifetime: int = 3600) -> DevIdP:
-        dev = DevIdP(audience=E2E_AUDIENCE, token_lifetime=lifetime)
-        dev.add_client(
-            DevClient(
-                client_id=E2E_CLIENT_ID,
-                client_secret=E2E_SECRET,
-                audiences={E2E_AUDIENCE: ("read:tools",)},
-            )
-        )
+        dev = e2e_idp(lifetime)
         await dev.start()
         leaks.idps.append(dev)
         made.append(dev)

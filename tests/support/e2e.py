@@ -9,13 +9,26 @@ from typing import Any
 
 import aiohttp
 
-from sidecar.devidp import DevIdP
+from sidecar.devidp import DevClient, DevIdP
 from sidecar.testing import SidecarProcess
 
 E2E_AUDIENCE = "https://api.example.com/"
 E2E_CLIENT_ID = "e2e-client"
 E2E_SECRET = "e2e-secret-LEAKCANARY-5b2c"
 HEADERS = {"Token-Sidecar": "1"}
+
+
+def e2e_idp(lifetime: int = 3600) -> DevIdP:
+    """The development IdP for ``serve`` processes: the real clock, the e2e client registered."""
+    dev = DevIdP(audience=E2E_AUDIENCE, token_lifetime=lifetime)
+    dev.add_client(
+        DevClient(
+            client_id=E2E_CLIENT_ID,
+            client_secret=E2E_SECRET,
+            audiences={E2E_AUDIENCE: ("read:tools",)},
+        )
+    )
+    return dev
 
 
 def profile_toml(idp: DevIdP, name: str = "api", secret: str = E2E_SECRET, **extra: str) -> str:
