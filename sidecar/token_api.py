@@ -6,7 +6,7 @@ tool that fetches arbitrary URLs on behalf of a model can never read a token
 (SSRF and DNS-rebinding defence). Errors of every kind are mapped to the JSON
 error body of DESIGN.md at one boundary wrapped around each route; no error
 body holds a token, a secret, or request input that is not a configured
-profile name.
+profile name, and the guards' refusals name no profile at all.
 
 The hot path (a cached, servable token) is a dictionary lookup, a clock read
 and one ``orjson.dumps``: it never waits and never talks to the IdP.
@@ -160,13 +160,7 @@ def _unknown_profile(asked: str, service: TokenService) -> ApiError:
 def _check_guards(request: web.Request) -> None:
     """Refuse anything that is not a deliberate call from a local process."""
     if request.headers.getall(GUARD_HEADER, []) != ["1"]:
-        refresher = _known_refresher(request)
-        raise ApiError(
-            400,
-            "missing_header",
-            f"the header '{GUARD_HEADER}: 1' is required",
-            profile=refresher.name if refresher is not None else None,
-        )
+        raise ApiError(400, "missing_header", f"the header '{GUARD_HEADER}: 1' is required")
     if any(name in request.headers for name in _PROXY_HEADERS) or not request.raw_path.startswith(
         "/"
     ):
@@ -266,13 +260,17 @@ def _known_refresher(request: web.Request) -> ProfileRefresher | None:
 
 
 def _forbidden(request: web.Request, reason: str) -> ApiError:
-    """A 403, counted as ``denied`` when the path names a configured profile."""
+    """A 403, counted as ``denied`` when the path names a configured profile.
+
+    The answer itself names no profile: a refused caller learns nothing about
+    which profiles exist (the metric and the log, read by operators, do).
+    """
     refresher = _known_refresher(request)
     name = refresher.name if refresher is not None else None
     if name is not None:
         request.app[SERVICE].metrics.count_request(name, "denied")
     log.info("request.denied", extra={"profile": name, "reason": reason})
-    return ApiError(403, "forbidden", reason, profile=name)
+    return ApiError(403, "forbidden", reason)
 
 
 # -- handlers ---------------------------------------------------------------

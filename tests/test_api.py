@@ -119,7 +119,7 @@ async def test_missing_header_is_refused(api, leaks):
     """A request without Token-Sidecar: 1 gets 400 missing_header and no token."""
     _service, client = await api()
     resp = await client.get("/v1/token/api")
-    await error_body(resp, 400, "missing_header", leaks, profile="api")
+    await error_body(resp, 400, "missing_header", leaks)
 
 
 @pytest.mark.parametrize("value", ["0", "true", "", "1, 1"])
@@ -127,7 +127,7 @@ async def test_wrong_header_value_is_refused(api, leaks, value):
     """A Token-Sidecar header with any value but 1 gets 400 missing_header."""
     _service, client = await api()
     resp = await client.get("/v1/token/api", headers={"Token-Sidecar": value})
-    await error_body(resp, 400, "missing_header", leaks, profile="api")
+    await error_body(resp, 400, "missing_header", leaks)
 
 
 async def test_guards_run_before_routing(api, leaks):
@@ -138,6 +138,20 @@ async def test_guards_run_before_routing(api, leaks):
 
 
 @pytest.mark.parametrize(
+    "headers", [{}, {**HEADERS, "Via": "1.1 proxy"}, {**HEADERS, "Host": "evil.example"}]
+)
+async def test_guard_answers_do_not_tell_which_profiles_exist(api, headers):
+    """A refused request gets the same answer for a configured and an unknown profile."""
+    _service, client = await api()
+    answers = []
+    for path in ("/v1/token/api", "/v1/token/nosuch"):
+        resp = await client.get(path, headers=headers)
+        answers.append((resp.status, await resp.read()))
+    assert answers[0] == answers[1]
+    assert b"api" not in answers[0][1]
+
+
+@pytest.mark.parametrize(
     ("name", "value"),
     [("Forwarded", "for=10.0.0.1"), ("X-Forwarded-For", "10.0.0.1"), ("Via", "1.1 proxy")],
 )
@@ -145,7 +159,7 @@ async def test_proxy_headers_are_forbidden(api, leaks, metrics, name, value):
     """A request that went through a proxy gets 403 forbidden, counted as denied."""
     _service, client = await api()
     resp = await client.get("/v1/token/api", headers={**HEADERS, name: value})
-    await error_body(resp, 403, "forbidden", leaks, profile="api")
+    await error_body(resp, 403, "forbidden", leaks)
     assert requests(metrics, "denied") == 1
     assert requests(metrics, "served") == 0
 
@@ -170,7 +184,7 @@ async def test_non_loopback_host_is_forbidden(api, leaks, metrics, host):
     """A Host that is not a loopback name or address gets 403 (DNS-rebinding defence)."""
     _service, client = await api()
     resp = await client.get("/v1/token/api", headers={**HEADERS, "Host": host})
-    body = await error_body(resp, 403, "forbidden", leaks, profile="api")
+    body = await error_body(resp, 403, "forbidden", leaks)
     assert host not in body["message"]
     assert requests(metrics, "denied") == 1
 
@@ -553,7 +567,7 @@ async def test_unix_socket_other_uid_is_denied(unix_api, leaks, metrics):
     """A peer whose uid is not in allow_uids gets 403, counted as denied."""
     _service, session, _path = await unix_api(server=ServerConfig(allow_uids=(os.getuid() + 1,)))
     resp = await session.get("http://localhost/v1/token/api", headers=HEADERS)
-    await error_body(resp, 403, "forbidden", leaks, profile="api")
+    await error_body(resp, 403, "forbidden", leaks)
     assert requests(metrics, "denied") == 1
     resp = await session.get("http://localhost/v1/token/other", headers=HEADERS)
     await error_body(resp, 403, "forbidden", leaks)
@@ -590,7 +604,7 @@ async def test_unix_socket_host_rules(unix_api, leaks):
     resp = await session.get(
         "http://localhost/v1/token/api", headers={**HEADERS, "Host": "evil.example"}
     )
-    await error_body(resp, 403, "forbidden", leaks, profile="api")
+    await error_body(resp, 403, "forbidden", leaks)
     reader, writer = await asyncio.open_unix_connection(path)
     assert await raw_get(reader, writer, {}) == 400
 

@@ -152,7 +152,7 @@ def expected(case, extra: dict[str, str]) -> tuple[int, str | None, str | None]:
     profile = case.path_parameters["profile"]
     configured = profile if profile in {"api", "bad"} else None
     if extra:
-        return 403, "forbidden", configured
+        return 403, "forbidden", None
     if configured is None:
         return 404, "unknown_profile", None
     if profile == "bad":
