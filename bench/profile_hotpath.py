@@ -11,7 +11,7 @@ Three views, in one run:
 3. A micro-benchmark, in this process, of each piece of the handler path on a
    mocked request: guards, the profile lookup and ``serve_now``, the metric
    increment, the JSON body, the response object, and the whole
-   middleware+handler against the ceiling's one-line handler.
+   boundary+guards+handler against the ceiling's one-line handler.
 """
 
 # This script measures the sidecar's own internals on purpose.
@@ -269,22 +269,25 @@ async def micro(n: int) -> None:
     async def ceiling_handler() -> web.Response:
         return web.Response(body=encoded, headers=no_store, content_type="application/json")
 
+    token_api = app[api.TOKEN_API]
+    route = token_api.guarded(token_api.get_token)
+
     async def sidecar_path() -> web.StreamResponse:
-        return await api._boundary(request, api._get_token)
+        return await route(request)
 
     async def handler_only() -> web.Response:
-        return await api._get_token(request)
+        return await token_api.get_token(request)
 
     rows: list[tuple[str, float]] = [
         (
-            "middleware + guards + handler (the whole app-level path)",
+            "boundary + guards + handler (the whole app-level path)",
             await _per_call(sidecar_path, n, is_async=True),
         ),
-        ("handler only (_get_token)", await _per_call(handler_only, n, is_async=True)),
+        ("handler only (TokenApi.get_token)", await _per_call(handler_only, n, is_async=True)),
         ("ceiling handler (constant bytes)", await _per_call(ceiling_handler, n, is_async=True)),
         (
-            "guards (_check_guards)",
-            await _per_call(lambda: api._check_guards(request), n, is_async=False),
+            "guards (TokenApi._check_guards)",
+            await _per_call(lambda: token_api._check_guards(request), n, is_async=False),
         ),
         (
             "service.refresher_for(name) + serve_now()",

@@ -38,21 +38,14 @@ from sidecar.token import ServedToken, fingerprint
 
 log = logging.getLogger("sidecar.api")
 
-SERVICE: Final = web.AppKey("service", TokenService)
-SERVER: Final = web.AppKey("server", ServerConfig)
-
 #: The header every caller must send; browsers and URL fetchers do not.
 GUARD_HEADER: Final = "Token-Sidecar"
 #: Largest accepted invalidate body, in bytes.
 MAX_BODY: Final = 16 * 1024
 
-_PROXY_HEADERS = (hdrs.FORWARDED, hdrs.X_FORWARDED_FOR, hdrs.VIA)
 _MIN_TTL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{0,6})?")
 _FINGERPRINT = re.compile(r"[0-9a-f]{12}")
 _PROFILE_NAME = re.compile(PROFILE_NAME_PATTERN)
-#: Per profile: (token, whole seconds left, stale) and the GET body encoded for them.
-EncodedBodies = dict[str, tuple[tuple[object, int, bool], bytes]]
-ENCODED: Final = web.AppKey("encoded", EncodedBodies)
 # A Host header: a bracketed IPv6 literal or a name without colons, then an optional port.
 _HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]+))(?::[0-9]{1,5})?")
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -83,28 +76,17 @@ def make_token_app(service: TokenService, server: ServerConfig) -> web.Applicati
         The app, with ``GET /v1/token/{profile}`` and
         ``POST /v1/token/{profile}/invalidate``.
     """
-    # The boundary wraps each route rather than running as a middleware: with
-    # no middleware aiohttp skips its middleware chain, which measured 12 % more
-    # throughput on the hot path (bench/hotpath_variants.py).
+    # Each route is one bound method behind one boundary frame, with the
+    # service at hand: no middleware (aiohttp then skips its middleware chain)
+    # and no per-request app lookups on the hot path (bench/profile_hotpath.py).
+    api = TokenApi(service, server)
     app = web.Application()
-    app[SERVICE] = service
-    app[SERVER] = server
-    app[ENCODED] = {}
+    app[TOKEN_API] = api
     # No HEAD: asking for a token has effects (metrics, possibly a refresh).
-    app.router.add_get("/v1/token/{profile}", _guarded(_get_token), allow_head=False)
-    app.router.add_post("/v1/token/{profile}/invalidate", _guarded(_invalidate))
-    app.router.add_route("*", "/{tail:.*}", _guarded(_unrouted))
+    app.router.add_get("/v1/token/{profile}", api.guarded(api.get_token), allow_head=False)
+    app.router.add_post("/v1/token/{profile}/invalidate", api.guarded(api.invalidate))
+    app.router.add_route("*", "/{tail:.*}", api.guarded(_unrouted))
     return app
-
-
-def _guarded(handler: Handler) -> Handler:
-    """``handler`` behind the guards and the error mapping of :func:`_boundary`."""
-
-    @functools.wraps(handler)
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        return await _boundary(request, handler)
-
-    return guarded
 
 
 async def _unrouted(request: web.Request) -> web.StreamResponse:
@@ -117,33 +99,177 @@ async def _unrouted(request: web.Request) -> web.StreamResponse:
 
 async def answer_unrouted(request: web.Request) -> web.StreamResponse:
     """The guarded JSON answer to a target the router cannot place (``CONNECT``, ``OPTIONS *``)."""
-    return await _boundary(request, _unrouted)
+    return await request.app[TOKEN_API].guarded(_unrouted)(request)
 
 
-# -- the boundary: guards and error mapping ----------------------------------
+class TokenApi:
+    """The token API's routes, guards and error mapping over one token service.
 
+    Holds the per-profile cache of encoded GET bodies: while a profile's token,
+    its whole seconds left and its stale flag stay the same, every caller gets
+    the same bytes, so thousands of callers a second cost one encoding per second.
+    """
 
-async def _boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Run the guards, then the handler; turn every expected failure into a JSON error."""
-    try:
-        _check_guards(request)
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc)
-    except UnknownProfileError as exc:
-        return error_response(_unknown_profile(exc.profile, request.app[SERVICE]))
-    except TokenUnavailableError as exc:
-        request.app[SERVICE].metrics.count_request(exc.profile, "unavailable")
-        return error_response(
-            ApiError(503, exc.code, str(exc), profile=exc.profile, retry_after=exc.retry_after)
-        )
-    except web.HTTPMethodNotAllowed as exc:
-        allow = ", ".join(sorted(exc.allowed_methods))
-        return error_response(
-            ApiError(405, "method_not_allowed", "method not allowed", headers={hdrs.ALLOW: allow})
-        )
-    except web.HTTPNotFound:
+    def __init__(self, service: TokenService, server: ServerConfig) -> None:
+        self.service = service
+        self.server = server
+        self._encoded: dict[str, tuple[tuple[object, int, bool], bytes]] = {}
+
+    def guarded(self, handler: Handler) -> Handler:
+        """``handler`` behind the guards, every expected failure turned into a JSON error."""
+
+        @functools.wraps(handler)
+        async def boundary(request: web.Request) -> web.StreamResponse:
+            try:
+                self._check_guards(request)
+                return await handler(request)
+            except _EXPECTED as exc:
+                return self._error_answer(exc)
+
+        return boundary
+
+    def _error_answer(self, exc: Exception) -> web.Response:
+        """The JSON answer to an expected failure of a guarded route."""
+        if isinstance(exc, ApiError):
+            return error_response(exc)
+        if isinstance(exc, UnknownProfileError):
+            return error_response(_unknown_profile(exc.profile, self.service))
+        if isinstance(exc, TokenUnavailableError):
+            self.service.metrics.count_request(exc.profile, "unavailable")
+            return error_response(
+                ApiError(503, exc.code, str(exc), profile=exc.profile, retry_after=exc.retry_after)
+            )
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allow = ", ".join(sorted(exc.allowed_methods))
+            return error_response(
+                ApiError(
+                    405, "method_not_allowed", "method not allowed", headers={hdrs.ALLOW: allow}
+                )
+            )
         return error_response(ApiError(404, "not_found", "no such endpoint"))
+
+    # -- the guards -----------------------------------------------------------
+
+    def _check_guards(self, request: web.Request) -> None:
+        """Refuse anything that is not a deliberate call from a local process."""
+        headers = request.headers
+        if headers.getall(GUARD_HEADER, None) != ["1"]:
+            raise ApiError(400, "missing_header", f"the header '{GUARD_HEADER}: 1' is required")
+        if (
+            hdrs.FORWARDED in headers
+            or hdrs.X_FORWARDED_FOR in headers
+            or hdrs.VIA in headers
+            or not request.raw_path.startswith("/")
+        ):
+            # An absolute-form target (GET http://host/...) is what proxies send;
+            # RFC 9112 would have its host override Host, so refuse it outright.
+            raise self._forbidden(request, "proxied requests are refused")
+        sock = self._socket(request)
+        unix = sock.family == socket.AF_UNIX
+        hosts = headers.getall(hdrs.HOST, None)
+        host = hosts[0] if hosts is not None and len(hosts) == 1 else None
+        if (hosts is not None and len(hosts) > 1) or not (
+            _host_allowed(host, unix) or _is_listen_host(host, self.server)
+        ):
+            raise self._forbidden(request, "the Host header must name a loopback address")
+        if unix:
+            self._check_peer(request, sock)
+
+    def _socket(self, request: web.Request) -> _PeerSocket:
+        transport = request.transport
+        sock: _PeerSocket | None = transport.get_extra_info("socket") if transport else None
+        if sock is None:
+            # The connection is gone, so nobody can read the answer; still fail closed.
+            raise self._forbidden(request, "connection closed")
+        return sock
+
+    def _check_peer(self, request: web.Request, sock: _PeerSocket) -> None:
+        """Refuse a Unix-socket peer whose uid is not allowed (profile list, else server list)."""
+        allowed = self._allowed_uids(request)
+        if not allowed:
+            return
+        peercred = getattr(socket, "SO_PEERCRED", None)
+        if peercred is None:
+            raise self._forbidden(request, "peer credentials are not available on this platform")
+        try:
+            _pid, uid, _gid = _UCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, peercred, _UCRED.size)
+            )
+        except OSError:
+            raise self._forbidden(request, "peer credentials are not available") from None
+        if uid not in allowed:
+            raise self._forbidden(request, "this user may not read tokens")
+
+    def _allowed_uids(self, request: web.Request) -> tuple[int, ...]:
+        """The profile's own list when it has one, else the server's (empty: no restriction).
+
+        An empty per-profile list inherits rather than opens: copying the example
+        config's ``allow_uids = []`` must not silently lift a server-wide list.
+        """
+        refresher = self._known_refresher(request)
+        if refresher is not None and refresher.profile.allow_uids:
+            return refresher.profile.allow_uids
+        return self.server.allow_uids
+
+    def _known_refresher(self, request: web.Request) -> ProfileRefresher | None:
+        """The refresher of the profile named in the path, when it is configured."""
+        name = request.match_info.get("profile")
+        return None if name is None else self.service.refreshers.get(name)
+
+    def _forbidden(self, request: web.Request, reason: str) -> ApiError:
+        """A 403, counted as ``denied`` when the path names a configured profile.
+
+        The answer itself names no profile: a refused caller learns nothing about
+        which profiles exist (the metric and the log, read by operators, do).
+        """
+        refresher = self._known_refresher(request)
+        name = refresher.name if refresher is not None else None
+        if name is not None:
+            self.service.metrics.count_request(name, "denied")
+        log.info("request.denied", extra={"profile": name, "reason": reason})
+        return ApiError(403, "forbidden", reason)
+
+    # -- the routes -------------------------------------------------------------
+
+    async def get_token(self, request: web.Request) -> web.Response:
+        """``GET /v1/token/{profile}[?min_ttl=SECONDS]``."""
+        refresher = self.service.refresher_for(request.match_info["profile"])
+        min_ttl = _min_ttl(request, refresher) if request.query_string else None
+        served = refresher.serve_now(min_ttl)
+        if served is None:
+            served = await refresher.get(min_ttl)
+        self.service.metrics.count_request(refresher.name, "stale" if served.stale else "served")
+        token = served.token
+        expires_in = token.expires_in(self.service.clock.monotonic())
+        key = (token, expires_in, served.stale)
+        cached = self._encoded.get(refresher.name)
+        if cached is not None and cached[0] == key:
+            return bytes_response(cached[1], status=200)
+        data = _token_body(refresher.name, served, expires_in)
+        self._encoded[refresher.name] = (key, data)
+        return bytes_response(data, status=200)
+
+    async def invalidate(self, request: web.Request) -> web.Response:
+        """``POST /v1/token/{profile}/invalidate``: drop the reported token if still current."""
+        service = self.service
+        refresher = service.refresher_for(request.match_info["profile"])
+        body = await _read_body(request, refresher.name, self.server.header_timeout)
+        reported = _reported_fingerprint(body, refresher.name)
+        result, served = await refresher.invalidate(reported)
+        service.metrics.count_request(refresher.name, "stale" if served.stale else "served")
+        expires_in = served.token.expires_in(service.clock.monotonic())
+        return bytes_response(_token_body(refresher.name, served, expires_in, result), status=200)
+
+
+#: What a guarded route may raise on purpose; anything else is a bug (a 500).
+_EXPECTED = (
+    ApiError,
+    UnknownProfileError,
+    TokenUnavailableError,
+    web.HTTPMethodNotAllowed,
+    web.HTTPNotFound,
+)
+TOKEN_API: Final = web.AppKey("token_api", TokenApi)
 
 
 def _unknown_profile(asked: str, service: TokenService) -> ApiError:
@@ -157,40 +283,10 @@ def _unknown_profile(asked: str, service: TokenService) -> ApiError:
     return ApiError(404, "unknown_profile", f"unknown profile {shown}; configured: {configured}")
 
 
-def _check_guards(request: web.Request) -> None:
-    """Refuse anything that is not a deliberate call from a local process."""
-    if request.headers.getall(GUARD_HEADER, []) != ["1"]:
-        raise ApiError(400, "missing_header", f"the header '{GUARD_HEADER}: 1' is required")
-    if any(name in request.headers for name in _PROXY_HEADERS) or not request.raw_path.startswith(
-        "/"
-    ):
-        # An absolute-form target (GET http://host/...) is what proxies send;
-        # RFC 9112 would have its host override Host, so refuse it outright.
-        raise _forbidden(request, "proxied requests are refused")
-    sock = _socket(request)
-    unix = sock.family == socket.AF_UNIX
-    hosts = request.headers.getall(hdrs.HOST, [])
-    host = hosts[0] if len(hosts) == 1 else None
-    if len(hosts) > 1 or not (
-        _host_allowed(host, unix=unix) or _is_listen_host(host, request.app[SERVER])
-    ):
-        raise _forbidden(request, "the Host header must name a loopback address")
-    if unix:
-        _check_peer(request, sock)
-
-
-def _socket(request: web.Request) -> _PeerSocket:
-    transport = request.transport
-    sock: _PeerSocket | None = transport.get_extra_info("socket") if transport else None
-    if sock is None:
-        # The connection is gone, so nobody can read the answer; still fail closed.
-        raise _forbidden(request, "connection closed")
-    return sock
-
-
 # Callers send the same few Host values over and over; the bound keeps junk from piling up.
+# Both arguments are positional: a cheaper cache key on the hot path.
 @functools.lru_cache(maxsize=64)
-def _host_allowed(host: str | None, *, unix: bool) -> bool:
+def _host_allowed(host: str | None, unix: bool) -> bool:
     """Whether ``host`` is localhost or a loopback address (absent: only on the Unix socket)."""
     if host is None:
         return unix
@@ -220,82 +316,6 @@ def _is_listen_host(host: str | None, server: ServerConfig) -> bool:
     return f"[{named}]" == listen_host if match.group("ipv6") else named == listen_host
 
 
-def _check_peer(request: web.Request, sock: _PeerSocket) -> None:
-    """Refuse a Unix-socket peer whose uid is not allowed (profile list, else server list)."""
-    allowed = _allowed_uids(request)
-    if not allowed:
-        return
-    peercred = getattr(socket, "SO_PEERCRED", None)
-    if peercred is None:
-        raise _forbidden(request, "peer credentials are not available on this platform")
-    try:
-        _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, peercred, _UCRED.size))
-    except OSError:
-        raise _forbidden(request, "peer credentials are not available") from None
-    if uid not in allowed:
-        raise _forbidden(request, "this user may not read tokens")
-
-
-def _allowed_uids(request: web.Request) -> tuple[int, ...]:
-    """The profile's own list when it has one, else the server's (empty: no restriction).
-
-    An empty per-profile list inherits rather than opens: copying the example
-    config's ``allow_uids = []`` must not silently lift a server-wide list.
-    """
-    refresher = _known_refresher(request)
-    if refresher is not None and refresher.profile.allow_uids:
-        return refresher.profile.allow_uids
-    return request.app[SERVER].allow_uids
-
-
-def _known_refresher(request: web.Request) -> ProfileRefresher | None:
-    """The refresher of the profile named in the path, when it is configured."""
-    name = request.match_info.get("profile")
-    if name is None:
-        return None
-    try:
-        return request.app[SERVICE].refresher_for(name)
-    except UnknownProfileError:
-        return None
-
-
-def _forbidden(request: web.Request, reason: str) -> ApiError:
-    """A 403, counted as ``denied`` when the path names a configured profile.
-
-    The answer itself names no profile: a refused caller learns nothing about
-    which profiles exist (the metric and the log, read by operators, do).
-    """
-    refresher = _known_refresher(request)
-    name = refresher.name if refresher is not None else None
-    if name is not None:
-        request.app[SERVICE].metrics.count_request(name, "denied")
-    log.info("request.denied", extra={"profile": name, "reason": reason})
-    return ApiError(403, "forbidden", reason)
-
-
-# -- handlers ---------------------------------------------------------------
-
-
-async def _get_token(request: web.Request) -> web.Response:
-    """``GET /v1/token/{profile}[?min_ttl=SECONDS]``."""
-    service = request.app[SERVICE]
-    refresher = service.refresher_for(request.match_info["profile"])
-    min_ttl = _min_ttl(request, refresher)
-    served = refresher.serve_now(min_ttl)
-    if served is None:
-        served = await refresher.get(min_ttl)
-    return _token_response(service, refresher.name, served, encoded=request.app[ENCODED])
-
-
-async def _invalidate(request: web.Request) -> web.Response:
-    """``POST /v1/token/{profile}/invalidate``: drop the reported token if still current."""
-    service = request.app[SERVICE]
-    refresher = service.refresher_for(request.match_info["profile"])
-    reported = _reported_fingerprint(await _read_body(request, refresher.name), refresher.name)
-    result, served = await refresher.invalidate(reported)
-    return _token_response(service, refresher.name, served, result=result)
-
-
 def _min_ttl(request: web.Request, refresher: ProfileRefresher) -> float | None:
     """The ``min_ttl`` query parameter: seconds, at most half the current token's lifetime."""
     values = request.query.getall("min_ttl", [])
@@ -314,7 +334,7 @@ def _min_ttl(request: web.Request, refresher: ProfileRefresher) -> float | None:
     return min_ttl
 
 
-async def _read_body(request: web.Request, profile: str) -> bytes:
+async def _read_body(request: web.Request, profile: str, timeout: float) -> bytes:
     """The request body, refusing more than :data:`MAX_BODY` bytes without buffering them."""
     too_big = _bad_request(f"the body must not exceed {MAX_BODY} bytes", profile)
     if request.content_length is not None and request.content_length > MAX_BODY:
@@ -322,7 +342,7 @@ async def _read_body(request: web.Request, profile: str) -> bytes:
     body = bytearray()
     try:
         # The body gets as long as a head: a half-sent body cannot hold the connection.
-        async with asyncio.timeout(request.app[SERVER].header_timeout):
+        async with asyncio.timeout(timeout):
             async for chunk in request.content.iter_any():
                 body += chunk
                 if len(body) > MAX_BODY:
@@ -363,28 +383,11 @@ def _reported_fingerprint(body: bytes, profile: str) -> str:
     return value
 
 
-def _token_response(
-    service: TokenService,
-    profile: str,
-    served: ServedToken,
-    *,
-    result: str | None = None,
-    encoded: EncodedBodies | None = None,
-) -> web.Response:
-    """The 200 answer of both endpoints (invalidate adds its ``result``); counts it.
-
-    The encoded body of a GET is kept per profile and reused while the token,
-    its whole seconds left and its stale flag are the same: thousands of
-    callers a second then cost one encoding per second.
-    """
+def _token_body(
+    profile: str, served: ServedToken, expires_in: int, result: str | None = None
+) -> bytes:
+    """The encoded 200 answer of both endpoints (invalidate adds its ``result``)."""
     token = served.token
-    service.metrics.count_request(profile, "stale" if served.stale else "served")
-    expires_in = token.expires_in(service.clock.monotonic())
-    key = (token, expires_in, served.stale)
-    if encoded is not None:
-        cached = encoded.get(profile)
-        if cached is not None and cached[0] == key:
-            return bytes_response(cached[1], status=200)
     body = {
         "access_token": token.value,
         "token_type": "Bearer",
@@ -396,10 +399,7 @@ def _token_response(
     }
     if result is not None:
         body["result"] = result
-    data = orjson.dumps(body)
-    if encoded is not None:
-        encoded[profile] = (key, data)
-    return bytes_response(data, status=200)
+    return orjson.dumps(body)
 
 
 def _bad_request(message: str, profile: str) -> ApiError:
