@@ -12,11 +12,13 @@ subclasses wired in by :class:`LimitedRunner` (used instead of ``web.AppRunner``
   half-sent) to admit the new one; when every connection is busy, the new one
   is closed. It wraps the app's handler to mark a connection busy while a
   request is handled.
-- :class:`GuardedRequestHandler` (a ``RequestHandler``) arms one timer
-  (``loop.call_at``) per connection: a complete request line and headers must
-  arrive within ``header_timeout`` of the accept, or of the first byte after a
-  response. It also bounds the bytes a request head may take
-  (:data:`MAX_HEAD_BYTES`), so many half-sent heads cannot exhaust memory.
+- :class:`GuardedRequestHandler` (a ``RequestHandler``): a complete request
+  line and headers must arrive within ``header_timeout`` of the accept, or of
+  the first byte after a response. It also bounds the bytes a request head may
+  take (:data:`MAX_HEAD_BYTES`), so many half-sent heads cannot exhaust memory.
+  The deadlines live in :class:`HeadDeadlines`, one per listener server: a
+  dictionary in deadline order and one timer for the earliest, so a request
+  costs two dictionary operations instead of arming and cancelling a timer.
   A malformed request gets a fixed JSON 400 and one throttled ``warning``
   without the raw bytes.
 - :class:`ThrottledLog` writes an event at most once a second and reports how
@@ -115,6 +117,53 @@ class ThrottledLog:
         self._logger.log(self._level, self._event, extra=extra, exc_info=exc_info)
 
 
+class HeadDeadlines:
+    """The head deadlines of one server's connections, with one timer for the earliest.
+
+    Every deadline is ``header_timeout`` after the moment it is set, so the
+    insertion order of the dictionary is deadline order: the timer fires at
+    the first entry's deadline, closes what is due, and re-arms for the next.
+    """
+
+    def __init__(self, timeout: float, on_expiry: Callable[[GuardedRequestHandler], None]) -> None:
+        self._timeout = timeout
+        self._on_expiry = on_expiry
+        self._loop = asyncio.get_running_loop()
+        self._due: dict[GuardedRequestHandler, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, handler: GuardedRequestHandler) -> None:
+        """Start ``handler``'s deadline now (it must not have one running)."""
+        self._due[handler] = deadline = self._loop.time() + self._timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._expire)
+
+    def stop(self, handler: GuardedRequestHandler) -> None:
+        """Drop ``handler``'s deadline, if it has one."""
+        self._due.pop(handler, None)
+
+    def close(self) -> None:
+        """Drop every deadline and the timer."""
+        self._due.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        while self._due:
+            handler, deadline = next(iter(self._due.items()))
+            if deadline > now:
+                self._timer = self._loop.call_at(deadline, self._expire)
+                return
+            del self._due[handler]
+            self._on_expiry(handler)
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's connection protocol with a head deadline, a head size bound and a quiet 400."""
 
@@ -123,22 +172,22 @@ class GuardedRequestHandler(RequestHandler):
         self._limited = manager
         self.busy = False
         self._head_bytes = 0
-        self._head_deadline: asyncio.TimerHandle | None = None
+        self._head_pending = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._arm_head_deadline()
+        self._start_head_deadline()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm_head_deadline()
+        self._stop_head_deadline()
         self._limited.forget(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if not self.busy:
             # Bytes of a new request head: its deadline starts with the first of them.
-            if self._head_deadline is None:
-                self._arm_head_deadline()
+            if not self._head_pending:
+                self._start_head_deadline()
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self.force_close()
@@ -149,28 +198,26 @@ class GuardedRequestHandler(RequestHandler):
         """A complete head arrived and the app handles it: the connection is busy."""
         self.busy = True
         self._head_bytes = 0
-        self._disarm_head_deadline()
+        self._stop_head_deadline()
 
     def request_finished(self) -> None:
         """The app answered: the connection is idle (keep-alive) until the next byte."""
         self.busy = False
 
-    def _arm_head_deadline(self) -> None:
-        self._disarm_head_deadline()
-        loop = asyncio.get_running_loop()
-        self._head_deadline = loop.call_later(
-            self._limited.limits.header_timeout, self._head_timed_out
-        )
-
-    def _disarm_head_deadline(self) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
-
-    def _head_timed_out(self) -> None:
-        self._head_deadline = None
+    def head_timed_out(self) -> None:
+        """The head deadline passed: close, unless a request started meanwhile."""
+        self._head_pending = False
         if not self.busy:
             self.force_close()
+
+    def _start_head_deadline(self) -> None:
+        self._head_pending = True
+        self._limited.head_deadlines.start(self)
+
+    def _stop_head_deadline(self) -> None:
+        if self._head_pending:
+            self._head_pending = False
+            self._limited.head_deadlines.stop(self)
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:  # noqa: ARG002 - fixed text
         """aiohttp's own failures after an answer: the throttled crash log, not a flood."""
@@ -224,6 +271,9 @@ class LimitedServer(web.Server):
         # One pool per listener (TCP, Unix socket), each in accept order.
         self._pools: dict[int, dict[GuardedRequestHandler, None]] = {}
         now = asyncio.get_running_loop().time
+        self.head_deadlines = HeadDeadlines(
+            limits.header_timeout, GuardedRequestHandler.head_timed_out
+        )
         self.bad_request_log = ThrottledLog(log, "http.bad_request", now=now)
         self.crash_log = ThrottledLog(log, "http.handler_failed", level=logging.ERROR, now=now)
 
@@ -240,6 +290,10 @@ class LimitedServer(web.Server):
             handler.force_close()  # every connection has a request in progress
             return
         pool[handler] = None
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        await super().shutdown(timeout)
+        self.head_deadlines.close()
 
     def forget(self, handler: GuardedRequestHandler) -> None:
         """Drop a closed connection from its pool."""
