@@ -34,9 +34,9 @@ import asyncio
 import logging
 import resource
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -51,6 +51,7 @@ RESERVED_DESCRIPTORS: Final = 64
 #: Connections one accept burst may admit before closed ones release their descriptors.
 ACCEPT_BURST: Final = 128
 
+_Conn = TypeVar("_Conn", bound=Hashable)
 #: Builds the JSON answer to a request that failed below the app: (status) -> response.
 ErrorAnswer = Callable[[int], web.StreamResponse]
 Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
@@ -117,7 +118,7 @@ class ThrottledLog:
         self._logger.log(self._level, self._event, extra=extra, exc_info=exc_info)
 
 
-class HeadDeadlines:
+class HeadDeadlines(Generic[_Conn]):
     """The head deadlines of one server's connections, with one timer for the earliest.
 
     Every deadline is ``header_timeout`` after the moment it is set, so the
@@ -125,20 +126,20 @@ class HeadDeadlines:
     the first entry's deadline, closes what is due, and re-arms for the next.
     """
 
-    def __init__(self, timeout: float, on_expiry: Callable[[GuardedRequestHandler], None]) -> None:
+    def __init__(self, timeout: float, on_expiry: Callable[[_Conn], None]) -> None:
         self._timeout = timeout
         self._on_expiry = on_expiry
         self._loop = asyncio.get_running_loop()
-        self._due: dict[GuardedRequestHandler, float] = {}
+        self._due: dict[_Conn, float] = {}
         self._timer: asyncio.TimerHandle | None = None
 
-    def start(self, handler: GuardedRequestHandler) -> None:
+    def start(self, handler: _Conn) -> None:
         """Start ``handler``'s deadline now (it must not have one running)."""
         self._due[handler] = deadline = self._loop.time() + self._timeout
         if self._timer is None:
             self._timer = self._loop.call_at(deadline, self._expire)
 
-    def stop(self, handler: GuardedRequestHandler) -> None:
+    def stop(self, handler: _Conn) -> None:
         """Drop ``handler``'s deadline, if it has one."""
         self._due.pop(handler, None)
 
@@ -271,7 +272,7 @@ class LimitedServer(web.Server):
         # One pool per listener (TCP, Unix socket), each in accept order.
         self._pools: dict[int, dict[GuardedRequestHandler, None]] = {}
         now = asyncio.get_running_loop().time
-        self.head_deadlines = HeadDeadlines(
+        self.head_deadlines: HeadDeadlines[GuardedRequestHandler] = HeadDeadlines(
             limits.header_timeout, GuardedRequestHandler.head_timed_out
         )
         self.bad_request_log = ThrottledLog(log, "http.bad_request", now=now)
