@@ -10,8 +10,7 @@ subclasses wired in by :class:`LimitedRunner` (used instead of ``web.AppRunner``
   listener (TCP or Unix socket) in accept order. At ``max_connections`` it
   closes the oldest connection that has no request in progress (idle or
   half-sent) to admit the new one; when every connection is busy, the new one
-  is closed. It wraps the app's handler to mark a connection busy while a
-  request is handled.
+  is closed.
 - :class:`GuardedRequestHandler` (a ``RequestHandler``): a complete request
   line and headers must arrive within ``header_timeout`` of the accept, or of
   the first byte after a response. It also bounds the bytes a request head may
@@ -34,6 +33,7 @@ import asyncio
 import logging
 import resource
 import socket
+import struct
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
@@ -118,6 +118,38 @@ class ThrottledLog:
         self._logger.log(self._level, self._event, extra=extra, exc_info=exc_info)
 
 
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """What the guards need of a connection's other end, read once when it connects.
+
+    ``uid`` is the peer's user id on a Unix socket (``SO_PEERCRED``), ``None``
+    over TCP or where the platform cannot tell.
+    """
+
+    unix: bool
+    uid: int | None = None
+
+
+def peer_of(transport: asyncio.BaseTransport | None) -> Peer | None:
+    """The :class:`Peer` of ``transport``'s socket; ``None`` once the connection is gone."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return None
+    if sock.family != socket.AF_UNIX:
+        return Peer(unix=False)
+    peercred = getattr(socket, "SO_PEERCRED", None)
+    if peercred is None:
+        return Peer(unix=True)
+    try:
+        _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, peercred, _UCRED.size))
+    except OSError:
+        return Peer(unix=True)
+    return Peer(unix=True, uid=uid)
+
+
 class HeadDeadlines(Generic[_Conn]):
     """The head deadlines of one server's connections, with one timer for the earliest.
 
@@ -166,21 +198,33 @@ class HeadDeadlines(Generic[_Conn]):
 
 
 class GuardedRequestHandler(RequestHandler):
-    """aiohttp's connection protocol with a head deadline, a head size bound and a quiet 400."""
+    """aiohttp's connection protocol with a head deadline, a head size bound and a quiet 400.
+
+    A connection is ``busy`` from the moment its request is handed to the app
+    until the answer is written; otherwise it is waiting for a head (idle or
+    half-sent) and may be closed to make room. ``peer`` is read once, when the
+    connection is made: the guards need it on every request.
+    """
 
     def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._limited = manager
+        self._deadlines = manager.head_deadlines
         self.busy = False
+        self.peer: Peer | None = None
         self._head_bytes = 0
         self._head_pending = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._start_head_deadline()
+        self.peer = peer_of(transport)
+        self._head_pending = True
+        self._deadlines.start(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._stop_head_deadline()
+        if self._head_pending:
+            self._head_pending = False
+            self._deadlines.stop(self)
         self._limited.forget(self)
         super().connection_lost(exc)
 
@@ -188,37 +232,38 @@ class GuardedRequestHandler(RequestHandler):
         if not self.busy:
             # Bytes of a new request head: its deadline starts with the first of them.
             if not self._head_pending:
-                self._start_head_deadline()
+                self._head_pending = True
+                self._deadlines.start(self)
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self.force_close()
                 return
         super().data_received(data)
 
-    def request_started(self) -> None:
-        """A complete head arrived and the app handles it: the connection is busy."""
+    async def _handle_request(
+        self,
+        request: BaseRequest,
+        start_time: float | None,
+        request_handler: Handler,
+    ) -> tuple[web.StreamResponse, bool]:
+        # aiohttp's per-request step: a complete head arrived and goes to the app.
         self.busy = True
         self._head_bytes = 0
-        self._stop_head_deadline()
-
-    def request_finished(self) -> None:
-        """The app answered: the connection is idle (keep-alive) until the next byte."""
-        self.busy = False
+        if self._head_pending:
+            self._head_pending = False
+            self._deadlines.stop(self)
+        if not request.raw_path.startswith("/"):
+            request_handler = self._limited.answering_unrouted(request_handler)
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            self.busy = False
 
     def head_timed_out(self) -> None:
         """The head deadline passed: close, unless a request started meanwhile."""
         self._head_pending = False
         if not self.busy:
             self.force_close()
-
-    def _start_head_deadline(self) -> None:
-        self._head_pending = True
-        self._limited.head_deadlines.start(self)
-
-    def _stop_head_deadline(self) -> None:
-        if self._head_pending:
-            self._head_pending = False
-            self._limited.head_deadlines.stop(self)
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:  # noqa: ARG002 - fixed text
         """aiohttp's own failures after an answer: the throttled crash log, not a flood."""
@@ -263,7 +308,7 @@ class LimitedServer(web.Server):
         unrouted: AppHandler | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(self._track(handler), **kwargs)
+        super().__init__(handler, **kwargs)
         self.name = name
         self.limits = limits
         self.error_answer = error_answer
@@ -314,32 +359,26 @@ class LimitedServer(web.Server):
                 return True
         return False
 
-    def _track(self, handler: Handler) -> Handler:
-        """The app's handler, marking the connection busy while it runs."""
+    def answering_unrouted(self, handler: Handler) -> Handler:
+        """``handler``, with the JSON answer for a target the router cannot place.
 
-        async def tracked(request: BaseRequest) -> web.StreamResponse:
-            protocol = request.protocol
-            guarded = protocol if isinstance(protocol, GuardedRequestHandler) else None
-            if guarded is not None:
-                guarded.request_started()
+        Used for targets that are not origin-form (CONNECT's authority,
+        ``OPTIONS *``, an absolute URL): for those the router raises before any
+        route runs, and aiohttp would answer with a text page.
+        """
+        unrouted = self._unrouted
+        if unrouted is None:
+            return handler
+
+        async def answer(request: BaseRequest) -> web.StreamResponse:
             try:
                 return await handler(request)
             except web.HTTPException:
-                # Only the router raises here (every route answers for itself): a
-                # target it cannot place, such as CONNECT's or "OPTIONS *".
-                unrouted = self._unrouted
-                if (
-                    unrouted is None
-                    or not isinstance(request, web.Request)
-                    or request.raw_path.startswith("/")
-                ):
+                if not isinstance(request, web.Request):  # pragma: no cover - the app's requests
                     raise
                 return await unrouted(request)
-            finally:
-                if guarded is not None:
-                    guarded.request_finished()
 
-        return tracked
+        return answer
 
 
 # web.Server's own arguments; everything else is passed on to each RequestHandler.

@@ -159,7 +159,7 @@ class ProfileRefresher:
             self._report.served_fallback(fallback_reason(self._last_kind))
         if self._context.fleet.cache.state is CacheState.DOWN:
             self._report.served_fallback("cache_backend_down")
-        return ServedToken(token, stale)
+        return ServedToken(token, stale, token.expires_in(now))
 
     async def get(self, min_ttl: float | None = None) -> ServedToken:
         """A servable token with at least ``min_ttl`` left, waiting for a refresh if needed."""

@@ -13,6 +13,7 @@ import enum
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 def fingerprint(value: str) -> str:
@@ -74,9 +75,12 @@ class HeldToken:
     __str__ = __repr__
 
 
-@dataclass(frozen=True)
-class ServedToken:
-    """A token handed to a caller, and whether it is a fallback (refreshes failing)."""
+class ServedToken(NamedTuple):
+    """A token handed to a caller: whether it is a fallback, and its whole seconds left then.
+
+    A named tuple: one is built for every token request.
+    """
 
     token: HeldToken
     stale: bool
+    expires_in: int

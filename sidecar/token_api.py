@@ -20,9 +20,7 @@ import ipaddress
 import logging
 import math
 import re
-import socket
-import struct
-from typing import Final, Protocol
+from typing import Final
 
 import orjson
 from aiohttp import hdrs, web
@@ -31,6 +29,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from sidecar.config import PROFILE_NAME_PATTERN, ServerConfig
 from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
+from sidecar.listeners import GuardedRequestHandler, Peer, peer_of
 from sidecar.refresher import ProfileRefresher
 from sidecar.responses import bytes_response, error_response
 from sidecar.service import TokenService
@@ -48,20 +47,10 @@ _FINGERPRINT = re.compile(r"[0-9a-f]{12}")
 _PROFILE_NAME = re.compile(PROFILE_NAME_PATTERN)
 # A Host header: a bracketed IPv6 literal or a name without colons, then an optional port.
 _HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]+))(?::[0-9]{1,5})?")
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _KNOWN_PATHS = (
     (re.compile(r"/v1/token/[^/]+"), ("GET",)),
     (re.compile(r"/v1/token/[^/]+/invalidate"), ("POST",)),
 )
-
-
-class _PeerSocket(Protocol):
-    """What the guards need of the transport's socket (``asyncio.trsock.TransportSocket``)."""
-
-    @property
-    def family(self) -> int: ...
-
-    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
 
 
 def make_token_app(service: TokenService, server: ServerConfig) -> web.Application:
@@ -114,7 +103,7 @@ class TokenApi:
     def __init__(self, service: TokenService, server: ServerConfig) -> None:
         self.service = service
         self.server = server
-        self._encoded: dict[str, tuple[tuple[object, int, bool], bytes]] = {}
+        self._encoded: dict[str, tuple[ServedToken, bytes]] = {}
 
     def guarded(self, handler: Handler) -> Handler:
         """``handler`` behind the guards, every expected failure turned into a JSON error."""
@@ -165,40 +154,27 @@ class TokenApi:
             # An absolute-form target (GET http://host/...) is what proxies send;
             # RFC 9112 would have its host override Host, so refuse it outright.
             raise self._forbidden(request, "proxied requests are refused")
-        sock = self._socket(request)
-        unix = sock.family == socket.AF_UNIX
+        peer = _peer(request)
+        if peer is None:
+            # The connection is gone, so nobody can read the answer; still fail closed.
+            raise self._forbidden(request, "connection closed")
         hosts = headers.getall(hdrs.HOST, None)
         host = hosts[0] if hosts is not None and len(hosts) == 1 else None
         if (hosts is not None and len(hosts) > 1) or not (
-            _host_allowed(host, unix) or _is_listen_host(host, self.server)
+            _host_allowed(host, peer.unix) or _is_listen_host(host, self.server)
         ):
             raise self._forbidden(request, "the Host header must name a loopback address")
-        if unix:
-            self._check_peer(request, sock)
+        if peer.unix:
+            self._check_peer(request, peer)
 
-    def _socket(self, request: web.Request) -> _PeerSocket:
-        transport = request.transport
-        sock: _PeerSocket | None = transport.get_extra_info("socket") if transport else None
-        if sock is None:
-            # The connection is gone, so nobody can read the answer; still fail closed.
-            raise self._forbidden(request, "connection closed")
-        return sock
-
-    def _check_peer(self, request: web.Request, sock: _PeerSocket) -> None:
+    def _check_peer(self, request: web.Request, peer: Peer) -> None:
         """Refuse a Unix-socket peer whose uid is not allowed (profile list, else server list)."""
         allowed = self._allowed_uids(request)
         if not allowed:
             return
-        peercred = getattr(socket, "SO_PEERCRED", None)
-        if peercred is None:
-            raise self._forbidden(request, "peer credentials are not available on this platform")
-        try:
-            _pid, uid, _gid = _UCRED.unpack(
-                sock.getsockopt(socket.SOL_SOCKET, peercred, _UCRED.size)
-            )
-        except OSError:
-            raise self._forbidden(request, "peer credentials are not available") from None
-        if uid not in allowed:
+        if peer.uid is None:
+            raise self._forbidden(request, "peer credentials are not available")
+        if peer.uid not in allowed:
             raise self._forbidden(request, "this user may not read tokens")
 
     def _allowed_uids(self, request: web.Request) -> tuple[int, ...]:
@@ -248,14 +224,11 @@ class TokenApi:
         except _EXPECTED as exc:
             return self._error_answer(exc)
         self.service.metrics.count_request(refresher.name, "stale" if served.stale else "served")
-        token = served.token
-        expires_in = token.expires_in(self.service.clock.monotonic())
-        key = (token, expires_in, served.stale)
         cached = self._encoded.get(refresher.name)
-        if cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == served:
             return bytes_response(cached[1], status=200)
-        data = _token_body(refresher.name, served, expires_in)
-        self._encoded[refresher.name] = (key, data)
+        data = _token_body(refresher.name, served)
+        self._encoded[refresher.name] = (served, data)
         return bytes_response(data, status=200)
 
     async def invalidate(self, request: web.Request) -> web.Response:
@@ -266,8 +239,7 @@ class TokenApi:
         reported = _reported_fingerprint(body, refresher.name)
         result, served = await refresher.invalidate(reported)
         service.metrics.count_request(refresher.name, "stale" if served.stale else "served")
-        expires_in = served.token.expires_in(service.clock.monotonic())
-        return bytes_response(_token_body(refresher.name, served, expires_in, result), status=200)
+        return bytes_response(_token_body(refresher.name, served, result), status=200)
 
 
 #: What a guarded route may raise on purpose; anything else is a bug (a 500).
@@ -279,6 +251,14 @@ _EXPECTED = (
     web.HTTPNotFound,
 )
 TOKEN_API: Final = web.AppKey("token_api", TokenApi)
+
+
+def _peer(request: web.Request) -> Peer | None:
+    """The connection's peer: read once per connection by the listener, else now."""
+    protocol = request.protocol
+    if isinstance(protocol, GuardedRequestHandler):
+        return protocol.peer
+    return peer_of(request.transport)  # an app served without the listener, as in tests
 
 
 def _unknown_profile(asked: str, service: TokenService) -> ApiError:
@@ -392,15 +372,13 @@ def _reported_fingerprint(body: bytes, profile: str) -> str:
     return value
 
 
-def _token_body(
-    profile: str, served: ServedToken, expires_in: int, result: str | None = None
-) -> bytes:
+def _token_body(profile: str, served: ServedToken, result: str | None = None) -> bytes:
     """The encoded 200 answer of both endpoints (invalidate adds its ``result``)."""
     token = served.token
     body = {
         "access_token": token.value,
         "token_type": "Bearer",
-        "expires_in": expires_in,
+        "expires_in": served.expires_in,
         "expires_at": math.floor(token.expires_at_wall),
         "scope": token.scope,
         "profile": profile,

@@ -16,6 +16,8 @@ import pytest
 from aiohttp import web
 
 from sidecar.config import BackoffConfig, InlineSecret, ServerConfig
+from sidecar.listeners import LimitedRunner, ListenerLimits
+from sidecar.responses import edge_error_response
 from sidecar.token import fingerprint
 from sidecar.token_api import MAX_BODY, make_token_app
 from tests.support.builders import CLIENT_SECRET, make_profile
@@ -52,14 +54,23 @@ def api(idp, make_service, aiohttp_client):
 
 @pytest.fixture
 async def unix_api(idp, make_service) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
-    """Serve the token API on a Unix socket; yields (service, session, socket path)."""
+    """Serve the token API on a Unix socket as the daemon does; yields (service, session, path).
+
+    The daemon's listener reads each connection's peer credentials once; the
+    other fixtures serve the app without it, so both ways are exercised.
+    """
     runners: list[web.AppRunner] = []
     sessions: list[aiohttp.ClientSession] = []
     directory = tempfile.mkdtemp(dir="/tmp")
 
     async def start(*profiles, server):
         service = make_service(*(profiles or (make_profile(idp),)))
-        runner = web.AppRunner(make_token_app(service, server))
+        runner = LimitedRunner(
+            make_token_app(service, server),
+            name="token",
+            limits=ListenerLimits(),
+            error_answer=edge_error_response,
+        )
         await runner.setup()
         runners.append(runner)
         path = str(Path(directory) / f"t{len(runners)}.sock")
