@@ -1,4 +1,4 @@
-"""The token client's blocking path (get_token_sync, sidecar.client._blocking)."""
+"""The token client's blocking path (get_token_sync, token_sidecar_client._blocking)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from sidecar.client import SidecarError, TokenClient
-from sidecar.client._blocking import BlockingConnection
 from tests.support.clientstack import served
+from token_sidecar_client import SidecarError, TokenClient
+from token_sidecar_client._blocking import BlockingConnection
 
 
 async def test_sync_calls_share_the_cache_and_one_connection(stack, clock):
