@@ -7,6 +7,7 @@ origin's 401 alone, and gives no token to a redirect that leaves the origin.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from types import ModuleType
 
@@ -145,3 +146,21 @@ async def test_aiohttp_middleware_honours_a_given_origin(stack, clock):
     assert other.seen == [""]
     assert len(api.seen) == 1
     assert api.seen[0]
+
+
+async def test_sync_flow_sends_no_token_to_another_origin(stack, clock, lib):
+    """The sync flow pins the origin too: the other origin gets no token and its 401 stands."""
+    api, other = stack["api"], stack["other"]
+
+    def calls() -> list[int]:
+        with (
+            TokenClient(stack["url"], profile="api", clock=clock) as client,
+            lib.Client(auth=SidecarAuth(client)) as http,
+        ):
+            return [http.get(url).status_code for url in (stack["api_url"], stack["other_url"])]
+
+    assert await asyncio.to_thread(calls) == [200, 401]
+    assert len(api.seen) == 1
+    assert api.seen[0]
+    assert other.seen == [""]
+    assert invalidations(stack["service"], "refreshed") == 0
