@@ -7,7 +7,8 @@
 #     -v "$PWD/config.toml:/etc/token-sidecar/config.toml:ro" \
 #     token-sidecar:0.1.0 serve --config /etc/token-sidecar/config.toml
 #
-# Stage 1 builds the project's wheel and installs it (with its dependencies
+# Stage 1 builds the project's wheel (the daemon, and the client package its
+# `token` command is built on) and installs it (with its dependencies
 # from PyPI) into a virtual environment at /opt/token-sidecar. Stage 2 copies
 # only that environment onto a fresh slim image: no compiler, no pip cache, no
 # source tree, no secrets. tests/test_deploy.py repeats the commands of stage 1
@@ -23,6 +24,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
+COPY client/token_sidecar_client ./client/token_sidecar_client
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/token-sidecar \
  && /opt/token-sidecar/bin/pip install --no-cache-dir /wheels/token_sidecar-*.whl \

@@ -1,4 +1,4 @@
-"""The token client (sidecar.client._core) against a live token API on loopback."""
+"""The token client (token_sidecar_client._core) against a live token API on loopback."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import pytest
 
 import sidecar
 import sidecar.client
-from sidecar.client import SidecarError, Token, TokenClient
-from sidecar.client._core import Endpoint, fingerprint, parse_answer, should_retry
+import token_sidecar_client
 from sidecar.token import fingerprint as daemon_fingerprint
 from tests.support.clientstack import served
 from tests.support.virtual_time import run_for
+from token_sidecar_client import SidecarError, Token, TokenClient
+from token_sidecar_client._core import Endpoint, fingerprint, parse_answer
 
 
 async def test_reuses_token_until_min_ttl(stack, clock, idp):
@@ -105,22 +106,6 @@ def test_parse_answer_raises_sidecar_error(status, body, retry_after, expected):
 
 
 @pytest.mark.parametrize(
-    ("status", "replayable", "retries", "retry"),
-    [
-        (401, True, 0, True),
-        (401, True, 1, False),  # once, never more
-        (401, False, 0, False),  # a one-shot body cannot be sent again
-        (403, True, 0, False),
-        (200, True, 0, False),
-        (500, True, 0, False),
-    ],
-)
-def test_should_retry(status, replayable, retries, retry):
-    """Only a 401 on a replayable request that was not retried yet is retried."""
-    assert should_retry(status, replayable, retries) is retry
-
-
-@pytest.mark.parametrize(
     ("min_ttl", "url"),
     [
         (0, "http://127.0.0.1:8700/v1/token/api"),
@@ -145,34 +130,30 @@ def test_endpoint_resolution():
 
 
 def test_public_names_are_pinned():
-    """The package and the client library export exactly DESIGN.md's names."""
-    assert sidecar.client.__all__ == [
-        "SidecarAuth",
-        "SidecarError",
-        "Token",
-        "TokenClient",
-        "sidecar_middleware",
-    ]
-    assert sidecar.__all__ == [
-        "SidecarAuth",
-        "SidecarError",
-        "Token",
-        "TokenClient",
-        "__version__",
-        "sidecar_middleware",
-    ]
-    assert sidecar.SidecarError is sidecar.client.SidecarError
+    """The client distribution, sidecar.client and sidecar export exactly DESIGN.md's names."""
+    names = ["SidecarAuth", "SidecarError", "Token", "TokenClient", "sidecar_middleware"]
+    assert token_sidecar_client.__all__ == sorted([*names, "__version__"])
+    assert sidecar.client.__all__ == names
+    assert sidecar.__all__ == sorted([*names, "__version__"])
+    for name in names:
+        assert getattr(sidecar.client, name) is getattr(token_sidecar_client, name)
+        assert getattr(sidecar, name) is getattr(token_sidecar_client, name)
+
+
+def test_client_version_is_the_daemons():
+    """The client distribution is released in step with the daemon: one version number."""
+    assert token_sidecar_client.__version__ == sidecar.__version__
 
 
 def test_client_package_imports_nothing_of_the_daemon():
-    """sidecar.client imports only the standard library, aiohttp, httpx and itself."""
-    allowed = {*sys.stdlib_module_names, "aiohttp", "httpx"}
+    """token_sidecar_client imports only the standard library, aiohttp, httpx2, httpx and itself."""
+    allowed = {*sys.stdlib_module_names, "aiohttp", "httpx", "httpx2"}
     imported: set[str] = set()
-    for path in Path(sidecar.client.__file__).parent.glob("*.py"):
+    for path in Path(token_sidecar_client.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
     assert imported <= allowed, imported - allowed
-    assert {"aiohttp", "httpx", "json"} <= imported  # the scan sees real imports
+    assert {"aiohttp", "json", "urllib"} <= imported  # the scan sees real imports

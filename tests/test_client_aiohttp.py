@@ -1,12 +1,12 @@
-"""sidecar_middleware (sidecar.client._aiohttp) against a live token API and protected API."""
+"""sidecar_middleware (token_sidecar_client._aiohttp) against a live token and protected API."""
 
 from __future__ import annotations
 
 import aiohttp
 import pytest
 
-from sidecar.client import SidecarError, TokenClient, sidecar_middleware
 from tests.support.virtual_time import run_for
+from token_sidecar_client import SidecarError, TokenClient, sidecar_middleware
 
 
 async def test_aiohttp_middleware_retries_once_after_401(stack, clock):

@@ -1,4 +1,4 @@
-"""The token client's blocking path (get_token_sync, sidecar.client._blocking)."""
+"""The token client's blocking path (get_token_sync, token_sidecar_client._blocking)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from sidecar.client import SidecarError, TokenClient
-from sidecar.client._blocking import BlockingConnection
 from tests.support.clientstack import served
+from token_sidecar_client import SidecarError, TokenClient
+from token_sidecar_client._blocking import BlockingConnection
 
 
 async def test_sync_calls_share_the_cache_and_one_connection(stack, clock):
@@ -125,3 +125,21 @@ async def test_a_connection_the_peer_announces_closing_is_dropped(one_shot, conn
     assert (answer.status, answer.body, connection.is_open) == (200, b"{}", False)
     assert (await asyncio.to_thread(connection.request, "GET", f"{url}/x")).status == 200
     assert server.connections == 2
+
+
+async def test_sync_context_manager_closes_the_blocking_connection(stack, clock):
+    """``with TokenClient()`` closes its connection; a client the async path used needs aclose."""
+
+    def sync_use() -> TokenClient:
+        with TokenClient(stack["url"], profile="api", clock=clock) as client:
+            client.get_token_sync()
+            assert client._connection.is_open
+        return client
+
+    closed = await asyncio.to_thread(sync_use)
+    assert not closed._connection.is_open
+    assert closed.cached() is None
+    async with TokenClient(stack["url"], profile="api", clock=clock) as client:
+        await client.get_token()
+        with pytest.raises(RuntimeError, match="close it with aclose"):
+            client.close()

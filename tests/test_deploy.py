@@ -153,7 +153,16 @@ def test_dockerignore_admits_only_the_build_inputs():
     for word, args in _dockerfile():
         if word == "COPY" and not args.startswith("--from"):
             copied.update(args.split()[:-1])
-    assert copied == admitted == {"pyproject.toml", "README.md", "sidecar"}
+    assert (
+        copied
+        == admitted
+        == {
+            "pyproject.toml",
+            "README.md",
+            "sidecar",
+            "client/token_sidecar_client",
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +182,8 @@ def installed(tmp_path_factory) -> Path:
     src.mkdir(parents=True)
     shutil.copy2(ROOT / "pyproject.toml", src)
     shutil.copy2(ROOT / "README.md", src)
-    shutil.copytree(ROOT / "sidecar", src / "sidecar", ignore=shutil.ignore_patterns("__pycache__"))
+    for copied in ("sidecar", "client/token_sidecar_client"):
+        shutil.copytree(ROOT / copied, src / copied, ignore=shutil.ignore_patterns("__pycache__"))
     bindir = base / "bin"
     bindir.mkdir()
     (bindir / "python").symlink_to(sys.executable)
@@ -203,13 +213,13 @@ def test_installed_command_reports_its_version(installed):
     result = _run([str(installed / "token-sidecar"), "--version"], env=_clean_env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"token-sidecar {__version__}"
-    # It runs from the fresh venv, not from this checkout.
-    where = _run(
-        [str(installed / "python"), "-c", "import sidecar; print(sidecar.__file__)"],
-        env=_clean_env(),
-        cwd=installed,
-    )
-    assert str(installed.parent) in where.stdout, where.stdout + where.stderr
+    # It runs from the fresh venv, not from this checkout, and carries the
+    # client package its `token` command is built on.
+    code = "import sidecar.client as s, token_sidecar_client as t; print(s.__file__, t.__file__)"
+    where = _run([str(installed / "python"), "-c", code], env=_clean_env(), cwd=installed)
+    paths = where.stdout.split()
+    assert len(paths) == 2, where.stdout + where.stderr
+    assert all(path.startswith(str(installed.parent)) for path in paths), paths
 
 
 def test_installed_command_checks_the_kubernetes_config(installed, tmp_path):

@@ -14,36 +14,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import importlib.util
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
 import jwt
 import orjson
 import pytest
-import uvicorn
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sidecar.client import TokenClient
 from sidecar.testing import SidecarProcess, free_port
 from tests.support.e2e import HEADERS
+from tests.support.mcp import ProtectedAPIServer, load_example, serve_mcp_over_http
+from token_sidecar_client import TokenClient
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 OIDC_DIR = ROOT / "interop" / "oidc"
-EXAMPLE_DIR = ROOT / "examples" / "fastmcp_server"
 RESOURCE = "https://api.example.com/"
 SCOPE = "read:tools"
 SECRETS = {
@@ -372,86 +365,6 @@ async def test_rejected_client_is_misconfigured_with_the_idps_error(oidc, sideca
     assert await sidecar.stop() == 0
 
 
-def load_example(name: str) -> ModuleType:
-    """Import ``examples/fastmcp_server/<name>.py`` under a unique module name."""
-    spec = importlib.util.spec_from_file_location(
-        f"fastmcp_example_{name}", EXAMPLE_DIR / f"{name}.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-class ProtectedAPIServer:
-    """The example's protected API, in-process on 127.0.0.1, counting answers by status."""
-
-    def __init__(self, module: ModuleType, oidc: OIDCProvider) -> None:
-        self.keys = module.KeySet(oidc.jwks_url)
-        self.app = module.make_app(
-            jwks_url=oidc.jwks_url,
-            issuer=oidc.issuer,
-            audience=RESOURCE,
-            admin=True,
-            keys=self.keys,
-        )
-        self.statuses: list[int] = []
-        self.app.middlewares.append(self._count)
-        self.runner = web.AppRunner(self.app)
-        self.url = ""
-
-    @web.middleware
-    async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        response: web.StreamResponse = await handler(request)
-        if request.path == "/things":
-            self.statuses.append(response.status)
-        return response
-
-    async def start(self) -> None:
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self.runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-
-
-class StartupAwaitedServer(uvicorn.Server):
-    """uvicorn's server with an event for the end of its startup (``started`` is only a flag)."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.startup_ended = asyncio.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets)
-        finally:
-            self.startup_ended.set()
-
-
-@contextlib.asynccontextmanager
-async def serve_mcp_over_http(mcp: Any) -> AsyncIterator[str]:
-    """Serve a FastMCP server over streamable HTTP on 127.0.0.1 (uvicorn, in this loop)."""
-    port = free_port()
-    config = uvicorn.Config(
-        mcp.http_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = StartupAwaitedServer(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        await asyncio.wait_for(server.startup_ended.wait(), READY_TIMEOUT)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 async def test_mcp_tool_call_survives_signing_key_rotation(oidc, sidecar_factory, http, client_key):
     """MCP client -> FastMCP tool -> protected API with a sidecar token: 200, and after the
     IdP rotates its signing key (API key cache refreshed), 401 -> invalidate -> retry -> 200."""
@@ -469,10 +382,10 @@ async def test_mcp_tool_call_survives_signing_key_rotation(oidc, sidecar_factory
     sidecar = await sidecar_factory(profiles)
     await sidecar.wait_event("token.refreshed")
 
-    api = ProtectedAPIServer(load_example("protected_api"), oidc)
+    api = ProtectedAPIServer(oidc.jwks_url, oidc.issuer, RESOURCE)
     await api.start()
     tokens = TokenClient(sidecar.url, profile="api")
-    mcp = load_example("server").make_server(f"{api.url}", tokens=tokens)
+    mcp = load_example("fastmcp_server", "server").make_server(f"{api.url}", tokens=tokens)
     try:
         async with serve_mcp_over_http(mcp) as mcp_url, Client(mcp_url) as client:
             tools = {tool.name for tool in await client.list_tools()}

@@ -1,11 +1,16 @@
-"""A FastMCP server whose tool calls a protected API with a token from token-sidecar.
+"""A FastMCP 4 server whose tool calls a protected API with a token from token-sidecar.
 
-The server never sees the IdP secret: :class:`~sidecar.client.SidecarAuth`
+The server never sees the IdP secret: :class:`~token_sidecar_client.SidecarAuth`
 asks the sidecar on loopback (``TOKEN_SIDECAR_URL`` or ``TOKEN_SIDECAR_SOCKET``,
 profile ``TOKEN_SIDECAR_PROFILE``) and reuses the token in-process until 30 s
-before expiry. When the API answers 401 (a revoked token, a rotated signing
-key), it reports the token to the sidecar and retries the call once with the
-fresh one, so the tool call still succeeds.
+before expiry. It attaches the token to the protected API's origin only. When
+the API answers 401 (a revoked token, a rotated signing key), it reports the
+token to the sidecar and retries the call once with the fresh one, so the tool
+call still succeeds.
+
+The server's lifespan owns the token client and the httpx2 client (FastMCP 4's
+own HTTP library) and closes both when the server stops. Needs only
+``pip install 'token-sidecar-client[httpx2]' fastmcp``.
 
 Run: ``PROTECTED_API_URL=http://127.0.0.1:8800 python server.py`` (streamable
 HTTP on 127.0.0.1:8000/mcp; ``--stdio`` for stdio).
@@ -16,14 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import nullcontext
 from typing import Any
 
-import httpx
+import httpx2
 from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
+from fastmcp.server.lifespan import lifespan
 
-from sidecar.client import SidecarAuth, SidecarError, TokenClient
+from token_sidecar_client import SidecarAuth, SidecarError, TokenClient
 
 
 def make_server(
@@ -32,31 +38,36 @@ def make_server(
     tokens: TokenClient | None = None,
     profile: str | None = None,
 ) -> FastMCP[Any]:
-    """The MCP server; ``api_url`` defaults to ``PROTECTED_API_URL``."""
+    """The MCP server; ``api_url`` defaults to ``PROTECTED_API_URL``.
+
+    ``tokens`` lends the server a token client its caller owns (and closes);
+    without it the lifespan opens one from the environment.
+    """
     base_url = api_url or os.environ.get("PROTECTED_API_URL", "http://127.0.0.1:8800")
 
-    @asynccontextmanager
-    async def lifespan(_server: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
-        client = tokens if tokens is not None else TokenClient()
-        auth = SidecarAuth(client, profile)
-        async with httpx.AsyncClient(base_url=base_url, auth=auth, timeout=10.0) as http:
-            try:
-                yield {"http": http}
-            finally:
-                if tokens is None:
-                    await client.aclose()
+    @lifespan
+    async def api_client(_server: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
+        async with (
+            TokenClient() if tokens is None else nullcontext(tokens) as client,
+            httpx2.AsyncClient(
+                base_url=base_url,
+                auth=SidecarAuth(client, profile, origin=base_url),
+                timeout=10.0,
+            ) as http,
+        ):
+            yield {"http": http}
 
-    mcp: FastMCP[Any] = FastMCP("things", lifespan=lifespan)
+    mcp: FastMCP[Any] = FastMCP("things", lifespan=api_client)
 
     @mcp.tool
     async def list_things(ctx: Context) -> dict[str, Any]:
         """List the things the protected API holds."""
-        http: httpx.AsyncClient = ctx.lifespan_context["http"]
+        http: httpx2.AsyncClient = ctx.lifespan_context["http"]
         try:
             resp = await http.get("/things")
         except SidecarError as exc:
             raise ToolError(f"no token from the sidecar: {exc.code}") from exc
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise ToolError(f"protected API unreachable: {type(exc).__name__}") from exc
         if resp.status_code != 200:
             raise ToolError(f"protected API answered {resp.status_code}")

@@ -17,28 +17,41 @@ from sidecar.token_api import make_token_app
 
 
 class ProtectedAPI:
-    """A resource server: 200 for a current token, 401 with WWW-Authenticate otherwise."""
+    """A resource server: 200 for a current token, 401 with WWW-Authenticate otherwise.
+
+    ``seen`` lists the bearer token of every request ("" for none) and
+    ``rejections`` the tokens it answered 401; ``/redirect`` answers 307 to
+    ``redirect_to``.
+    """
 
     def __init__(self, idp: DevIdP) -> None:
         self.idp = idp
         self.rejected: set[str] = set()
         self.always_401 = False
         self.seen: list[str] = []
+        self.rejections: list[str] = []
         self.bodies: list[bytes] = []
+        self.redirect_to = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         self.seen.append(token)
         self.bodies.append(await request.read())
         if self.always_401 or token in self.rejected or token not in self.idp.issued_tokens:
+            self.rejections.append(token)
             return web.Response(
                 status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
             )
         return web.json_response({"ok": True})
 
+    async def redirect(self, request: web.Request) -> web.Response:
+        self.seen.append(request.headers.get("Authorization", "").removeprefix("Bearer "))
+        raise web.HTTPTemporaryRedirect(self.redirect_to)
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/tool", self.handle)
+        app.router.add_route("*", "/redirect", self.redirect)
         return app
 
 
@@ -77,7 +90,8 @@ async def _serve(
 async def client_stack(service: TokenService, idp: DevIdP) -> AsyncIterator[dict[str, Any]]:
     """``service``'s token API on TCP (``url``) and a Unix socket, and a protected API.
 
-    ``peers`` lists the peer address of every request to the TCP token API.
+    ``peers`` lists the peer address of every request to the TCP token API;
+    ``other`` is a second protected API on another origin (``other_url``).
     """
     runners: list[web.AppRunner] = []
     peers: list[object] = []
@@ -85,6 +99,7 @@ async def client_stack(service: TokenService, idp: DevIdP) -> AsyncIterator[dict
     app.middlewares.append(peer_recorder(peers))
     directory = Path(tempfile.mkdtemp(dir="/tmp"))
     api = ProtectedAPI(idp)
+    other = ProtectedAPI(idp)
     try:
         yield {
             "service": service,
@@ -95,6 +110,8 @@ async def client_stack(service: TokenService, idp: DevIdP) -> AsyncIterator[dict
             ),
             "api": api,
             "api_url": await _serve(api.app(), runners) + "/tool",
+            "other": other,
+            "other_url": await _serve(other.app(), runners) + "/tool",
         }
     finally:
         for runner in runners:
@@ -108,3 +125,11 @@ def served(service: TokenService) -> float | None:
     return service.metrics.registry.get_sample_value(
         "token_sidecar_token_requests_total", {"profile": "api", "outcome": "served"}
     )
+
+
+def invalidations(service: TokenService, result: str) -> float:
+    """How many reports of profile ``api``'s token ended with ``result``."""
+    value = service.metrics.registry.get_sample_value(
+        "token_sidecar_invalidations_total", {"profile": "api", "result": result}
+    )
+    return value or 0.0

@@ -1,18 +1,16 @@
-"""The token client: TokenClient, Token, SidecarError, and the rule for retrying after a 401.
+"""The token client: TokenClient, Token and SidecarError.
 
 :class:`TokenClient` talks to a running sidecar over loopback TCP or its Unix
 socket, keeps each profile's token in-process until ``min_ttl`` before expiry
 (so a tool call normally costs no request at all) and makes at most one
 request per profile at a time. It has an async path (aiohttp) and a blocking
-path (the standard library's ``http.client``, for threads without the
-client's event loop); both share one token cache, one timeout, one way of
-reading the sidecar's answer and one mapping of failures to
+path (the standard library's ``http.client``, for sync code and threads
+without the client's event loop); both share one token cache, one timeout,
+one way of reading the sidecar's answer and one mapping of failures to
 :class:`SidecarError`.
 
-The HTTP-library adapters (``_httpx.py``, ``_aiohttp.py``) attach the token
-and decide whether to retry with :func:`should_retry` alone, so the rule
-"report the token and retry once after a 401, never when the body cannot be
-sent again" is written here once.
+What the HTTP-library adapters do with a token (which origin gets it, when a
+401 earns a retry) is written once, in ``_origin.py`` and ``_retry.py``.
 """
 
 from __future__ import annotations
@@ -37,42 +35,6 @@ from ._blocking import TRANSPORT_ERRORS, BlockingConnection
 DEFAULT_URL = "http://127.0.0.1:8700"
 GUARD_HEADERS: Mapping[str, str] = {"Token-Sidecar": "1"}
 JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
-
-#: Statuses of the protected API that mean "this token was rejected".
-REFRESH_STATUS_CODES = frozenset({401})
-#: How often a request is sent again, with a new token, after such a status.
-MAX_RETRIES = 1
-
-
-def should_retry(status: int, replayable: bool, retries: int) -> bool:
-    """Whether an adapter reports its token and sends the request again.
-
-    Only after a status in :data:`REFRESH_STATUS_CODES`, only while fewer than
-    :data:`MAX_RETRIES` retries were made, and only when the request body can
-    be sent again (a one-shot stream cannot).
-    """
-    return status in REFRESH_STATUS_CODES and replayable and retries < MAX_RETRIES
-
-
-#: The sidecar replaces a reported token at most once per profile in this many seconds.
-INVALIDATE_THROTTLE = 10.0
-
-
-def replacement(reported: Token, answer: Token) -> Token:
-    """The token to retry with after reporting ``reported``: only a different one.
-
-    When the sidecar answers the reported token itself (it was throttled, or no
-    replacement could be had), retrying would only earn the same 401 again:
-    raises :class:`SidecarError` ``throttled`` with ``retry_after`` instead.
-    """
-    if answer.access_token != reported.access_token:
-        return answer
-    raise SidecarError(
-        "throttled",
-        "the sidecar has no other token yet; the API's 401 stands",
-        status=200,
-        retry_after=INVALIDATE_THROTTLE,
-    )
 
 
 def fingerprint(value: str) -> str:
@@ -215,6 +177,10 @@ class TokenClient:
     and one blocking request at a time across threads; a cached token is
     handed out only while it has more than ``min_ttl`` seconds left. The async
     and blocking paths share the cache.
+
+    Close it when done: ``async with TokenClient() as tokens:`` (or
+    :meth:`aclose`) from async code, ``with TokenClient() as tokens:`` (or
+    :meth:`close`) from code that only calls the ``*_sync`` methods.
     """
 
     def __init__(
@@ -369,6 +335,28 @@ class TokenClient:
     def _close_sync(self) -> None:
         with self._sync_lock:
             self._connection.close()
+
+    def close(self) -> None:
+        """Close the blocking connection, for a client used only from sync code.
+
+        Raises:
+            RuntimeError: the async path opened a session; close it with :meth:`aclose`.
+        """
+        if self._session is not None and not self._session.closed:
+            raise RuntimeError("TokenClient was used from async code: close it with aclose()")
+        self._cache.clear()
+        self._close_sync()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     async def __aenter__(self) -> Self:
         return self
