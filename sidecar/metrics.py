@@ -7,7 +7,12 @@ time. Label values come only from config (profile names) and fixed enums.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from sidecar._version import __version__
 from sidecar.errors import FailureKind
@@ -17,6 +22,52 @@ REQUEST_OUTCOMES = ("served", "stale", "unavailable", "denied")
 FALLBACK_REASONS = ("refresh_failing", "circuit_open", "cache_backend_down")
 INVALIDATION_RESULTS = ("refreshed", "already_rotated", "throttled")
 CACHE_ERROR_REASONS = ("unavailable", "undecryptable", "unencrypted", "malformed", "rejected")
+
+
+class RequestCounter(Collector):
+    """``token_sidecar_token_requests_total{profile, outcome}``, counted in plain numbers.
+
+    Every token API request is counted. A ``prometheus_client`` counter child
+    takes a lock and three calls per increment; this keeps one list per label
+    pair, read when the registry is collected. The exposition is the same: a
+    counter family with ``_total`` and ``_created`` samples. Only the event
+    loop increments, so no lock is needed.
+    """
+
+    NAME = "token_sidecar_token_requests"
+    DOCUMENTATION = "Token API requests by outcome."
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        # (profile, outcome) -> [count, created UNIX time]
+        self._counts: dict[tuple[str, str], list[float]] = {}
+        registry.register(self)
+
+    def inc(self, profile: str, outcome: str) -> None:
+        """Count one request."""
+        entry = self._counts.get((profile, outcome))
+        if entry is None:
+            entry = self._counts[profile, outcome] = [0.0, time.time()]
+        entry[0] += 1
+
+    def add(self, profile: str, outcome: str) -> None:
+        """Export ``profile``'s ``outcome`` series at zero, if it is not yet there."""
+        self._counts.setdefault((profile, outcome), [0.0, time.time()])
+
+    def remove(self, profile: str, outcome: str) -> None:
+        """Stop exporting a series."""
+        self._counts.pop((profile, outcome), None)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for labels, (count, created) in list(self._counts.items()):
+            family.add_metric(labels, count, created=created)
+        yield family
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.NAME, self.DOCUMENTATION, labels=("profile", "outcome"))
 
 
 class Metrics:
@@ -44,12 +95,7 @@ class Metrics:
             ["profile"],
             registry=r,
         )
-        self.token_requests = Counter(
-            "token_sidecar_token_requests_total",
-            "Token API requests by outcome.",
-            ["profile", "outcome"],
-            registry=r,
-        )
+        self.token_requests = RequestCounter(r)
         self.fallback_total = Counter(
             "token_sidecar_fallback_total",
             "Tokens served or refreshed in a degraded mode, by reason.",
@@ -100,23 +146,15 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
-        # Bound children of token_requests: the hot path skips label lookup.
-        self._request_children: dict[tuple[str, str], Counter] = {}
-
-    def count_request(self, profile: str, outcome: str) -> None:
-        """Count one token API request of ``profile`` with ``outcome``."""
-        child = self._request_children.get((profile, outcome))
-        if child is None:
-            child = self.token_requests.labels(profile, outcome)
-            self._request_children[profile, outcome] = child
-        child.inc()
+        #: The token API's hot path calls this directly.
+        self.count_request = self.token_requests.inc
 
     def add_profile(self, profile: str) -> None:
         """Create every labelled series of a profile at zero, so dashboards see them at once."""
         for result in REFRESH_RESULTS:
             self.refresh_total.labels(profile=profile, result=result)
         for outcome in REQUEST_OUTCOMES:
-            self.token_requests.labels(profile=profile, outcome=outcome)
+            self.token_requests.add(profile, outcome)
         for reason in FALLBACK_REASONS:
             self.fallback_total.labels(profile=profile, reason=reason)
         for result in INVALIDATION_RESULTS:
@@ -128,10 +166,9 @@ class Metrics:
     def remove_profile(self, profile: str) -> None:
         """Drop a profile's series (after a reload removed it)."""
         for outcome in REQUEST_OUTCOMES:
-            self._request_children.pop((profile, outcome), None)
+            self.token_requests.remove(profile, outcome)
         for metric, label_sets in (
             (self.refresh_total, [(profile, r) for r in REFRESH_RESULTS]),
-            (self.token_requests, [(profile, o) for o in REQUEST_OUTCOMES]),
             (self.fallback_total, [(profile, r) for r in FALLBACK_REASONS]),
             (self.invalidations_total, [(profile, r) for r in INVALIDATION_RESULTS]),
         ):

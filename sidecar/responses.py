@@ -23,7 +23,7 @@ NO_STORE: Final[Mapping[str, str]] = {"Cache-Control": "no-store", "Pragma": "no
 
 
 #: :data:`NO_STORE` plus the JSON content type, built once: the token API's hot path copies it.
-_JSON_NO_STORE: Final = CIMultiDict({**NO_STORE, hdrs.CONTENT_TYPE: "application/json"})
+JSON_NO_STORE: Final = CIMultiDict({**NO_STORE, hdrs.CONTENT_TYPE: "application/json"})
 
 
 def bytes_response(
@@ -31,7 +31,7 @@ def bytes_response(
 ) -> web.Response:
     """Already encoded JSON ``body`` as an answer."""
     if headers is NO_STORE:
-        return web.Response(body=body, status=status, headers=_JSON_NO_STORE)
+        return web.Response(body=body, status=status, headers=JSON_NO_STORE)
     return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 

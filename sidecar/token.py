@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -64,7 +63,8 @@ class HeldToken:
 
     def expires_in(self, now: float) -> int:
         """Whole seconds left, rounded down (never promise more than there is)."""
-        return max(0, math.floor(self.expires_at - now))
+        left = self.expires_at - now
+        return int(left) if left > 0 else 0  # int() rounds down for positive numbers
 
     def __repr__(self) -> str:
         return (

@@ -31,7 +31,7 @@ from sidecar.config import PROFILE_NAME_PATTERN, ServerConfig
 from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
 from sidecar.listeners import GuardedRequestHandler, Peer, peer_of
 from sidecar.refresher import ProfileRefresher
-from sidecar.responses import bytes_response, error_response
+from sidecar.responses import JSON_NO_STORE, bytes_response, error_response
 from sidecar.service import TokenService
 from sidecar.token import ServedToken, fingerprint
 
@@ -103,6 +103,7 @@ class TokenApi:
     def __init__(self, service: TokenService, server: ServerConfig) -> None:
         self.service = service
         self.server = server
+        self._count_request = service.metrics.count_request
         self._encoded: dict[str, tuple[ServedToken, bytes]] = {}
 
     def guarded(self, handler: Handler) -> Handler:
@@ -158,9 +159,9 @@ class TokenApi:
         if peer is None:
             # The connection is gone, so nobody can read the answer; still fail closed.
             raise self._forbidden(request, "connection closed")
-        hosts = headers.getall(hdrs.HOST, None)
-        host = hosts[0] if hosts is not None and len(hosts) == 1 else None
-        if (hosts is not None and len(hosts) > 1) or not (
+        hosts = headers.getall(hdrs.HOST, ())
+        host = hosts[0] if hosts else None
+        if len(hosts) > 1 or not (
             _host_allowed(host, peer.unix) or _is_listen_host(host, self.server)
         ):
             raise self._forbidden(request, "the Host header must name a loopback address")
@@ -216,20 +217,23 @@ class TokenApi:
         """
         try:
             self._check_guards(request)
-            refresher = self.service.refresher_for(request.match_info["profile"])
+            name = request.match_info["profile"]
+            refresher = self.service.refreshers.get(name)
+            if refresher is None:
+                raise UnknownProfileError(name)
             min_ttl = _min_ttl(request, refresher) if request.query_string else None
             served = refresher.serve_now(min_ttl)
             if served is None:
                 served = await refresher.get(min_ttl)
         except _EXPECTED as exc:
             return self._error_answer(exc)
-        self.service.metrics.count_request(refresher.name, "stale" if served.stale else "served")
+        self._count_request(refresher.name, "stale" if served.stale else "served")
         cached = self._encoded.get(refresher.name)
         if cached is not None and cached[0] == served:
-            return bytes_response(cached[1], status=200)
+            return web.Response(body=cached[1], headers=JSON_NO_STORE)
         data = _token_body(refresher.name, served)
         self._encoded[refresher.name] = (served, data)
-        return bytes_response(data, status=200)
+        return web.Response(body=data, headers=JSON_NO_STORE)
 
     async def invalidate(self, request: web.Request) -> web.Response:
         """``POST /v1/token/{profile}/invalidate``: drop the reported token if still current."""

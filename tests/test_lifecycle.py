@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -15,13 +16,33 @@ from tests.support.e2e import HEADERS, profile_toml
 pytestmark = pytest.mark.slow
 
 
+def handles(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (its SigCgt mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+async def catches(pid: int, signum: int, timeout: float = 10.0) -> None:
+    """Wait until process ``pid`` has a handler for ``signum``."""
+    deadline = time.monotonic() + timeout
+    while not handles(pid, signum):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} installed no handler for signal {signum}")
+        await asyncio.sleep(0.005)
+
+
 async def test_sighup_during_start_up_is_deferred(real_idp, sidecar_factory, tmp_path):
     """A SIGHUP in the first fraction of a second neither kills serve nor is lost."""
     # Not the factory: it waits for sidecar.started, and the signal must come before.
     sidecar = SidecarProcess(tmp_path, profile_toml(real_idp))
     await sidecar.start(wait_for=None)
     try:
-        await asyncio.sleep(0.3)  # well inside the ~1 s of imports and config loading
+        # Signal as soon as the early handler is in (before the ~1 s of imports and
+        # config loading): earlier, SIGHUP's default action would end any program.
+        await catches(sidecar.pid, signal.SIGHUP)
+        assert not sidecar.named("sidecar.started")
         sidecar.send_signal(signal.SIGHUP)
         await sidecar.wait_event("sidecar.started")
         deferred = await sidecar.wait_event("sidecar.reload_deferred")
