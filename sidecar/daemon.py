@@ -159,6 +159,8 @@ class Daemon:
             shutdown_timeout=SHUTDOWN_GRACE,
             access_log=logging.getLogger("sidecar.access") if server.access_log else None,
             access_log_class=AccessLogger,
+            # Proxied bodies pass byte for byte: a gzip upload stays gzip.
+            auto_decompress=False,
         )
         await runner.setup()
         self._runners.append(runner)

@@ -22,6 +22,7 @@ from sidecar.config._env import config_from_env, resolve_config
 from sidecar.config._model import (
     ASYMMETRIC_ALGORITHMS,
     PROFILE_NAME_PATTERN,
+    UPSTREAM_NAME_PATTERN,
     BackoffConfig,
     BreakerConfig,
     CacheBackend,
@@ -49,6 +50,7 @@ __all__ = [
     "ASYMMETRIC_ALGORITHMS",
     "KNOWN_VARIABLES",
     "PROFILE_NAME_PATTERN",
+    "UPSTREAM_NAME_PATTERN",
     "Advice",
     "BackoffConfig",
     "BreakerConfig",
