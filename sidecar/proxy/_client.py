@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import SimpleNamespace
 from typing import Final
@@ -117,6 +118,8 @@ class UpstreamClient:
         self.config = config
         self._resolver = resolver if resolver is not None else aiohttp.DefaultResolver
         self._session: aiohttp.ClientSession | None = None
+        # Answers being read: closing the session does not end their reads, closing them does.
+        self._answers: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
         self._closed = False
         self._active = 0
         self._idle = asyncio.Event()
@@ -191,7 +194,7 @@ class UpstreamClient:
             async with asyncio.timeout(None) as timeout:
                 deadline.attach(timeout)
                 try:
-                    return await session.request(
+                    answer = await session.request(
                         method,
                         url,
                         headers=headers,
@@ -200,6 +203,8 @@ class UpstreamClient:
                         skip_auto_headers=_NO_AUTO_HEADERS,
                         trace_request_ctx=deadline,
                     )
+                    self._answers.add(answer)
+                    return answer
                 finally:
                     # A streamed body may still be going out: it no longer moves this deadline.
                     deadline.attach(None)
@@ -210,8 +215,10 @@ class UpstreamClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the pool now; requests still running fail."""
+        """Close the pool now; requests still running fail, open answers (streams) end."""
         self._closed = True
+        for answer in list(self._answers):
+            answer.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()

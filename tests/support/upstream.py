@@ -176,10 +176,11 @@ class TestAPI:
         answer = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await answer.prepare(request)
         loop = asyncio.get_running_loop()
-        while (event := await self.sse.go.get()) != "end":
-            self.sse.written.append(loop.time())
-            await answer.write(f"data: {event}\n\n".encode())
-        await answer.write_eof()
+        with contextlib.suppress(ConnectionResetError):  # the proxy went away first
+            while (event := await self.sse.go.get()) != "end":
+                self.sse.written.append(loop.time())
+                await answer.write(f"data: {event}\n\n".encode())
+            await answer.write_eof()
         return answer
 
     async def _redirect(self, request: web.Request) -> web.StreamResponse:
