@@ -43,6 +43,8 @@ log = logging.getLogger("sidecar.daemon")
 
 #: How long in-flight requests may run after a stop signal.
 SHUTDOWN_GRACE = 5.0
+#: When proxied streams still open at shutdown are cut, so the exit stays within the grace.
+STREAM_CUT_AFTER = SHUTDOWN_GRACE * 0.9
 
 ConfigLoader = Callable[[], Config]
 
@@ -160,6 +162,8 @@ class Daemon:
             shutdown_timeout=SHUTDOWN_GRACE,
             access_log=logging.getLogger("sidecar.access") if server.access_log else None,
             access_log_class=AccessLogger,
+            # Proxied bodies pass byte for byte: a gzip upload stays gzip.
+            auto_decompress=False,
         )
         await runner.setup()
         self._runners.append(runner)
@@ -196,6 +200,12 @@ class Daemon:
         host, port = split_host_port(server.ops_listen)
         await web.TCPSite(runner, host, port).start()
         self.addresses["ops"] = _bound_address(runner, 0)
+
+    async def _cut_proxied_streams(self) -> None:
+        """After most of the grace, close the upstream clients: open streams end with them."""
+        if self.service is not None:
+            await asyncio.sleep(STREAM_CUT_AFTER)  # the real loop's time: a network deadline
+            await self.service.upstreams.aclose()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -255,7 +265,13 @@ class Daemon:
             self.service.begin_shutdown()
         await cancel_and_wait(self._reloading, SHUTDOWN_GRACE)
         runners, self._runners = self._runners, []
-        await asyncio.gather(*(r.cleanup() for r in runners))
+        # Proxied streams (SSE) end only when their upstream does: cut them just
+        # before the grace is over, so the process exits within it.
+        cut = asyncio.create_task(self._cut_proxied_streams(), name="cut-streams")
+        try:
+            await asyncio.gather(*(r.cleanup() for r in runners))
+        finally:
+            await cancel_and_wait(cut, SHUTDOWN_GRACE)
         if self._socket_path is not None:
             self._socket_path.unlink(missing_ok=True)
             self._socket_path = None

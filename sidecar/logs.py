@@ -15,7 +15,7 @@ from typing import Any, Literal, TextIO
 
 import orjson
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
+from aiohttp.web import BaseRequest, RequestKey, StreamResponse
 
 #: Field names whose values are never written, whatever the caller passes.
 SENSITIVE_FIELDS = frozenset(
@@ -34,6 +34,8 @@ SENSITIVE_FIELDS = frozenset(
     }
 )
 REDACTED = "[redacted]"
+#: The request key under which the proxy names a request's upstream for the access log.
+ACCESS_UPSTREAM = RequestKey("upstream", str)
 
 # Attributes every LogRecord has; anything else came in through ``extra``.
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -128,17 +130,20 @@ def configure_logging(
 class AccessLogger(AbstractAccessLogger):
     """``http.access`` events: method, path without query string, status, duration.
 
+    A proxied request also names its upstream (``upstream``).
+
     Never the query string (it may carry anything), never a header: the
     Authorization header and tokens in bodies cannot reach the log.
     """
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        self.logger.info(
-            "http.access",
-            extra={
-                "method": request.method,
-                "path": request.rel_url.path,
-                "status": response.status,
-                "duration_ms": round(time * 1000, 3),
-            },
-        )
+        fields = {
+            "method": request.method,
+            "path": request.rel_url.path,
+            "status": response.status,
+            "duration_ms": round(time * 1000, 3),
+        }
+        upstream = request.get(ACCESS_UPSTREAM)
+        if upstream is not None:
+            fields["upstream"] = upstream
+        self.logger.info("http.access", extra=fields)

@@ -22,6 +22,7 @@ REQUEST_OUTCOMES = ("served", "stale", "unavailable", "denied")
 FALLBACK_REASONS = ("refresh_failing", "circuit_open", "cache_backend_down")
 INVALIDATION_RESULTS = ("refreshed", "already_rotated", "throttled")
 CACHE_ERROR_REASONS = ("unavailable", "undecryptable", "unencrypted", "malformed", "rejected")
+PROXY_RETRY_RESULTS = ("retried", "not_replayable", "throttled")
 
 
 class RequestCounter(Collector):
@@ -139,6 +140,32 @@ class Metrics:
         )
         for reason in CACHE_ERROR_REASONS:
             self.cache_errors.labels(reason=reason)
+        self.proxy_requests = Counter(
+            "token_sidecar_proxy_requests_total",
+            "Proxied requests by upstream and answer: 1xx..5xx from the upstream, "
+            "or the sidecar's own error code.",
+            ["upstream", "code"],
+            registry=r,
+        )
+        self.proxy_duration = Histogram(
+            "token_sidecar_proxy_duration_seconds",
+            "Time from a proxied request's arrival until the upstream's response headers.",
+            ["upstream"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.proxy_retries = Counter(
+            "token_sidecar_proxy_retries_total",
+            "Upstream 401 answers by what the proxy did: retried, not_replayable, throttled.",
+            ["upstream", "result"],
+            registry=r,
+        )
+        self.proxy_active = Gauge(
+            "token_sidecar_proxy_active",
+            "Proxied requests in progress, streams included.",
+            ["upstream"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "token_sidecar_build_info",
             "Build information; the value is always 1.",
@@ -148,6 +175,8 @@ class Metrics:
         self.build_info.labels(version=__version__).set(1)
         #: The token API's hot path calls this directly.
         self.count_request = self.token_requests.inc
+        # The proxy_requests codes seen per upstream, so a removed upstream drops them all.
+        self._proxy_codes: dict[str, set[str]] = {}
 
     def add_profile(self, profile: str) -> None:
         """Create every labelled series of a profile at zero, so dashboards see them at once."""
@@ -162,6 +191,27 @@ class Metrics:
         self.refresh_duration.labels(profile=profile)
         self.tokens_minted.labels(profile=profile)
         self.circuit_state.labels(profile=profile).set(0)
+
+    def add_upstream(self, upstream: str) -> None:
+        """Create an upstream's fixed series at zero (codes appear as they occur)."""
+        for result in PROXY_RETRY_RESULTS:
+            self.proxy_retries.labels(upstream, result)
+        self.proxy_duration.labels(upstream)
+        self.proxy_active.labels(upstream).set(0)
+
+    def count_proxied(self, upstream: str, code: str) -> None:
+        """Count one proxied request of ``upstream`` answered with ``code``."""
+        self._proxy_codes.setdefault(upstream, set()).add(code)
+        self.proxy_requests.labels(upstream, code).inc()
+
+    def remove_upstream(self, upstream: str) -> None:
+        """Drop an upstream's series (after a reload removed it)."""
+        for code in self._proxy_codes.pop(upstream, ()):
+            self.proxy_requests.remove(upstream, code)
+        for result in PROXY_RETRY_RESULTS:
+            self.proxy_retries.remove(upstream, result)
+        self.proxy_duration.remove(upstream)
+        self.proxy_active.remove(upstream)
 
     def remove_profile(self, profile: str) -> None:
         """Drop a profile's series (after a reload removed it)."""

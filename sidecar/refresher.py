@@ -41,7 +41,7 @@ from sidecar.fleet import (
     identity_of,
 )
 from sidecar.instrumentation import ProfileInstruments
-from sidecar.invalidation import Reports
+from sidecar.invalidation import ReportResult, Reports
 from sidecar.metrics import Metrics
 from sidecar.minter import TokenMinter
 from sidecar.policy import retry_delay
@@ -196,12 +196,23 @@ class ProfileRefresher:
         can be had (the IdP fails, the circuit is open), it is served again
         flagged stale.
         """
+        result = self.report(token_fingerprint)
+        return result, await self.get()
+
+    def report(self, token_fingerprint: str) -> ReportResult:
+        """Note a downstream rejection of a token without waiting for its replacement.
+
+        If it is the current token (and the throttle allows), it is withheld
+        and a refresh starts now; :meth:`invalidate` is this plus waiting.
+        """
         result = self._reports.report(self._token, token_fingerprint, self._clock.monotonic())
         dropped = None
         if result == "refreshed":
             dropped, self._token = token_fingerprint, None
+            if not self._in_flight:
+                self._request_attempt()
         self._report.invalidated(result, dropped)
-        return result, await self.get()
+        return result
 
     def credentials_changed(self) -> None:
         """New credentials: forget backoff and misconfiguration, refresh at once."""

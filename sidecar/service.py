@@ -3,8 +3,9 @@
 One :class:`TokenService` per daemon. It builds a :class:`ProfileRefresher`
 (with its :class:`TokenMinter`) per profile, shares one
 :class:`CircuitBreaker` per token endpoint between the profiles that use it,
-answers readiness and status, and applies a new config without disturbing
-profiles whose config did not change.
+holds the proxy's :class:`~sidecar.proxy.Upstreams`, answers readiness and
+status, and applies a new config without disturbing profiles or upstreams
+whose config did not change.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sidecar.fleet import FleetRefresh, TokenCache, make_cache
 from sidecar.idp import IdPClient
 from sidecar.metrics import Metrics
 from sidecar.minter import TokenMinter
+from sidecar.proxy import ResolverFactory, Upstreams
 from sidecar.refresher import WATCH_INTERVAL, ProfileRefresher, RefreshContext
 from sidecar.token import ServedToken
 from sidecar.verify import TokenVerifier
@@ -50,6 +52,7 @@ class TokenService:
         environ: Mapping[str, str] | None = None,
         watch_interval: float = WATCH_INTERVAL,
         cache: TokenCache | None = None,
+        upstream_resolver: ResolverFactory | None = None,
     ) -> None:
         clock = clock if clock is not None else SystemClock()
         self.metrics = metrics if metrics is not None else Metrics()
@@ -69,6 +72,13 @@ class TokenService:
         self.refreshers: dict[str, ProfileRefresher] = {
             name: self._make_refresher(profile) for name, profile in config.profiles.items()
         }
+        self.upstreams = Upstreams(
+            config.upstreams,
+            refresher_for=self.refresher_for,
+            metrics=self.metrics,
+            clock=clock,
+            resolver=upstream_resolver,
+        )
         self._started = False
 
     @property
@@ -138,8 +148,9 @@ class TokenService:
             refresher.shut_down()
 
     async def aclose(self) -> None:
-        """Stop every refresh loop and wait for them (bounded)."""
+        """Stop every refresh loop and wait for them (bounded); close the upstream clients."""
         await asyncio.gather(*(r.aclose() for r in self.refreshers.values()))
+        await self.upstreams.aclose()
         await self.cache.aclose()
 
     async def reload(self, config: Config) -> None:
@@ -157,6 +168,7 @@ class TokenService:
                 refresher.inherit_token(current)
             new[name] = refresher
         self.refreshers = new
+        self.upstreams.reload(config.upstreams)
         self.config = config
         # Start the new loops before stopping the old ones: /livez never sees
         # a profile without a running loop.
@@ -216,6 +228,7 @@ class TokenService:
             "ready": ready,
             "cache": {"backend": self.cache.backend, "state": self.cache.state.value},
             "profiles": {name: r.status() for name, r in self.refreshers.items()},
+            "upstreams": self.upstreams.status(),
         }
 
 

@@ -30,6 +30,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from sidecar.config import PROFILE_NAME_PATTERN, ServerConfig
 from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
 from sidecar.listeners import GuardedRequestHandler, Peer, peer_of
+from sidecar.proxy import GUARDED_PROFILE, ProxyRoute
 from sidecar.refresher import ProfileRefresher
 from sidecar.responses import JSON_NO_STORE, bytes_response, error_response
 from sidecar.service import TokenService
@@ -62,8 +63,8 @@ def make_token_app(service: TokenService, server: ServerConfig) -> web.Applicati
         server: the ``[server]`` config, for ``allow_uids``.
 
     Returns:
-        The app, with ``GET /v1/token/{profile}`` and
-        ``POST /v1/token/{profile}/invalidate``.
+        The app, with ``GET /v1/token/{profile}``,
+        ``POST /v1/token/{profile}/invalidate`` and ``ANY /v1/proxy/{upstream}/{path}``.
     """
     # Each route is a bound method with the service at hand, behind the guards
     # of TokenApi.guarded (GET runs them inline): no middleware, so aiohttp
@@ -75,6 +76,9 @@ def make_token_app(service: TokenService, server: ServerConfig) -> web.Applicati
     # No HEAD: asking for a token has effects (metrics, possibly a refresh).
     app.router.add_get("/v1/token/{profile}", api.get_token, allow_head=False)
     app.router.add_post("/v1/token/{profile}/invalidate", api.guarded(api.invalidate))
+    app.router.add_route(
+        "*", "/v1/proxy/{tail:.*}", ProxyRoute(service.upstreams, api.check_guards).handle
+    )
     app.router.add_route("*", "/{tail:.*}", api.guarded(_unrouted))
     return app
 
@@ -112,7 +116,7 @@ class TokenApi:
         @functools.wraps(handler)
         async def boundary(request: web.Request) -> web.StreamResponse:
             try:
-                self._check_guards(request)
+                self.check_guards(request)
                 return await handler(request)
             except _EXPECTED as exc:
                 return self._error_answer(exc)
@@ -141,7 +145,7 @@ class TokenApi:
 
     # -- the guards -----------------------------------------------------------
 
-    def _check_guards(self, request: web.Request) -> None:
+    def check_guards(self, request: web.Request) -> None:
         """Refuse anything that is not a deliberate call from a local process."""
         headers = request.headers
         if headers.getall(GUARD_HEADER, None) != ["1"]:
@@ -190,8 +194,8 @@ class TokenApi:
         return self.server.allow_uids
 
     def _known_refresher(self, request: web.Request) -> ProfileRefresher | None:
-        """The refresher of the profile named in the path, when it is configured."""
-        name = request.match_info.get("profile")
+        """The refresher of the profile named in the path (or acted for), when it is configured."""
+        name = request.match_info.get("profile") or request.get(GUARDED_PROFILE)
         return None if name is None else self.service.refreshers.get(name)
 
     def _forbidden(self, request: web.Request, reason: str) -> ApiError:
@@ -216,7 +220,7 @@ class TokenApi:
         through :meth:`guarded`: one coroutine frame less per request.
         """
         try:
-            self._check_guards(request)
+            self.check_guards(request)
             name = request.match_info["profile"]
             refresher = self.service.refreshers.get(name)
             if refresher is None:

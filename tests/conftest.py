@@ -13,7 +13,7 @@ import io
 import logging
 import random
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.config import Config, ProfileConfig
+from sidecar.config import Config, ProfileConfig, UpstreamConfig
 from sidecar.devidp import DevClient, DevIdP
 from sidecar.fleet import RedisCache, TokenCodec
 from sidecar.logs import JSONFormatter
@@ -123,7 +123,11 @@ async def idp(clock: FakeClock, leaks: LeakRegistry) -> AsyncIterator[DevIdP]:
 
 class ServiceFactory(Protocol):
     def __call__(
-        self, *profiles: ProfileConfig, seed: int = ..., **kwargs: Any
+        self,
+        *profiles: ProfileConfig,
+        seed: int = ...,
+        upstreams: Sequence[UpstreamConfig] = ...,
+        **kwargs: Any,
     ) -> TokenService: ...
 
 
@@ -134,8 +138,16 @@ async def make_service(
     """Build started TokenServices on the fake clock; all are closed at teardown."""
     made: list[TokenService] = []
 
-    def factory(*profiles: ProfileConfig, seed: int = 1, **kwargs: Any) -> TokenService:
-        config = Config(profiles=MappingProxyType({p.name: p for p in profiles}))
+    def factory(
+        *profiles: ProfileConfig,
+        seed: int = 1,
+        upstreams: Sequence[UpstreamConfig] = (),
+        **kwargs: Any,
+    ) -> TokenService:
+        config = Config(
+            profiles=MappingProxyType({p.name: p for p in profiles}),
+            upstreams=MappingProxyType({u.name: u for u in upstreams}),
+        )
         kwargs.setdefault("metrics", metrics)
         service = TokenService(
             config, session, clock=clock, rng=random.Random(seed), environ={}, **kwargs

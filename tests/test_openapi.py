@@ -46,7 +46,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from sidecar.config import InlineSecret, ServerConfig
+from sidecar.config import InlineSecret, ServerConfig, UpstreamConfig
 from sidecar.token import fingerprint
 from sidecar.token_api import make_token_app
 from tests.support.builders import make_profile
@@ -116,8 +116,17 @@ def load_schema():
     return schemathesis.openapi.from_path(SPEC, config=config)
 
 
+PROXY = "/v1/proxy/{upstream}/{path}"
+PROXY_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
 def operations(schema) -> dict[str, Any]:
-    return {result.ok().label: result.ok() for result in schema.get_all_operations()}
+    """The token API's operations (the proxy's answers are the upstream's; tested elsewhere)."""
+    return {
+        result.ok().label: result.ok()
+        for result in schema.get_all_operations()
+        if not result.ok().label.endswith(PROXY)
+    }
 
 
 def test_spec_is_valid_openapi():
@@ -128,6 +137,8 @@ def test_spec_is_valid_openapi():
     assert set(ops) == {GET_TOKEN, INVALIDATE}
     for operation in ops.values():
         assert set(operation.responses.status_codes) == {"200", "400", "403", "404", "405", "503"}
+    proxied = {r.ok().label: r.ok() for r in schema.get_all_operations()}.keys() - ops.keys()
+    assert proxied == {f"{method} {PROXY}" for method in PROXY_METHODS}
 
 
 def summary(response) -> str:
@@ -325,3 +336,45 @@ async def test_live_api_conforms_to_spec(idp, make_service, leaks):
         for status in (200, 400, 403, 404, 405, 503):
             assert runner.seen[label, status] > 0, (label, status, runner.seen)
     assert idp.issued == 2  # the first token and the one after the invalidation
+
+
+async def test_proxy_refusals_match_the_document(idp, make_service, http):
+    """The proxy's own answers have a documented status, code, header and body shape."""
+    raw = load_schema().raw_schema
+    documented = raw["paths"][PROXY]["get"]["responses"]
+    codes = set(raw["components"]["schemas"]["ProxyErrorCode"]["enum"])
+    keys = set(raw["components"]["schemas"]["ProxyError"]["properties"])
+    closed = UpstreamConfig(
+        name="api",
+        base_url="http://127.0.0.1:9",
+        profile="api",
+        allow_http=True,
+        allow_private=True,
+    )
+    service = make_service(make_profile(idp), upstreams=[closed])
+    await service.get("api")
+    runner = web.AppRunner(make_token_app(service, ServerConfig()), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        cases = [
+            ("GET", "/v1/proxy/api/x", {}),
+            ("GET", "/v1/proxy/api/a/../b", HEADERS),
+            ("GET", "/v1/proxy/api/x", {**HEADERS, "Via": "1.1 p"}),
+            ("GET", "/v1/proxy/other/x", HEADERS),
+            ("TRACE", "/v1/proxy/api/x", HEADERS),
+            ("POST", "/v1/proxy/api/x", HEADERS),
+        ]
+        seen = set()
+        for method, path, headers in cases:
+            async with http.request(method, base + path, headers=headers) as resp:
+                body = await resp.json()
+                assert str(resp.status) in documented, (path, resp.status)
+                assert resp.headers["Token-Sidecar-Error"] == body["error"]
+                assert body["error"] in codes
+                assert set(body) <= keys
+                seen.add(resp.status)
+    finally:
+        await runner.cleanup()
+    assert seen == {400, 403, 404, 405, 502}

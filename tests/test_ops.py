@@ -208,7 +208,8 @@ async def test_status_shape_without_token_value(ops, idp, leaks):
     text = await resp.text()
     assert not [value for value in leaks.all_values() if value in text]
     body = await resp.json()
-    assert set(body) == {"version", "ready", "cache", "profiles"}
+    assert set(body) == {"version", "ready", "cache", "profiles", "upstreams"}
+    assert body["upstreams"] == {}
     assert body["version"] == __version__
     assert body["ready"] is True
     assert body["cache"] == {"backend": "memory", "state": "ok"}

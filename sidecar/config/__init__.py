@@ -11,6 +11,7 @@ The package holds one concept per module: ``_model`` (the frozen dataclasses
 every other module reads), ``_reader`` (the key-path-tracking table reader and
 the value parsers), ``_document`` (a TOML file, the top-level keys,
 ``[server]`` and ``[cache]``), ``_profile`` (one ``[profiles.NAME]`` table),
+``_upstream`` (one ``[upstreams.NAME]`` table of proxy mode),
 ``_env`` (choosing the source, and the env-only profile) and ``_redact`` (the
 redacted view ``token-sidecar check`` prints). Import the names from here.
 """
@@ -21,6 +22,7 @@ from sidecar.config._env import config_from_env, resolve_config
 from sidecar.config._model import (
     ASYMMETRIC_ALGORITHMS,
     PROFILE_NAME_PATTERN,
+    UPSTREAM_NAME_PATTERN,
     BackoffConfig,
     BreakerConfig,
     CacheBackend,
@@ -36,16 +38,19 @@ from sidecar.config._model import (
     RefreshShare,
     SecretRef,
     ServerConfig,
+    UpstreamConfig,
     Verify,
     is_loopback_host,
+    is_private_address,
 )
-from sidecar.config._reader import format_duration, parse_duration
+from sidecar.config._reader import format_duration, format_size, parse_duration, parse_size
 from sidecar.config._redact import redacted, url_view
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
     "KNOWN_VARIABLES",
     "PROFILE_NAME_PATTERN",
+    "UPSTREAM_NAME_PATTERN",
     "Advice",
     "BackoffConfig",
     "BreakerConfig",
@@ -62,14 +67,18 @@ __all__ = [
     "RefreshShare",
     "SecretRef",
     "ServerConfig",
+    "UpstreamConfig",
     "Verify",
     "advice",
     "config_from_env",
     "config_from_mapping",
     "format_duration",
+    "format_size",
     "is_loopback_host",
+    "is_private_address",
     "load_config",
     "parse_duration",
+    "parse_size",
     "redacted",
     "resolve_config",
     "url_view",

@@ -18,9 +18,10 @@ from typing import Any, cast, get_args
 from sidecar.config._model import CacheBackend, CacheConfig, Config, ServerConfig, is_loopback_host
 from sidecar.config._profile import read_profiles
 from sidecar.config._reader import Table, read_address
+from sidecar.config._upstream import read_upstreams
 from sidecar.errors import ConfigError
 
-_TOP_KEYS = ("server", "cache", "profiles")
+_TOP_KEYS = ("server", "cache", "profiles", "upstreams")
 _SERVER_KEYS = (
     "listen",
     "socket",
@@ -104,11 +105,13 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str) -> Config:
         ConfigError: naming ``source``, the key path and the problem.
     """
     root = Table(data, source=source, path="", allowed=_TOP_KEYS)
+    profiles = read_profiles(root)
     config = Config(
-        profiles=read_profiles(root),
+        profiles=profiles,
         server=_server(root.table("server", _SERVER_KEYS)),
         cache=_cache(root.table("cache", _CACHE_KEYS)),
         source=source,
+        upstreams=read_upstreams(root, profiles),
     )
     _require_trust(config)
     return config

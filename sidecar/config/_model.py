@@ -38,6 +38,8 @@ ASYMMETRIC_ALGORITHMS = (
 )
 
 PROFILE_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
+#: Upstream names follow the profile-name rule: they appear in URLs and metric labels.
+UPSTREAM_NAME_PATTERN = PROFILE_NAME_PATTERN
 
 _EMPTY: MappingProxyType[str, str] = MappingProxyType({})
 
@@ -50,6 +52,26 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_private_address(host: str) -> bool:
+    """Whether ``host`` is an IP address that is not globally routable, or ``localhost``.
+
+    Loopback, private, link-local (which holds the cloud metadata address
+    169.254.169.254), shared, reserved, multicast and unspecified addresses all
+    count, and so does an IPv4 address mapped into IPv6 (``::ffff:127.0.0.1``).
+    A name that is not an address is not private here: it is checked once
+    resolved, at connect time.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]").partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_global or address.is_multicast
 
 
 # The three secret sources share one repr, "SecretRef(<where>)", built from
@@ -192,6 +214,34 @@ class ProfileConfig:
 
 
 @dataclass(frozen=True)
+class UpstreamConfig:
+    """One ``[upstreams.NAME]``: where proxied requests go and whose token they carry.
+
+    ``base_url`` has no trailing slash, no query, no fragment and no user
+    info; a request for ``/v1/proxy/NAME/PATH`` goes to ``base_url + "/" + PATH``.
+    """
+
+    name: str
+    base_url: str
+    profile: str
+    header: str = "Authorization"
+    set_headers: MappingProxyType[str, str] = field(default_factory=lambda: _EMPTY)
+    connect_timeout: float = 5.0
+    #: Until the upstream's status line and headers, from the end of the request body.
+    response_timeout: float = 30.0
+    #: Between body chunks, either way; there is no total cap (an SSE stream may last hours).
+    idle_timeout: float = 300.0
+    retry_on_401: bool = True
+    #: Request bodies up to this many bytes are buffered, so a 401 can be retried.
+    retry_body_limit: int = 64 * 1024
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    allow_private: bool = False
+    allow_http: bool = False
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     listen: str | None = "127.0.0.1:8700"
     socket: Path | None = None
@@ -224,3 +274,6 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     source: str = "<defaults>"
+    upstreams: MappingProxyType[str, UpstreamConfig] = field(
+        default_factory=lambda: MappingProxyType({})
+    )

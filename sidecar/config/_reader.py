@@ -27,6 +27,17 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?")
+_UNIT_BYTES = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 1000**2,
+    "MiB": 1024**2,
+    "GB": 1000**3,
+    "GiB": 1024**3,
+}
 
 
 class _InvalidValueError(Exception):
@@ -93,6 +104,39 @@ def format_duration(seconds: float) -> str:
     if rest or not parts:
         parts.append(f"{rest}s")
     return "".join(parts)
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def parse_size(value: object, *, source: str, key: str) -> int:
+    """Parse ``"64KiB"``, ``"1MiB"``, ``"500KB"``, ``"512B"`` or a number of bytes.
+
+    Raises:
+        ConfigError: the value is not a size, or is negative.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(source, key, "must not be negative")
+        return value
+    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        shown = f"got {value!r}" if isinstance(value, str) else f"got a {_toml_type(value)}"
+        raise ConfigError(
+            source,
+            key,
+            f'expected a size such as "64KiB", "1MiB", "500KB" or a number of bytes; {shown}',
+        )
+    return int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+
+
+def format_size(size: int) -> str:
+    """Render bytes the way the config writes them (``65536`` -> ``"64KiB"``); round-trips."""
+    for unit in ("GiB", "MiB", "KiB"):
+        scale = _UNIT_BYTES[unit]
+        if size and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size}B"
 
 
 # --------------------------------------------------------------------------- the reader
@@ -166,6 +210,11 @@ class Table:
         if name not in self._data:
             return default
         return parse_duration(self._data[name], source=self.source, key=self.key(name))
+
+    def size(self, name: str, *, default: int) -> int:
+        if name not in self._data:
+            return default
+        return parse_size(self._data[name], source=self.source, key=self.key(name))
 
     def path_value(self, name: str) -> Path | None:
         value = self.string(name)

@@ -20,8 +20,9 @@ from sidecar.config._model import (
     RefreshDuration,
     RefreshShare,
     SecretRef,
+    UpstreamConfig,
 )
-from sidecar.config._reader import format_duration
+from sidecar.config._reader import format_duration, format_size
 
 _REDACTED = "[redacted]"
 
@@ -55,6 +56,30 @@ def redacted(config: Config) -> dict[str, Any]:
             "key_file": _path_view(cache.key_file),
         },
         "profiles": {name: _profile_view(p) for name, p in config.profiles.items()},
+        "upstreams": {name: _upstream_view(u) for name, u in config.upstreams.items()},
+    }
+
+
+def _upstream_view(u: UpstreamConfig) -> dict[str, Any]:
+    """An upstream as the config writes it; static header values are shown redacted.
+
+    A ``set_headers`` value may be an API key, so only the names are shown.
+    """
+    return {
+        "base_url": url_view(u.base_url),
+        "profile": u.profile,
+        "header": u.header,
+        "set_headers": dict.fromkeys(u.set_headers, _REDACTED),
+        "connect_timeout": format_duration(u.connect_timeout),
+        "response_timeout": format_duration(u.response_timeout),
+        "idle_timeout": format_duration(u.idle_timeout),
+        "retry_on_401": u.retry_on_401,
+        "retry_body_limit": format_size(u.retry_body_limit),
+        "ca_file": _path_view(u.ca_file),
+        "client_cert_file": _path_view(u.client_cert_file),
+        "client_key_file": _path_view(u.client_key_file),
+        "allow_private": u.allow_private,
+        "allow_http": u.allow_http,
     }
 
 

@@ -1,0 +1,302 @@
+"""UpstreamClient: one pooled HTTP client per upstream, and the one place its errors are mapped.
+
+Each upstream gets its own ``ClientSession`` on a bounded connector: TLS with
+the system store plus ``ca_file`` (and an optional client certificate), the
+connect-time address check of :class:`~sidecar.proxy._addresses.GuardedResolver`
+unless ``allow_private``, no cookies, no proxy from the environment, no
+redirects followed and no decompression (bodies pass through as sent).
+
+Timeouts: ``connect_timeout`` covers DNS, the wait for a pooled connection,
+TCP and TLS; ``response_timeout`` runs from the end of the request body until
+the status line and headers; while a request body streams, no chunk may take
+longer than ``idle_timeout``. One :class:`asyncio.Timeout` per request is moved
+along as the request advances (:class:`ResponseDeadline`). Reading the answer
+is bounded per chunk by the caller of :meth:`UpstreamClient.send`.
+
+:func:`upstream_errors` turns every aiohttp, TLS and timeout failure into the
+:class:`~sidecar.errors.ApiError` of DESIGN (502 ``upstream_unreachable``,
+``upstream_tls``, ``upstream_denied``; 504 ``upstream_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import SimpleNamespace
+from typing import Final
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from multidict import CIMultiDict
+from yarl import URL
+
+from sidecar.config import UpstreamConfig
+from sidecar.errors import ApiError
+from sidecar.proxy._addresses import AddressDeniedError, GuardedResolver
+from sidecar.proxy._replay import RequestBody
+
+#: Connections one upstream may hold open (streams included); more callers wait their turn.
+POOL_LIMIT: Final = 256
+#: Headers aiohttp would invent; a proxy sends only what the caller sent.
+_NO_AUTO_HEADERS: Final = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+
+ResolverFactory = Callable[[], AbstractResolver]
+
+
+class ResponseDeadline:
+    """The deadline of one upstream request, moved along as it advances.
+
+    Before the request is written only ``connect_timeout`` applies (aiohttp's);
+    while a body streams each chunk allows ``idle_timeout`` more; once the body
+    is complete, ``response_timeout`` runs until the answer's headers.
+    """
+
+    def __init__(self, upstream: UpstreamConfig, *, streamed: bool) -> None:
+        self._upstream = upstream
+        self._streamed = streamed
+        self._loop = asyncio.get_running_loop()
+        self._timeout: asyncio.Timeout | None = None
+        #: What was being waited for: "connect", "request_body" or "response".
+        self.phase = "connect"
+
+    def attach(self, timeout: asyncio.Timeout | None) -> None:
+        self._timeout = timeout
+
+    def headers_sent(self) -> None:
+        if self._streamed:
+            self.chunk_moved()
+        else:
+            self.body_sent()
+
+    def chunk_moved(self) -> None:
+        self.phase = "request_body"
+        self._move(self._upstream.idle_timeout)
+
+    def body_sent(self) -> None:
+        self.phase = "response"
+        self._move(self._upstream.response_timeout)
+
+    def _move(self, seconds: float) -> None:
+        if self._timeout is not None and not self._timeout.expired():
+            self._timeout.reschedule(self._loop.time() + seconds)
+
+
+async def _moving(chunks: AsyncIterator[bytes], deadline: ResponseDeadline) -> AsyncIterator[bytes]:
+    """``chunks``, telling ``deadline`` of each one and of the end of the body."""
+    async for chunk in chunks:
+        deadline.chunk_moved()
+        yield chunk
+    deadline.body_sent()
+
+
+async def _on_headers_sent(
+    _session: aiohttp.ClientSession, context: SimpleNamespace, _params: object
+) -> None:
+    deadline = context.trace_request_ctx
+    if isinstance(deadline, ResponseDeadline):
+        deadline.headers_sent()
+
+
+def _trace() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_on_headers_sent)
+    return trace
+
+
+class UpstreamClient:
+    """The pooled client of one upstream config; built lazily, closed once drained.
+
+    Invariant: the session exists only between the first request and
+    :meth:`aclose`; :meth:`in_use` spans every request, streams included, so
+    :meth:`aclose_when_idle` never cuts a request short.
+    """
+
+    def __init__(self, config: UpstreamConfig, *, resolver: ResolverFactory | None = None) -> None:
+        self.config = config
+        self._resolver = resolver if resolver is not None else aiohttp.DefaultResolver
+        self._session: aiohttp.ClientSession | None = None
+        # Answers being read: closing the session does not end their reads, closing them does.
+        self._answers: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
+        self._closed = False
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def active(self) -> int:
+        """Requests in progress through this client."""
+        return self._active
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Count one request (and its answer's stream) against this client."""
+        self._active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ApiError(502, "upstream_unreachable", "the upstream's client is closed")
+        if self._session is None:
+            try:
+                tls = (
+                    tls_context(self.config) if self.config.base_url.startswith("https:") else None
+                )
+            except (OSError, ssl.SSLError) as exc:  # a ca_file or client certificate
+                raise ApiError(
+                    502,
+                    "upstream_tls",
+                    f"TLS files of upstream {self.config.name!r} cannot be used: {_reason(exc)}",
+                ) from exc
+            resolver = self._resolver()
+            connector = aiohttp.TCPConnector(
+                limit=POOL_LIMIT,
+                ssl=tls if tls is not None else True,
+                resolver=resolver if self.config.allow_private else GuardedResolver(resolver),
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                trust_env=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=self.config.connect_timeout,
+                    sock_connect=self.config.connect_timeout,
+                ),
+                trace_configs=[_trace()],
+            )
+        return self._session
+
+    async def send(
+        self, method: str, target: str, headers: CIMultiDict[str], body: RequestBody
+    ) -> aiohttp.ClientResponse:
+        """Send one request to ``base_url + "/" + target`` (path and query, as written).
+
+        Raises:
+            ApiError: the upstream could not be reached or did not answer in time.
+        """
+        session = self._open()
+        url = URL(f"{self.config.base_url}/{target}", encoded=True)
+        data = body.data
+        deadline = ResponseDeadline(self.config, streamed=not isinstance(data, bytes | None))
+        if not isinstance(data, bytes | None):
+            data = _moving(data, deadline)
+        with upstream_errors(self.config, deadline):
+            async with asyncio.timeout(None) as timeout:
+                deadline.attach(timeout)
+                try:
+                    answer = await session.request(
+                        method,
+                        url,
+                        headers=headers,
+                        data=data,
+                        allow_redirects=False,
+                        skip_auto_headers=_NO_AUTO_HEADERS,
+                        trace_request_ctx=deadline,
+                    )
+                    self._answers.add(answer)
+                    return answer
+                finally:
+                    # A streamed body may still be going out: it no longer moves this deadline.
+                    deadline.attach(None)
+
+    async def aclose_when_idle(self) -> None:
+        """Close once every request in progress has finished (a reload retired this client)."""
+        await self._idle.wait()
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pool now; requests still running fail, open answers (streams) end."""
+        self._closed = True
+        for answer in list(self._answers):
+            answer.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def __repr__(self) -> str:
+        return f"UpstreamClient(name={self.config.name!r}, active={self._active})"
+
+
+def tls_context(upstream: UpstreamConfig) -> ssl.SSLContext:
+    """The system trust store plus ``ca_file``, and the client certificate when configured.
+
+    Raises:
+        OSError, ssl.SSLError: a file cannot be read or is not a certificate or key.
+    """
+    context = ssl.create_default_context()
+    if upstream.ca_file is not None:
+        context.load_verify_locations(cafile=upstream.ca_file)
+    if upstream.client_cert_file is not None and upstream.client_key_file is not None:
+        context.load_cert_chain(upstream.client_cert_file, upstream.client_key_file)
+    return context
+
+
+@contextlib.contextmanager
+def upstream_errors(upstream: UpstreamConfig, deadline: ResponseDeadline | None) -> Iterator[None]:
+    """Map every failure of reaching ``upstream`` to DESIGN's 502/504 answers (one boundary)."""
+    name = upstream.name
+    try:
+        yield
+    except ApiError:
+        raise
+    except aiohttp.ClientSSLError as exc:
+        raise ApiError(
+            502, "upstream_tls", f"TLS with upstream {name!r} failed: {_reason(exc)}"
+        ) from exc
+    except aiohttp.ClientConnectorDNSError as exc:
+        if isinstance(exc.os_error, AddressDeniedError):
+            raise ApiError(
+                502,
+                "upstream_denied",
+                f"upstream {name!r}: {exc.os_error}; set allow_private = true if it belongs there",
+            ) from exc
+        raise _unreachable(name, f"cannot resolve {exc.host}") from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise _unreachable(
+            name, f"no connection within connect_timeout ({upstream.connect_timeout:g}s)"
+        ) from exc
+    except TimeoutError as exc:
+        if deadline is not None and deadline.phase == "request_body":
+            raise ApiError(
+                504,
+                "upstream_timeout",
+                f"upstream {name!r}: the request body made no progress "
+                f"for idle_timeout ({upstream.idle_timeout:g}s)",
+            ) from exc
+        raise ApiError(
+            504,
+            "upstream_timeout",
+            f"upstream {name!r} sent no status line within "
+            f"response_timeout ({upstream.response_timeout:g}s)",
+        ) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise _unreachable(name, f"cannot connect: {_reason(exc.os_error)}") from exc
+    except aiohttp.ClientError as exc:
+        raise _unreachable(name, f"the connection failed: {type(exc).__name__}") from exc
+
+
+def _unreachable(name: str, detail: str) -> ApiError:
+    return ApiError(502, "upstream_unreachable", f"upstream {name!r}: {detail}")
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, fixed-vocabulary reason: the OS or TLS error text, never request data."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cause = exc.certificate_error
+        message = getattr(cause, "verify_message", None)
+        return str(message) if message else type(cause).__name__
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return type(exc).__name__

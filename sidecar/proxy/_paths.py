@@ -1,0 +1,46 @@
+"""Path rules: which upstream a proxy path names, and which paths are refused.
+
+The path after ``/v1/proxy/{upstream}/`` is passed on byte for byte: never
+decoded, never re-encoded, so the upstream sees what the caller wrote. To keep
+a request inside ``base_url``, a path with a ``..`` segment, or with an
+encoded ``/``, ``\\`` or ``.`` (``%2F``, ``%5C``, ``%2E``, any case) that a
+server might decode into one, is refused before anything is sent.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+#: The route prefix; what follows is ``{upstream}/{path}``.
+PREFIX: Final = "/v1/proxy/"
+_ENCODED_SEPARATOR = re.compile(r"%(?:2[fFeE]|5[cC])")
+
+
+class PathRefusedError(ValueError):
+    """The proxy path would leave ``base_url`` (or could, once decoded by the upstream)."""
+
+
+def split_target(raw_target: str) -> tuple[str, str]:
+    """``/v1/proxy/NAME/REST?Q`` to ``("NAME", "REST?Q")``; a missing part is empty."""
+    rest = raw_target.removeprefix(PREFIX)
+    name, _, tail = rest.partition("/")
+    if "?" in name:  # "/v1/proxy/NAME?q": no path at all
+        name, _, query = name.partition("?")
+        return name, f"?{query}"
+    return name, tail
+
+
+def check_path(tail: str) -> str:
+    """``tail`` (path and query) if it stays inside ``base_url``; raises PathRefusedError.
+
+    The query is not examined: it is data, and it cannot change the path.
+    """
+    path = tail.partition("?")[0]
+    if _ENCODED_SEPARATOR.search(path):
+        raise PathRefusedError(
+            "encoded '/', '\\\\' or '.' (%2F, %5C, %2E) is not allowed in the path"
+        )
+    if ".." in path.split("/"):
+        raise PathRefusedError("'..' segments are not allowed in the path")
+    return tail

@@ -1,0 +1,275 @@
+"""The proxy route: ``ANY /v1/proxy/{upstream}/{path}``, from guards to the last body chunk.
+
+A request passes the token API's guards, names a configured upstream and a
+path that stays inside its ``base_url``; then it gets a servable token (fail
+closed: no token, no request), goes out with the token in place of any
+credential the caller sent, and its answer streams back chunk by chunk.
+After an upstream 401 the replay rule of :mod:`sidecar.proxy._replay`
+decides whether it goes out once more. Every answer the sidecar makes itself
+carries ``Token-Sidecar-Error`` and DESIGN's JSON error body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+
+from sidecar.config import UPSTREAM_NAME_PATTERN, UpstreamConfig
+from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
+from sidecar.logs import ACCESS_UPSTREAM
+from sidecar.proxy._client import UpstreamClient
+from sidecar.proxy._headers import (
+    ERROR_HEADER,
+    RETRIED_HEADER,
+    STALE_HEADER,
+    answer_headers,
+    upstream_headers,
+)
+from sidecar.proxy._paths import PathRefusedError, check_path, split_target
+from sidecar.proxy._replay import RequestBody, read_body, retry_result
+from sidecar.proxy._upstreams import UpstreamInstruments, Upstreams
+from sidecar.responses import error_response
+from sidecar.token import HeldToken, ServedToken
+
+#: The token API's guards: raise ApiError to refuse a request.
+Guard = Callable[[web.Request], None]
+#: Where a route that acts for a profile leaves its name for the guards (``allow_uids``).
+GUARDED_PROFILE: Final = web.RequestKey("guarded_profile", str)
+#: TRACE would echo the injected credential back to the caller.
+_REFUSED_METHODS: Final = frozenset({hdrs.METH_TRACE, hdrs.METH_CONNECT})
+_ALLOWED_METHODS: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+_UPSTREAM_NAME = re.compile(UPSTREAM_NAME_PATTERN)
+
+
+def proxy_error_response(exc: ApiError) -> web.Response:
+    """DESIGN's JSON error body, marked as the sidecar's own answer."""
+    response = error_response(exc)
+    response.headers[ERROR_HEADER] = exc.code
+    return response
+
+
+class ProxyRoute:
+    """The handler of ``/v1/proxy/{tail}``; holds the daemon's :class:`Upstreams`."""
+
+    def __init__(self, upstreams: Upstreams, guard: Guard) -> None:
+        self._upstreams = upstreams
+        self._guard = guard
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = asyncio.get_running_loop().time()
+        name, tail = split_target(request.raw_path)
+        client = self._upstreams.client(name)
+        instruments = self._upstreams.instruments(name) if client is not None else None
+        if client is not None:
+            request[ACCESS_UPSTREAM] = name
+            request[GUARDED_PROFILE] = client.config.profile
+        try:
+            self._guard(request)
+            if client is None or instruments is None:
+                raise self._unknown(name)
+            target = _admitted(request.method, tail, client.config)
+            return await self._forward(request, client, instruments, target, started)
+        except ApiError as exc:
+            return self._refused(exc, instruments)
+        except TokenUnavailableError as exc:
+            return self._refused(
+                ApiError(503, exc.code, str(exc), profile=exc.profile, retry_after=exc.retry_after),
+                instruments,
+            )
+        except UnknownProfileError as exc:  # a reload removed the profile a moment ago
+            return self._refused(
+                ApiError(
+                    503,
+                    "token_unavailable",
+                    "the upstream's profile is being reloaded",
+                    profile=exc.profile,
+                    retry_after=1.0,
+                ),
+                instruments,
+            )
+
+    def _unknown(self, name: str) -> ApiError:
+        shown = f"{name!r}" if _UPSTREAM_NAME.fullmatch(name) else "(not a valid upstream name)"
+        configured = ", ".join(self._upstreams.names) or "none"
+        return ApiError(
+            404, "unknown_upstream", f"unknown upstream {shown}; configured: {configured}"
+        )
+
+    @staticmethod
+    def _refused(exc: ApiError, instruments: UpstreamInstruments | None) -> web.Response:
+        if instruments is not None:
+            instruments.refused(exc)
+        return proxy_error_response(exc)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        client: UpstreamClient,
+        instruments: UpstreamInstruments,
+        target: str,
+        started: float,
+    ) -> web.StreamResponse:
+        config = client.config
+        refresher = self._upstreams.refresher_for(config.profile)
+        served = refresher.serve_now() or await refresher.get()
+        body = await _caller_body(request, config)
+        headers = upstream_headers(request.headers, config)
+        instruments.started()
+        try:
+            with client.in_use():
+                send = _sender(request.method, client, target, headers, body)
+                upstream = await send(served.token)
+                retried = False
+                if upstream.status == 401 and config.retry_on_401:
+                    again = await self._after_401(config, instruments, served.token, body)
+                    if again is not None:
+                        upstream.release()
+                        served, retried = again, True
+                        upstream = await send(served.token)
+                instruments.answered(upstream.status, asyncio.get_running_loop().time() - started)
+                return await _stream_back(
+                    request, upstream, config, instruments, stale=served.stale, retried=retried
+                )
+        finally:
+            instruments.finished()
+
+    async def _after_401(
+        self,
+        config: UpstreamConfig,
+        instruments: UpstreamInstruments,
+        sent: HeldToken,
+        body: RequestBody,
+    ) -> ServedToken | None:
+        """The token to send once more after a 401 for ``sent``, or None: pass the 401 back.
+
+        A rejected current token is reported (the throttled, single-flight
+        invalidate path); a token another request already had replaced is not
+        reported again, and the current one is used.
+        """
+        refresher = self._upstreams.refresher_for(config.profile)
+        current = refresher.token
+        offered: ServedToken | None = None
+        try:
+            if current is not None and current.fingerprint == sent.fingerprint:
+                if body.replayable:
+                    _, offered = await refresher.invalidate(sent.fingerprint)
+                else:
+                    refresher.report(sent.fingerprint)  # the next caller gets a new token
+            elif body.replayable:
+                offered = refresher.serve_now() or await refresher.get()
+        except TokenUnavailableError:
+            offered = None
+        result = retry_result(
+            replayable=body.replayable,
+            sent=sent.fingerprint,
+            offered=offered.token.fingerprint if offered is not None else None,
+        )
+        instruments.retry(result, sent.fingerprint)
+        return offered if result == "retried" else None
+
+
+def _admitted(method: str, tail: str, config: UpstreamConfig) -> str:
+    """The target (path and query) to send, once the method and the path are allowed."""
+    if method in _REFUSED_METHODS:
+        raise ApiError(
+            405,
+            "method_not_allowed",
+            f"{method} is not proxied",
+            profile=config.profile,
+            headers={hdrs.ALLOW: _ALLOWED_METHODS},
+        )
+    try:
+        return check_path(tail)
+    except PathRefusedError as exc:
+        raise ApiError(400, "bad_request", str(exc), profile=config.profile) from None
+
+
+async def _caller_body(request: web.Request, config: UpstreamConfig) -> RequestBody:
+    try:
+        return await read_body(
+            request.content,
+            exists=request.body_exists,
+            length=request.content_length,
+            limit=config.retry_body_limit if config.retry_on_401 else 0,
+            idle_timeout=config.idle_timeout,
+        )
+    except TimeoutError:
+        raise ApiError(
+            400,
+            "bad_request",
+            f"the request body did not arrive within idle_timeout ({config.idle_timeout:g}s)",
+            profile=config.profile,
+        ) from None
+
+
+def _sender(
+    method: str,
+    client: UpstreamClient,
+    target: str,
+    headers: CIMultiDict[str],
+    body: RequestBody,
+) -> Callable[[HeldToken], Awaitable[aiohttp.ClientResponse]]:
+    """Send the request with a given token: the credential header is replaced, never added."""
+
+    async def send(token: HeldToken) -> aiohttp.ClientResponse:
+        with_token = headers.copy()
+        with_token[client.config.header] = f"{token.token_type} {token.value}"
+        return await client.send(method, target, with_token, body)
+
+    return send
+
+
+async def _stream_back(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    config: UpstreamConfig,
+    instruments: UpstreamInstruments,
+    *,
+    stale: bool,
+    retried: bool,
+) -> web.StreamResponse:
+    """Pass the upstream's answer on, each chunk as it arrives; cut the connection if it breaks."""
+    answer = web.StreamResponse(
+        status=upstream.status, reason=upstream.reason, headers=answer_headers(upstream.headers)
+    )
+    if stale:
+        answer.headers[STALE_HEADER] = "1"
+    if retried:
+        answer.headers[RETRIED_HEADER] = "1"
+    loop = asyncio.get_running_loop()
+    broke: str | None = None
+    try:
+        await answer.prepare(request)
+        async with asyncio.timeout(config.idle_timeout) as idle:
+            while True:
+                try:
+                    chunk = await upstream.content.readany()
+                except aiohttp.ClientError as exc:
+                    broke = f"the upstream's body broke off ({type(exc).__name__})"
+                    break
+                if not chunk:
+                    break
+                await answer.write(chunk)
+                idle.reschedule(loop.time() + config.idle_timeout)
+    except TimeoutError:
+        broke = f"no body data within idle_timeout ({config.idle_timeout:g}s)"
+    except ConnectionError:  # the caller went away: nobody is left to answer
+        upstream.close()
+        return answer
+    if broke is not None:
+        instruments.broke_off(broke)
+        upstream.close()
+        # The caller must see an incomplete body, not a complete short one:
+        # close without the final chunk (or short of Content-Length).
+        if request.transport is not None:
+            request.transport.close()
+        return answer
+    upstream.release()
+    await answer.write_eof()
+    return answer
