@@ -14,7 +14,6 @@ Three views, in one run:
    boundary+guards+handler against the ceiling's one-line handler.
 """
 
-
 from __future__ import annotations
 
 import argparse
