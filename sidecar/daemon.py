@@ -137,7 +137,11 @@ class Daemon:
             raise
         log.info(
             "sidecar.started",
-            extra={"listen": self.addresses, "profiles": sorted(self.config.profiles)},
+            extra={
+                "listen": self.addresses,
+                "profiles": sorted(self.config.profiles),
+                "event_loop": type(asyncio.get_running_loop()).__module__.partition(".")[0],
+            },
         )
 
     async def _open_token_api(self, server: ServerConfig) -> None:
