@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 from fastmcp import Client
 
 from sidecar.config import ServerConfig, UpstreamConfig
 from sidecar.token_api import make_token_app
 from tests.support.builders import AUDIENCE, make_profile
+from tests.support.mcp import load_example
 from tests.support.upstream import TestAPI, runners, serve
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastmcp_proxy" / "proxy_server.py"
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fastmcp_proxy_example", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 async def test_tool_calls_the_api_through_the_proxy_and_survives_a_401(idp, make_service):
@@ -42,7 +26,9 @@ async def test_tool_calls_the_api_through_the_proxy_and_survives_a_401(idp, make
         service = make_service(make_profile(idp), upstreams=[upstream])
         first = (await service.get("api")).token.value
         token_port = await serve(make_token_app(service, ServerConfig()), made)
-        mcp = load_example().make_server(f"http://127.0.0.1:{token_port}")
+        mcp = load_example("fastmcp_proxy", "proxy_server").make_server(
+            f"http://127.0.0.1:{token_port}"
+        )
         api.rejected.add(first)  # the API revoked the current token
         async with Client(mcp) as client:
             result = await client.call_tool("list_things", {})
