@@ -126,6 +126,15 @@ async def test_get_goes_to_base_url_with_the_token(world):
     assert "Token-Sidecar" not in seen.headers
 
 
+async def test_query_without_a_path_is_kept_whole(world):
+    """/v1/proxy/NAME?QUERY: the query goes on unchanged, a '/' inside it included."""
+    w = await world()
+    url = URL(f"{w.url}/v1/proxy/api?next=/a/../b&x=1", encoded=True)
+    async with w.http.get(url, headers=HEADERS) as resp:
+        assert resp.status == 200, await resp.read()
+    assert [r.target for r in w.api.received] == ["/?next=/a/../b&x=1"]
+
+
 async def test_base_url_path_is_kept(idp, make_service, http):
     """A base_url with a path prefix: the request goes to prefix + '/' + path."""
     async with runners() as made:

@@ -30,8 +30,8 @@ def split_target(raw_target: str) -> tuple[str, str]:
     """``/v1/proxy/NAME/REST?Q`` to ``("NAME", "REST?Q")``; a missing part is empty."""
     rest = raw_target.removeprefix(PREFIX)
     name, _, tail = rest.partition("/")
-    if "?" in name:  # "/v1/proxy/NAME?q": no path at all
-        name, _, query = name.partition("?")
+    if "?" in name:  # "/v1/proxy/NAME?q": no path at all, and the query may hold a '/'
+        name, _, query = rest.partition("?")
         return name, f"?{query}"
     return name, tail
 
