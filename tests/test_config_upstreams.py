@@ -142,6 +142,16 @@ BAD_UPSTREAMS = [
         "user info",
     ),
     pytest.param(
+        upstream(base_url='"https://billing.example.com/a\\r\\nX-Injected: 1\\r\\n"'),
+        "upstreams.billing.base_url",
+        "whitespace or control characters",
+    ),
+    pytest.param(
+        upstream(base_url='"https://billing.example.com\\t/api"'),
+        "upstreams.billing.base_url",
+        "whitespace or control characters",
+    ),
+    pytest.param(
         upstream(base_url='"https://billing.example.com/api?x=1"'),
         "upstreams.billing.base_url",
         "query or fragment",

@@ -105,6 +105,9 @@ def _base_url(t: Table, *, allow_http: bool, allow_private: bool) -> str:
     if value is None:
         raise t.error("base_url", "required: the URL proxied requests go to")
     absolute = "expected an absolute http(s) URL"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        # urlsplit drops tabs and line breaks, so the URL checked would not be the URL used.
+        raise t.error("base_url", "must not contain whitespace or control characters")
     try:
         parts = urlsplit(value)
         host = parts.hostname
