@@ -137,11 +137,7 @@ class Daemon:
             raise
         log.info(
             "sidecar.started",
-            extra={
-                "listen": self.addresses,
-                "profiles": sorted(self.config.profiles),
-                "event_loop": type(asyncio.get_running_loop()).__module__.partition(".")[0],
-            },
+            extra={"listen": self.addresses, "profiles": sorted(self.config.profiles)},
         )
 
     async def _open_token_api(self, server: ServerConfig) -> None:

@@ -20,8 +20,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 from sidecar._version import __version__
 from sidecar.cli._exit import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, fail
@@ -32,8 +31,6 @@ from sidecar.config import resolve_config
 from sidecar.daemon import Daemon
 from sidecar.errors import ConfigError, ListenError
 from sidecar.logs import LogFormat, configure_logging
-
-_T = TypeVar("_T")
 
 log = logging.getLogger("sidecar.cli")
 
@@ -124,7 +121,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return serve(args.config)
     if args.command == "dev":
-        return run_loop(
+        return asyncio.run(
             run_dev(
                 port=args.port,
                 ops_port=args.ops_port,
@@ -144,26 +141,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     return run_check(args.config, probe=args.probe)
 
 
-def run_loop(main: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``main`` to completion on uvloop where it is installed, else on asyncio's own loop.
-
-    uvloop is a declared dependency wherever it builds (Linux and macOS on
-    CPython): its event loop and transports are written in C, which measured
-    1.26x the token GET's throughput at 64 connections and 1.62x at 256
-    (docs/performance.md). Elsewhere the daemon runs unchanged on asyncio's loop.
-    """
-    with asyncio.Runner(loop_factory=_uvloop_factory()) as runner:
-        return runner.run(main)
-
-
-def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop  # noqa: PLC0415 - optional: absent where it does not build
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def serve(path: str | None) -> int:
     """``token-sidecar serve``: run the daemon until SIGTERM/SIGINT; SIGHUP reloads."""
     config = resolve_config(path, os.environ)
@@ -171,7 +148,7 @@ def serve(path: str | None) -> int:
     source = path or os.environ.get("TOKEN_SIDECAR_CONFIG")
     daemon = Daemon(config, reload_config=lambda: resolve_config(source, os.environ))
     try:
-        run_loop(daemon.run())
+        asyncio.run(daemon.run())
     except ListenError as exc:
         fail(str(exc))
         return EXIT_FAILURE
