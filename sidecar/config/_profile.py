@@ -61,7 +61,6 @@ _RESERVED_PARAMS = frozenset(
 _CLIENT_AUTHS: tuple[str, ...] = get_args(ClientAuth)
 _VERIFY_MODES: tuple[str, ...] = get_args(Verify)
 
-_PROFILE_NAME = re.compile(PROFILE_NAME_PATTERN)
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
 
 
@@ -72,19 +71,10 @@ def read_profiles(root: Table) -> MappingProxyType[str, ProfileConfig]:
         raise root.error(
             "profiles", "at least one profile is required: add a [profiles.NAME] table"
         )
-    profiles = {}
-    for name, body in raw.items():
-        if not _PROFILE_NAME.fullmatch(name):
-            raise root.error(
-                f"profiles.{name}",
-                f"invalid profile name: it must match {PROFILE_NAME_PATTERN} "
-                "(lowercase letters, digits, '-' and '_', at most 63 characters)",
-            )
-        if not isinstance(body, dict):
-            raise root.error(f"profiles.{name}", "expected a table")
-        profile = Table(body, source=root.source, path=f"profiles.{name}", allowed=_PROFILE_KEYS)
-        profiles[name] = _profile(name, profile)
-    return MappingProxyType(profiles)
+    tables = root.named_tables(
+        "profiles", kind="profile", pattern=PROFILE_NAME_PATTERN, allowed=_PROFILE_KEYS
+    )
+    return MappingProxyType({name: _profile(name, table) for name, table in tables})
 
 
 # --------------------------------------------------------------------------- profiles

@@ -15,7 +15,7 @@ import difflib
 import ipaddress
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -233,6 +233,27 @@ class Table:
         if not isinstance(value, list) or not all(_is_uid(uid) for uid in value):
             raise self.error(name, "expected a list of user ids (non-negative integers)")
         return tuple(value)
+
+    def named_tables(
+        self, name: str, *, kind: str, pattern: str, allowed: Collection[str]
+    ) -> Iterator[tuple[str, Table]]:
+        """Each ``[NAME.X]`` table under ``name``, its name checked against ``pattern``.
+
+        ``kind`` names what the tables are ("profile", "upstream") in the error
+        about a bad name.
+        """
+        checker = re.compile(pattern)
+        for sub, body in self.mapping(name).items():
+            path = f"{name}.{sub}"
+            if not checker.fullmatch(sub):
+                raise self.error(
+                    path,
+                    f"invalid {kind} name: it must match {pattern} "
+                    "(lowercase letters, digits, '-' and '_', at most 63 characters)",
+                )
+            if not isinstance(body, dict):
+                raise self.error(path, "expected a table")
+            yield sub, Table(body, source=self.source, path=path, allowed=allowed)
 
     def mapping(self, name: str) -> Mapping[str, Any]:
         value = self._data.get(name, {})

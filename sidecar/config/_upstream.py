@@ -31,7 +31,6 @@ _UPSTREAM_KEYS = (
     *("retry_on_401", "retry_body_limit"),
     *("ca_file", "client_cert_file", "client_key_file", "allow_private", "allow_http"),
 )
-_UPSTREAM_NAME = re.compile(UPSTREAM_NAME_PATTERN)
 #: RFC 9110 5.6.2 ``token``: what a header field name may be made of.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: Header names the proxy sets or strips itself, so config may not set them (lowercase).
@@ -50,20 +49,10 @@ def read_upstreams(
     root: Table, profiles: Mapping[str, ProfileConfig]
 ) -> MappingProxyType[str, UpstreamConfig]:
     """Every ``[upstreams.NAME]`` table of the document, validated against ``profiles``."""
-    raw = root.mapping("upstreams")
-    upstreams = {}
-    for name, body in raw.items():
-        if not _UPSTREAM_NAME.fullmatch(name):
-            raise root.error(
-                f"upstreams.{name}",
-                f"invalid upstream name: it must match {UPSTREAM_NAME_PATTERN} "
-                "(lowercase letters, digits, '-' and '_', at most 63 characters)",
-            )
-        if not isinstance(body, dict):
-            raise root.error(f"upstreams.{name}", "expected a table")
-        table = Table(body, source=root.source, path=f"upstreams.{name}", allowed=_UPSTREAM_KEYS)
-        upstreams[name] = _upstream(name, table, profiles)
-    return MappingProxyType(upstreams)
+    tables = root.named_tables(
+        "upstreams", kind="upstream", pattern=UPSTREAM_NAME_PATTERN, allowed=_UPSTREAM_KEYS
+    )
+    return MappingProxyType({name: _upstream(name, table, profiles) for name, table in tables})
 
 
 def _upstream(name: str, t: Table, profiles: Mapping[str, ProfileConfig]) -> UpstreamConfig:
