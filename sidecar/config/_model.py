@@ -74,13 +74,23 @@ def is_private_address(host: str) -> bool:
     return not address.is_global or address.is_multicast
 
 
-# The three secret sources share one repr, "SecretRef(<where>)", built from
-# describe(): a log line or a check report names where a credential comes
-# from, never its value.
+class _SecretSource:
+    """The shared repr of the three secret sources: ``SecretRef(<where>)``, from ``describe()``.
+
+    A log line or a check report names where a credential comes from, never its value.
+    """
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.describe()})"
+
+    __str__ = __repr__
 
 
-@dataclass(frozen=True)
-class InlineSecret:
+@dataclass(frozen=True, repr=False)
+class InlineSecret(_SecretSource):
     """A credential written into the config itself (``client_secret = "..."``)."""
 
     value: str
@@ -89,14 +99,9 @@ class InlineSecret:
         """A secret-free description, for logs and ``check`` output."""
         return "inline"
 
-    def __repr__(self) -> str:
-        return f"SecretRef({self.describe()})"
 
-    __str__ = __repr__
-
-
-@dataclass(frozen=True)
-class EnvSecret:
+@dataclass(frozen=True, repr=False)
+class EnvSecret(_SecretSource):
     """A credential read from the environment variable ``name`` at every request."""
 
     name: str
@@ -105,14 +110,9 @@ class EnvSecret:
         """A secret-free description, for logs and ``check`` output."""
         return f"env:{self.name}"
 
-    def __repr__(self) -> str:
-        return f"SecretRef({self.describe()})"
 
-    __str__ = __repr__
-
-
-@dataclass(frozen=True)
-class FileSecret:
+@dataclass(frozen=True, repr=False)
+class FileSecret(_SecretSource):
     """A credential read from the file at ``path`` at every request (a mounted Secret)."""
 
     path: Path
@@ -120,11 +120,6 @@ class FileSecret:
     def describe(self) -> str:
         """A secret-free description, for logs and ``check`` output."""
         return f"file:{self.path}"
-
-    def __repr__(self) -> str:
-        return f"SecretRef({self.describe()})"
-
-    __str__ = __repr__
 
 
 #: Where one credential comes from: exactly one of an inline value, an env var or a file.
