@@ -116,6 +116,24 @@ def open_fds(pid: int) -> int:
     return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
 
 
+#: One sample of a process: seconds since the start of the run, RSS in KiB, open descriptors.
+Sample = tuple[float, int, int]
+
+
+def process_sample(pid: int, start: float) -> Sample:
+    """RSS and open descriptors of ``pid`` now, stamped with the seconds since ``start``."""
+    return (time.monotonic() - start, rss_kib(pid), open_fds(pid))
+
+
+async def sample_until(pid: int, start: float, deadline: float, every: float) -> list[Sample]:
+    """:func:`process_sample` every ``every`` seconds until ``deadline`` (``time.monotonic``)."""
+    samples = []
+    while time.monotonic() < deadline:
+        samples.append(process_sample(pid, start))
+        await asyncio.sleep(min(every, max(0.0, deadline - time.monotonic())))
+    return samples
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of ``pid`` so far."""
     stat = Path(f"/proc/{pid}/stat").read_text()

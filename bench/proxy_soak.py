@@ -152,7 +152,7 @@ async def main(args: argparse.Namespace) -> int:
     bl.raise_nofile(4 * args.streams + 1024)
     server_core, load_core = bl.cores()
     bl.pin_self(load_core)
-    samples: list[tuple[float, int, int]] = []
+    samples: list[bl.Sample] = []
     tally = {"ok": 0, "errors": 0}
     seen = Streams()
     interval = args.event_interval / 1000
@@ -204,18 +204,10 @@ async def main(args: argparse.Namespace) -> int:
                             for _ in range(args.callers)
                         )
                     )
-                    while time.monotonic() < deadline:
-                        samples.append(
-                            (
-                                time.monotonic() - start,
-                                bl.rss_kib(sidecar.pid),
-                                bl.open_fds(sidecar.pid),
-                            )
-                        )
-                        await asyncio.sleep(min(args.sample, max(0.0, deadline - time.monotonic())))
+                    samples += await bl.sample_until(sidecar.pid, start, deadline, args.sample)
                     # The last sample while every stream is still open (they end a second later).
                     elapsed = time.monotonic() - start
-                    samples.append((elapsed, bl.rss_kib(sidecar.pid), bl.open_fds(sidecar.pid)))
+                    samples.append(bl.process_sample(sidecar.pid, start))
                     events, max_gap = seen.events, seen.max_gap
                     await load
                     await asyncio.wait_for(holders, args.stall + 10)

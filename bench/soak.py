@@ -60,7 +60,7 @@ async def main(args: argparse.Namespace) -> int:
     bl.print_machine()
     server_core, load_core = bl.cores()
     bl.pin_self(load_core)
-    samples: list[tuple[float, int, int]] = []
+    samples: list[bl.Sample] = []
     tally = {"ok": 0, "errors": 0}
     with bl.workdir() as wd:
         async with bl.start_idp(lifetime=args.lifetime) as idp:
@@ -91,18 +91,10 @@ async def main(args: argparse.Namespace) -> int:
                             for _ in range(args.callers)
                         )
                     )
-                    while time.monotonic() < deadline:
-                        samples.append(
-                            (
-                                time.monotonic() - start,
-                                bl.rss_kib(sidecar.pid),
-                                bl.open_fds(sidecar.pid),
-                            )
-                        )
-                        await asyncio.sleep(min(args.sample, max(0.0, deadline - time.monotonic())))
+                    samples += await bl.sample_until(sidecar.pid, start, deadline, args.sample)
                     await load
                     elapsed = time.monotonic() - start
-                    samples.append((elapsed, bl.rss_kib(sidecar.pid), bl.open_fds(sidecar.pid)))
+                    samples.append(bl.process_sample(sidecar.pid, start))
                     refreshes = sidecar.count("token.refreshed") - base_refreshes
                     idp_requests = idp.dev.token_requests - base_idp
                     failed = sidecar.count("refresh.failed")
