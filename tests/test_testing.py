@@ -94,6 +94,6 @@ async def test_wait_event_fails_fast_when_the_process_exits(tmp_path):
         with pytest.raises(RuntimeError, match=r"exited before 'sidecar\.started'"):
             await sidecar.start()
         assert sidecar.exited
-        assert await sidecar.stop() == 2
+        assert await sidecar.stop(None) == 2  # it is exiting by itself: no signal
     finally:
         await sidecar.kill()
