@@ -269,6 +269,12 @@ def test_private_literal_allowed_with_allow_private(tmp_path):
         ("fd00:ec2::254", True),
         ("fe80::1%eth0", True),
         ("::ffff:127.0.0.1", True),
+        ("64:ff9b::a9fe:a9fe", True),  # NAT64 of the metadata address
+        ("64:ff9b::5db8:d822", False),  # NAT64 of a public address
+        ("64:ff9b:1::5db8:d822", True),  # local-use NAT64 (RFC 8215)
+        ("2002:a9fe:a9fe::1", True),  # 6to4 of the metadata address
+        ("2002:5db8:d822::1", False),
+        ("::a9fe:a9fe", True),  # IPv4-compatible
         ("localhost", True),
         ("LOCALHOST", True),
         ("93.184.216.34", False),

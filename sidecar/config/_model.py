@@ -18,7 +18,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 ClientAuth = Literal["client_secret_post", "client_secret_basic", "private_key_jwt"]
 Verify = Literal["jwks", "claims", "none"]
@@ -59,7 +59,9 @@ def is_private_address(host: str) -> bool:
 
     Loopback, private, link-local (which holds the cloud metadata address
     169.254.169.254), shared, reserved, multicast and unspecified addresses all
-    count, and so does an IPv4 address mapped into IPv6 (``::ffff:127.0.0.1``).
+    count, and so does an IPv6 address that reaches a private IPv4 one: mapped
+    (``::ffff:127.0.0.1``), NAT64 (``64:ff9b::a9fe:a9fe``), 6to4 or
+    IPv4-compatible; RFC 8215's local-use NAT64 prefix is private as a whole.
     A name that is not an address is not private here: it is checked once
     resolved, at connect time.
     """
@@ -69,9 +71,31 @@ def is_private_address(host: str) -> bool:
         address = ipaddress.ip_address(host.strip("[]").partition("%")[0])
     except ValueError:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64_LOCAL:
+            return True
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            address = embedded
     return not address.is_global or address.is_multicast
+
+
+#: Prefixes whose last 32 bits are an IPv4 address the packet ends up at.
+_NAT64_WELL_KNOWN: Final = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE: Final = ipaddress.IPv6Network("::/96")
+#: RFC 8215's local-use NAT64 prefix: translated inside the operator's own network.
+_NAT64_LOCAL: Final = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches: mapped, 6to4, NAT64 or IPv4-compatible."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64_WELL_KNOWN or address in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return None
 
 
 class _SecretSource:
