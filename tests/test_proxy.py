@@ -25,7 +25,7 @@ from sidecar.token_api import make_token_app
 from tests.support.builders import AUDIENCE, make_profile
 from tests.support.metrics import sample
 from tests.support.redis import free_port
-from tests.support.upstream import StaticResolver, TestAPI, runners, serve
+from tests.support.upstream import StaticResolver, TestAPI, runners, serve, serve_token_app
 from tests.support.virtual_time import run_for
 
 HEADERS = {"Token-Sidecar": "1"}
@@ -94,8 +94,7 @@ async def world(idp, make_service, http) -> AsyncIterator[Build]:
                 upstream_resolver=resolver,
             )
             await service.get("api")
-            app = make_token_app(service, ServerConfig())
-            token_port = await serve(app, made, auto_decompress=False)
+            token_port = await serve_token_app(make_token_app(service, ServerConfig()), made)
             return World(service, api, f"http://127.0.0.1:{token_port}", http, port)
 
         yield build
@@ -287,6 +286,9 @@ async def test_trace_is_refused(world):
         "..\\b",
         "a/..;/b",  # servlet containers read '..;' as '..'
         "a/..;jsessionid=1/b",
+        "a/%252e%252e/b",  # an upstream that decodes twice would see '..'
+        "a%252Fb",
+        "a%25252E",
     ],
 )
 async def test_traversal_is_refused(world, path):
@@ -300,9 +302,9 @@ async def test_traversal_is_refused(world, path):
 async def test_dots_inside_names_pass(world):
     """Dots that are not a '..' segment pass unchanged (the positive control)."""
     w = await world()
-    resp, _ = await w.call("GET", "a/.b..c/d...;p=..\\e..?q=..%2F")
+    resp, _ = await w.call("GET", "a/.b..c/d...;p=..\\e..%25/%2541?q=..%2F")
     assert resp.status == 200
-    assert [r.target for r in w.api.received] == ["/a/.b..c/d...;p=..\\e..?q=..%2F"]
+    assert [r.target for r in w.api.received] == ["/a/.b..c/d...;p=..\\e..%25/%2541?q=..%2F"]
 
 
 # -- streaming ---------------------------------------------------------------------
@@ -410,9 +412,50 @@ async def test_slow_headers_are_504(world):
     w = await world(response_timeout=0.2)
     try:
         resp, body = await w.call("GET", "slow")
-        await error_of(resp, body, 504, "upstream_timeout")
+        data = await error_of(resp, body, 504, "upstream_timeout")
+        assert data["profile"] == "api"  # whose token the request carried
     finally:
         w.api.hold_headers.set()
+
+
+async def test_unasked_protocol_switch_is_502(world):
+    """An upstream that answers 101 to a plain request gets no tunnel: 502, at once."""
+    w = await world()
+    try:
+        resp, body = await asyncio.wait_for(w.call("GET", "switch"), 2.0)
+        data = await error_of(resp, body, 502, "upstream_unreachable")
+        assert "switched protocols" in data["message"]
+        assert w.service.status()["upstreams"]["api"]["active"] == 0
+    finally:
+        w.api.release.set()
+
+
+async def test_caller_going_away_ends_the_upstream_request(world):
+    """A caller that disconnects while the upstream thinks: the request stops at once.
+
+    Left running it would hold a pooled upstream connection until
+    response_timeout, and a few hundred such callers would fill the pool.
+    """
+    w = await world(response_timeout=300.0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(URL(w.url).port or 0))
+        writer.write(
+            b"GET /v1/proxy/api/park/x HTTP/1.1\r\nHost: 127.0.0.1\r\nToken-Sidecar: 1\r\n\r\n"
+        )
+        await asyncio.wait_for(w.api.parked.wait(), 2.0)
+        assert w.service.status()["upstreams"]["api"]["active"] == 1  # the positive control
+        writer.close()
+        await until(lambda: w.service.status()["upstreams"]["api"]["active"] == 0)
+        assert not await reader.read()
+    finally:
+        w.api.release.set()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Wait (bounded) until ``condition()`` holds, checking every few milliseconds."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - a gauge, with no event to wait on
+            await asyncio.sleep(0.005)
 
 
 async def test_reset_mid_body_cuts_the_callers_connection(world):

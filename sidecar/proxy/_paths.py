@@ -3,8 +3,9 @@
 The path after ``/v1/proxy/{upstream}/`` is passed on byte for byte: never
 decoded, never re-encoded, so the upstream sees what the caller wrote. To keep
 a request inside ``base_url``, a path with a ``..`` segment, or with an
-encoded ``/``, ``\\`` or ``.`` (``%2F``, ``%5C``, ``%2E``, any case) that a
-server might decode into one, is refused before anything is sent. Segments
+encoded ``/``, ``\\`` or ``.`` (``%2F``, ``%5C``, ``%2E``, any case, also
+encoded twice or more as ``%252E``) that a server might decode into one, is
+refused before anything is sent. Segments
 end at ``/`` and at ``\\`` too (WHATWG URL parsers, and so many servers, read
 a backslash as a slash), and a segment's ``;`` parameters do not hide a
 ``..`` (servlet containers read ``..;x`` as ``..``).
@@ -17,7 +18,8 @@ from typing import Final
 
 #: The route prefix; what follows is ``{upstream}/{path}``.
 PREFIX: Final = "/v1/proxy/"
-_ENCODED_SEPARATOR = re.compile(r"%(?:2[fFeE]|5[cC])")
+#: Also encoded more than once (``%252e``): an upstream that decodes twice would see a '.'.
+_ENCODED_SEPARATOR = re.compile(r"%(?:25)*(?:2[fFeE]|5[cC])")
 #: What ends a path segment for some server: '/' always, '\\' for WHATWG URL parsers.
 _SEPARATOR = re.compile(r"[/\\]")
 
