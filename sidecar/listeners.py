@@ -9,8 +9,10 @@ subclasses wired in by :class:`LimitedRunner` (used instead of ``web.AppRunner``
 - :class:`LimitedServer` (a ``web.Server``) keeps one pool of connections per
   listener (TCP or Unix socket) in accept order. At ``max_connections`` it
   closes the oldest connection that has no request in progress (idle or
-  half-sent) to admit the new one; when every connection is busy, the new one
-  is closed.
+  half-sent head) to admit the new one, or failing that the oldest whose
+  request body is still arriving (a trickled upload holds a slot only while
+  there is no one else to serve); when every connection has a whole request
+  in progress, the new one is closed.
 - :class:`GuardedRequestHandler` (a ``RequestHandler``): a complete request
   line and headers must arrive within ``header_timeout`` of the accept, or of
   the first byte after a response. It also bounds the bytes a request head may
@@ -19,7 +21,9 @@ subclasses wired in by :class:`LimitedRunner` (used instead of ``web.AppRunner``
   dictionary in deadline order and one timer for the earliest, so a request
   costs two dictionary operations instead of arming and cancelling a timer.
   A malformed request gets a fixed JSON 400 and one throttled ``warning``
-  without the raw bytes.
+  without the raw bytes. A route may ask (:func:`cancel_on_disconnect`) that
+  its handler be cancelled when the caller goes away, so a proxied request
+  stops holding its upstream connection at once.
 - :class:`ThrottledLog` writes an event at most once a second and reports how
   many it left out.
 
@@ -38,7 +42,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -202,8 +206,10 @@ class GuardedRequestHandler(RequestHandler):
 
     A connection is ``busy`` from the moment its request is handed to the app
     until the answer is written; otherwise it is waiting for a head (idle or
-    half-sent) and may be closed to make room. ``peer`` is read once, when the
-    connection is made: the guards need it on every request.
+    half-sent) and may be closed to make room. A busy connection whose request
+    body has not all arrived may be closed too, after those
+    (:attr:`body_pending`). ``peer`` is read once, when the connection is
+    made: the guards need it on every request.
     """
 
     def __init__(self, manager: LimitedServer, **kwargs: Any) -> None:
@@ -212,8 +218,11 @@ class GuardedRequestHandler(RequestHandler):
         self._deadlines = manager.head_deadlines
         self.busy = False
         self.peer: Peer | None = None
+        self.cancel_on_disconnect = False
+        self._body: StreamReader | None = None
         self._head_bytes = 0
         self._head_pending = False
+        self._head_complete = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -226,19 +235,34 @@ class GuardedRequestHandler(RequestHandler):
             self._head_pending = False
             self._deadlines.stop(self)
         self._limited.forget(self)
+        handler = self._task_handler if self.busy and self.cancel_on_disconnect else None
         super().connection_lost(exc)
+        if handler is not None:
+            handler.cancel()
+
+    @property
+    def body_pending(self) -> bool:
+        """Whether the request in progress is still waiting for part of its body."""
+        return self.busy and self._body is not None and not self._body.is_eof()
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy:
-            # Bytes of a new request head: its deadline starts with the first of them.
-            if not self._head_pending:
-                self._head_pending = True
-                self._deadlines.start(self)
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self.force_close()
-                return
+        if self.busy or self._head_complete:
+            super().data_received(data)  # a request body
+            return
+        # Bytes of a new request head: its deadline starts with the first of them.
+        if not self._head_pending:
+            self._head_pending = True
+            self._deadlines.start(self)
+        heads = self._request_count
         super().data_received(data)
+        if self._request_count != heads:
+            # The head is whole (aiohttp counts parsed requests); what follows is
+            # its body, which may arrive before the request's task starts.
+            self._head_complete = True
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self.force_close()
 
     async def _handle_request(
         self,
@@ -248,6 +272,8 @@ class GuardedRequestHandler(RequestHandler):
     ) -> tuple[web.StreamResponse, bool]:
         # aiohttp's per-request step: a complete head arrived and goes to the app.
         self.busy = True
+        self.cancel_on_disconnect = False
+        self._body = request.content
         self._head_bytes = 0
         if self._head_pending:
             self._head_pending = False
@@ -258,6 +284,8 @@ class GuardedRequestHandler(RequestHandler):
             return await super()._handle_request(request, start_time, request_handler)
         finally:
             self.busy = False
+            self._body = None
+            self._head_complete = bool(self._messages)  # a pipelined request is queued
 
     def head_timed_out(self) -> None:
         """The head deadline passed: close, unless a request started meanwhile."""
@@ -352,11 +380,13 @@ class LimitedServer(web.Server):
 
     @staticmethod
     def _evict_oldest_idle(pool: dict[GuardedRequestHandler, None]) -> bool:
-        for oldest in pool:
-            if not oldest.busy:
-                del pool[oldest]
-                oldest.force_close()
-                return True
+        """Close the oldest connection waiting for a head, else for a request body."""
+        for waiting in (_waits_for_head, _waits_for_body):
+            for oldest in pool:
+                if waiting(oldest):
+                    del pool[oldest]
+                    oldest.force_close()
+                    return True
         return False
 
     def answering_unrouted(self, handler: Handler) -> Handler:
@@ -379,6 +409,26 @@ class LimitedServer(web.Server):
                 return await unrouted(request)
 
         return answer
+
+
+def _waits_for_head(handler: GuardedRequestHandler) -> bool:
+    return not handler.busy
+
+
+def _waits_for_body(handler: GuardedRequestHandler) -> bool:
+    return handler.body_pending
+
+
+def cancel_on_disconnect(request: web.BaseRequest) -> None:
+    """Cancel ``request``'s handler if its caller goes away before the answer is done.
+
+    For handlers that hold something on the caller's behalf (a proxied
+    request's upstream connection); not for ones that wait on work shared
+    with other callers, which a cancellation could cut short for all of them.
+    """
+    protocol = request.protocol
+    if isinstance(protocol, GuardedRequestHandler):
+        protocol.cancel_on_disconnect = True
 
 
 # web.Server's own arguments; everything else is passed on to each RequestHandler.

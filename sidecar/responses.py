@@ -22,6 +22,9 @@ from sidecar.errors import ApiError
 NO_STORE: Final[Mapping[str, str]] = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+#: Marks an answer the sidecar made itself, as opposed to one a proxied upstream gave.
+ERROR_HEADER: Final = "Token-Sidecar-Error"
+
 #: :data:`NO_STORE` plus the JSON content type, built once: the token API's hot path copies it.
 JSON_NO_STORE: Final = CIMultiDict({**NO_STORE, hdrs.CONTENT_TYPE: "application/json"})
 
@@ -60,8 +63,14 @@ def edge_error_response(status: int) -> web.Response:
     """The answer to a request that failed below the app (malformed, or a handler crashed).
 
     Fixed text: the request itself (which may carry a token in its query or
-    headers) is never echoed.
+    headers) is never echoed. Marked with :data:`ERROR_HEADER`: the target is
+    unknown here, and on ``/v1/proxy/`` a caller must tell this answer from
+    the upstream's.
     """
     if status < 500:
-        return error_response(ApiError(400, "bad_request", "malformed HTTP request"))
-    return error_response(ApiError(500, "internal_error", "internal error; see the sidecar log"))
+        exc = ApiError(400, "bad_request", "malformed HTTP request")
+    else:
+        exc = ApiError(500, "internal_error", "internal error; see the sidecar log")
+    response = error_response(exc)
+    response.headers[ERROR_HEADER] = exc.code
+    return response

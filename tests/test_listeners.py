@@ -224,6 +224,43 @@ async def test_oldest_idle_connection_makes_room(real_idp, sidecar_factory):
         writer.close()
 
 
+async def trickling(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose request is in progress with most of its body still to come."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/token/api/invalidate HTTP/1.1\r\nHost: 127.0.0.1\r\nToken-Sidecar: 1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    # The interim answer comes once the request is handed to the app: it is in progress.
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    writer.write(b'{"token_fingerprint": "')
+    return reader, writer
+
+
+async def test_trickled_bodies_make_room_after_idle_connections(real_idp, sidecar_factory):
+    """At max_connections an idle connection goes first, then the oldest trickled body."""
+    sidecar = await sidecar_factory(profile_toml(real_idp), server_extra="max_connections = 3")
+    await sidecar.wait_event("token.refreshed")
+    oldest_trickle = await trickling(sidecar.port)
+    idle = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    young_trickle = await trickling(sidecar.port)
+    # The fourth connection pushes out the idle one, although a trickle is older.
+    assert (await served_within(sidecar.port, GOOD_HEAD, 1.0)).startswith(b"HTTP/1.1 200 ")
+    assert await closed_by_server(idle[0], 2.0)
+    assert not await closed_by_server(oldest_trickle[0], 0.2)
+    # With only trickles left, the oldest one makes room: a slow upload
+    # cannot keep callers out; the younger ones stay.
+    third_trickle = await trickling(sidecar.port)
+    assert (await served_within(sidecar.port, GOOD_HEAD, 1.0)).startswith(b"HTTP/1.1 200 ")
+    assert await closed_by_server(oldest_trickle[0], 2.0)
+    for reader, _ in (young_trickle, third_trickle):
+        assert not await closed_by_server(reader, 0.2)
+    for _, writer in (oldest_trickle, idle, young_trickle, third_trickle):
+        writer.close()
+
+
 async def test_malformed_request_is_answered_without_echo(real_idp, sidecar_factory):
     """A malformed request gets the JSON 400 and one throttled warning, never its bytes."""
     sidecar = await sidecar_factory(profile_toml(real_idp))
@@ -237,6 +274,7 @@ async def test_malformed_request_is_answered_without_echo(real_idp, sidecar_fact
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith((b"HTTP/1.0 400 ", b"HTTP/1.1 400 "))
         assert b"application/json" in head
+        assert b"Token-Sidecar-Error: bad_request" in head  # not the answer of an upstream
         assert orjson.loads(body)["error"] == "bad_request"
         assert CANARY.encode() not in answer
     logged = await sidecar.wait_event("http.bad_request")

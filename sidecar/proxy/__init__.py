@@ -16,10 +16,11 @@ one concept per module:
 
 from sidecar.proxy._addresses import AddressDeniedError, GuardedResolver
 from sidecar.proxy._client import POOL_LIMIT, ResolverFactory, UpstreamClient
-from sidecar.proxy._headers import ERROR_HEADER, RETRIED_HEADER, STALE_HEADER
+from sidecar.proxy._headers import RETRIED_HEADER, STALE_HEADER
 from sidecar.proxy._paths import PREFIX
 from sidecar.proxy._route import GUARDED_PROFILE, ProxyRoute, proxy_error_response
 from sidecar.proxy._upstreams import Upstreams
+from sidecar.responses import ERROR_HEADER
 
 __all__ = [
     "ERROR_HEADER",

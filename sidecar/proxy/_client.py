@@ -144,7 +144,12 @@ class UpstreamClient:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._closed:
-            raise ApiError(502, "upstream_unreachable", "the upstream's client is closed")
+            raise ApiError(
+                502,
+                "upstream_unreachable",
+                "the upstream's client is closed",
+                profile=self.config.profile,
+            )
         if self._session is None:
             try:
                 tls = (
@@ -155,6 +160,7 @@ class UpstreamClient:
                     502,
                     "upstream_tls",
                     f"TLS files of upstream {self.config.name!r} cannot be used: {_reason(exc)}",
+                    profile=self.config.profile,
                 ) from exc
             resolver = self._resolver()
             connector = aiohttp.TCPConnector(
@@ -243,15 +249,21 @@ def tls_context(upstream: UpstreamConfig) -> ssl.SSLContext:
 
 @contextlib.contextmanager
 def upstream_errors(upstream: UpstreamConfig, deadline: ResponseDeadline | None) -> Iterator[None]:
-    """Map every failure of reaching ``upstream`` to DESIGN's 502/504 answers (one boundary)."""
-    name = upstream.name
+    """Map every failure of reaching ``upstream`` to DESIGN's 502/504 answers (one boundary).
+
+    Each answer names the upstream's profile, whose token the request carried.
+    """
+    name, profile = upstream.name, upstream.profile
     try:
         yield
     except ApiError:
         raise
     except aiohttp.ClientSSLError as exc:
         raise ApiError(
-            502, "upstream_tls", f"TLS with upstream {name!r} failed: {_reason(exc)}"
+            502,
+            "upstream_tls",
+            f"TLS with upstream {name!r} failed: {_reason(exc)}",
+            profile=profile,
         ) from exc
     except aiohttp.ClientConnectorDNSError as exc:
         if isinstance(exc.os_error, AddressDeniedError):
@@ -259,11 +271,14 @@ def upstream_errors(upstream: UpstreamConfig, deadline: ResponseDeadline | None)
                 502,
                 "upstream_denied",
                 f"upstream {name!r}: {exc.os_error}; set allow_private = true if it belongs there",
+                profile=profile,
             ) from exc
-        raise _unreachable(name, f"cannot resolve {exc.host}") from exc
+        raise _unreachable(upstream, f"cannot resolve {exc.host}") from exc
     except aiohttp.ConnectionTimeoutError as exc:
         raise _unreachable(
-            name, f"no connection within connect_timeout ({upstream.connect_timeout:g}s)"
+            upstream,
+            f"no connection within connect_timeout ({upstream.connect_timeout:g}s; "
+            f"at most {POOL_LIMIT} connections per upstream, the rest wait for one)",
         ) from exc
     except TimeoutError as exc:
         if deadline is not None and deadline.phase == "request_body":
@@ -272,21 +287,28 @@ def upstream_errors(upstream: UpstreamConfig, deadline: ResponseDeadline | None)
                 "upstream_timeout",
                 f"upstream {name!r}: the request body made no progress "
                 f"for idle_timeout ({upstream.idle_timeout:g}s)",
+                profile=profile,
             ) from exc
         raise ApiError(
             504,
             "upstream_timeout",
             f"upstream {name!r} sent no status line within "
             f"response_timeout ({upstream.response_timeout:g}s)",
+            profile=profile,
         ) from exc
     except aiohttp.ClientConnectorError as exc:
-        raise _unreachable(name, f"cannot connect: {_reason(exc.os_error)}") from exc
+        raise _unreachable(upstream, f"cannot connect: {_reason(exc.os_error)}") from exc
     except aiohttp.ClientError as exc:
-        raise _unreachable(name, f"the connection failed: {type(exc).__name__}") from exc
+        raise _unreachable(upstream, f"the connection failed: {type(exc).__name__}") from exc
 
 
-def _unreachable(name: str, detail: str) -> ApiError:
-    return ApiError(502, "upstream_unreachable", f"upstream {name!r}: {detail}")
+def _unreachable(upstream: UpstreamConfig, detail: str) -> ApiError:
+    return ApiError(
+        502,
+        "upstream_unreachable",
+        f"upstream {upstream.name!r}: {detail}",
+        profile=upstream.profile,
+    )
 
 
 def _reason(exc: BaseException) -> str:

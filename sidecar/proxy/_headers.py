@@ -37,7 +37,6 @@ _REQUEST_ONLY: Final = frozenset({"host", "authorization", "forwarded", "via", "
 #: Headers the sidecar adds to a proxied answer.
 STALE_HEADER: Final = "Token-Sidecar-Stale"
 RETRIED_HEADER: Final = "Token-Sidecar-Retried"
-ERROR_HEADER: Final = "Token-Sidecar-Error"
 
 
 def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:

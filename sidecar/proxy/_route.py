@@ -22,10 +22,10 @@ from multidict import CIMultiDict
 
 from sidecar.config import UPSTREAM_NAME_PATTERN, UpstreamConfig
 from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
+from sidecar.listeners import cancel_on_disconnect
 from sidecar.logs import ACCESS_UPSTREAM
 from sidecar.proxy._client import UpstreamClient
 from sidecar.proxy._headers import (
-    ERROR_HEADER,
     RETRIED_HEADER,
     STALE_HEADER,
     answer_headers,
@@ -34,7 +34,7 @@ from sidecar.proxy._headers import (
 from sidecar.proxy._paths import PathRefusedError, check_path, split_target
 from sidecar.proxy._replay import RequestBody, read_body, retry_result
 from sidecar.proxy._upstreams import UpstreamInstruments, Upstreams
-from sidecar.responses import error_response
+from sidecar.responses import ERROR_HEADER, error_response
 from sidecar.token import HeldToken, ServedToken
 
 #: The token API's guards: raise ApiError to refuse a request.
@@ -118,9 +118,13 @@ class ProxyRoute:
         config = client.config
         refresher = self._upstreams.refresher_for(config.profile)
         served = refresher.serve_now() or await refresher.get()
+        # From here on the request holds upstream resources: a caller that goes
+        # away cancels it rather than leaving it to run until a timeout.
+        cancel_on_disconnect(request)
         body = await _caller_body(request, config)
         headers = upstream_headers(request.headers, config)
         instruments.started()
+        upstream: aiohttp.ClientResponse | None = None
         try:
             with client.in_use():
                 send = _sender(request.method, client, target, headers, body)
@@ -132,11 +136,20 @@ class ProxyRoute:
                         upstream.release()
                         served, retried = again, True
                         upstream = await send(served.token)
+                if upstream.status == 101:
+                    raise ApiError(
+                        502,
+                        "upstream_unreachable",
+                        f"upstream {config.name!r} switched protocols, which is not proxied",
+                        profile=config.profile,
+                    )
                 instruments.answered(upstream.status, asyncio.get_running_loop().time() - started)
                 return await _stream_back(
                     request, upstream, config, instruments, stale=served.stale, retried=retried
                 )
         finally:
+            if upstream is not None:
+                upstream.close()  # nothing once released; cancelled or failed: not pooled again
             instruments.finished()
 
     async def _after_401(

@@ -31,6 +31,8 @@ from cryptography.x509.oid import NameOID
 from multidict import CIMultiDictProxy
 
 from sidecar.devidp import DevIdP
+from sidecar.listeners import LimitedRunner, ListenerLimits
+from sidecar.responses import edge_error_response
 
 
 @dataclass
@@ -89,6 +91,7 @@ class TestAPI:
         app.router.add_get("/slow", self._slow)
         app.router.add_get("/reset", self._reset)
         app.router.add_get("/answer-headers", self._answer_headers)
+        app.router.add_get("/switch", self._switch)
         app.router.add_route("*", "/{tail:.*}", self._echo)
         return app
 
@@ -206,6 +209,16 @@ class TestAPI:
         request.transport.abort()
         return answer
 
+    async def _switch(self, request: web.Request) -> web.StreamResponse:
+        """Switch protocols although nobody asked, then say nothing more."""
+        await self._record(request)
+        answer = web.StreamResponse(
+            status=101, headers={"Upgrade": "websocket", "Connection": "Upgrade"}
+        )
+        await answer.prepare(request)
+        await self.release.wait()
+        return answer
+
     async def _answer_headers(self, request: web.Request) -> web.StreamResponse:
         seen = await self._record(request)
         if isinstance(seen, web.Response):
@@ -238,6 +251,21 @@ async def serve(
     await runner.setup()
     runners.append(runner)
     await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+    return int(runner.addresses[0][1])
+
+
+async def serve_token_app(app: web.Application, runners: list[web.AppRunner]) -> int:
+    """Serve the token app as the daemon does (guarded listener, bodies as sent); its port."""
+    runner = LimitedRunner(
+        app,
+        name="token",
+        limits=ListenerLimits(),
+        error_answer=edge_error_response,
+        auto_decompress=False,
+    )
+    await runner.setup()
+    runners.append(runner)
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
     return int(runner.addresses[0][1])
 
 
