@@ -2,7 +2,8 @@
 
 oidc-provider (a certified OpenID Connect implementation nobody on this project
 wrote) runs as a Node subprocess from ``interop/oidc/server.js``, installed by
-``scripts/install-tools`` from the committed lock file. The sidecar is a real
+``scripts/install-tools`` from the committed lock file and started by
+:class:`tests.support.oidc.OIDCProvider`. The sidecar is a real
 subprocess too (:class:`sidecar.testing.SidecarProcess`). Everything listens on
 127.0.0.1.
 
@@ -12,11 +13,7 @@ under ``CI=true`` they fail instead, so CI can never pass by skipping them.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,18 +22,15 @@ import aiohttp
 import jwt
 import orjson
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sidecar.testing import SidecarProcess, free_port
 from tests.support.e2e import HEADERS
 from tests.support.mcp import ProtectedAPIServer, load_example, serve_mcp_over_http
+from tests.support.oidc import OIDCProvider, require_node, rsa_client_key
 from token_sidecar_client import TokenClient
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-OIDC_DIR = ROOT / "interop" / "oidc"
 RESOURCE = "https://api.example.com/"
 SCOPE = "read:tools"
 SECRETS = {
@@ -44,132 +38,17 @@ SECRETS = {
     "post": "post-secret-LEAKCANARY-9a7b5c3d1e2f4a6b",
 }
 KEY_KID = "interop-client-key-1"
-READY_TIMEOUT = 15.0
-MIN_NODE = (20, 19)
-
-
-def _node_problem() -> str | None:
-    """Why the interop tests cannot run here, or None when they can."""
-    node = shutil.which("node")
-    if node is None:
-        return "node is not installed (scripts/install-tools installs Debian's nodejs)"
-    version = subprocess.run(  # noqa: S603 - a fixed argv, no shell
-        [node, "--version"], capture_output=True, text=True, check=False, timeout=10
-    ).stdout.strip()
-    try:
-        major, minor = (int(part) for part in version.lstrip("v").split(".")[:2])
-    except ValueError:
-        return f"cannot read the node version from {version!r}"
-    if (major, minor) < MIN_NODE:
-        return f"node {version} is too old for oidc-provider 9 (needs >= 20.19)"
-    if not (OIDC_DIR / "node_modules" / "oidc-provider" / "package.json").is_file():
-        return "oidc-provider is not installed: run scripts/install-tools (npm ci in interop/oidc)"
-    return None
 
 
 @pytest.fixture(scope="module")
 def node_ready() -> None:
-    problem = _node_problem()
-    if problem is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"interop tests must run in CI: {problem}")
-    pytest.skip(problem)
-
-
-class OIDCProvider:
-    """``node interop/oidc/server.js`` on 127.0.0.1, with its discovery document."""
-
-    def __init__(self, config_path: Path, port: int) -> None:
-        self.config_path = config_path
-        self.port = port
-        self.proc: asyncio.subprocess.Process | None = None
-        self.stderr = bytearray()
-        self.discovery: dict[str, Any] = {}
-        self.ready: dict[str, Any] = {}
-        self._stderr_task: asyncio.Task[None] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def issuer(self) -> str:
-        return str(self.discovery["issuer"])
-
-    @property
-    def token_url(self) -> str:
-        return str(self.discovery["token_endpoint"])
-
-    @property
-    def jwks_url(self) -> str:
-        return str(self.discovery["jwks_uri"])
-
-    async def start(self, http: aiohttp.ClientSession) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            "node",
-            "server.js",
-            str(self.config_path),
-            cwd=OIDC_DIR,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "NODE_ENV": "test"},
-        )
-        self._stderr_task = asyncio.create_task(self._drain_stderr())
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), READY_TIMEOUT)
-        assert line, f"oidc-provider exited: {self.stderr.decode(errors='replace')[-2000:]}"
-        self.ready = orjson.loads(line)
-        assert self.ready["event"] == "ready"
-        async with http.get(f"{self.base}/.well-known/openid-configuration") as resp:
-            assert resp.status == 200
-            self.discovery = await resp.json()
-
-    async def _drain_stderr(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            self.stderr.extend(line)
-
-    async def rotate(self, http: aiohttp.ClientSession) -> dict[str, Any]:
-        async with http.post(f"{self.base}/__admin/rotate") as resp:
-            assert resp.status == 200
-            result: dict[str, Any] = await resp.json()
-            return result
-
-    async def jwks(self, http: aiohttp.ClientSession) -> jwt.PyJWKSet:
-        async with http.get(self.jwks_url) as resp:
-            return jwt.PyJWKSet.from_dict(await resp.json())
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._stderr_task is not None:
-            await self._stderr_task
+    require_node()
 
 
 @pytest.fixture
 def client_key(tmp_path) -> tuple[Path, dict[str, Any]]:
     """A fresh RSA key for private_key_jwt: the PEM file and its public JWK."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = tmp_path / "client-key.pem"
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    pem.chmod(0o600)
-    public = orjson.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    public.update(kid=KEY_KID, alg="RS256", use="sig")
-    return pem, public
+    return rsa_client_key(tmp_path, KEY_KID)
 
 
 @pytest.fixture

@@ -6,4 +6,5 @@
 - ``clientstack``: a protected API and a client stack for client-library tests;
 - ``redis``: namespaces on the shared Redis, and private Redis servers;
 - ``metrics``: the exported metric names and sample reads.
+- ``oidc``: npm's oidc-provider on loopback, and its token-exchange grant (``ExchangeIdP``).
 """
