@@ -197,9 +197,11 @@ async def test_sigterm_lets_in_flight_requests_finish(real_idp, sidecar_factory,
         assert (await get_json(http, url))[0] == 400
         sidecar.send_signal(signal.SIGTERM)
         await sidecar.wait_event("sidecar.stopping")
+        # The IdP still hangs: every answer comes from the shutdown, none from a
+        # token (a request the sidecar had not read yet must not find one either).
+        results = await asyncio.gather(*pending)
         real_idp.faults.hang = False
         real_idp.release_hang()
-        results = await asyncio.gather(*pending)
     # DESIGN: callers waiting for a refresh get 503 shutting_down at once, not an empty reply.
     assert [(status, body["error"]) for status, body in results] == [(503, "shutting_down")] * 20
     assert await sidecar.stop(None) == 0
