@@ -1,6 +1,11 @@
 """Real Redis for the fleet tests: the machine's at 127.0.0.1:6379, or a private server.
 
-Fleet tests never skip under ``CI=true``: a missing Redis fails them there.
+A private server may speak TLS only (a test CA, :func:`make_tls_files`) and
+require a password, with the sidecar's ACL user restricted exactly as
+docs/deploy.md tells operators to restrict it (:data:`SIDECAR_ACL`): what a
+managed Redis looks like. Tests that flush a database do it there, never on
+the shared server. Fleet tests never skip under ``CI=true``: a missing Redis
+fails them there.
 """
 
 from __future__ import annotations
@@ -11,9 +16,14 @@ import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+
+from tests.support.upstream import TLSFiles
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 
@@ -62,16 +72,101 @@ async def namespace_keys(url: str, namespace: str) -> dict[bytes, bytes]:
         await client.aclose()
 
 
-class RedisServer:
-    """A private ``redis-server`` on a free port, with no persistence: stop means empty."""
+#: The ACL rules docs/deploy.md gives the sidecar's Redis user; NS is the namespace.
+#: Keys and channels under the namespace only, and only the commands fleet mode sends.
+SIDECAR_ACL = (
+    "~NS:* &NS:written:* +get +set +del +eval +evalsha +script|load "
+    "+publish +psubscribe +punsubscribe +ping +pttl +pexpire"
+)
 
-    def __init__(self) -> None:
+
+@dataclass(frozen=True)
+class RedisUser:
+    """An ACL user of a private server, allowed what :data:`SIDECAR_ACL` allows in ``namespace``."""
+
+    name: str
+    password: str
+    namespace: str
+
+    def acl_line(self) -> str:
+        return f"user {self.name} on >{self.password} {SIDECAR_ACL.replace('NS', self.namespace)}"
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, with no persistence: stop means empty.
+
+    With ``tls`` it listens for TLS only (``rediss://``); with ``admin_password``
+    the ``default`` user needs it; ``user`` adds the sidecar's ACL user;
+    ``client_certs`` makes the server require a client certificate.
+    """
+
+    def __init__(
+        self,
+        directory: Path | None = None,
+        *,
+        tls: TLSFiles | None = None,
+        admin_password: str | None = None,
+        user: RedisUser | None = None,
+        client_certs: bool = False,
+    ) -> None:
         self.port = free_port()
         self.proc: asyncio.subprocess.Process | None = None
+        self.directory = directory
+        self.tls = tls
+        self.admin_password = admin_password
+        self.user = user
+        self.client_certs = client_certs
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def admin(self, **options: Any) -> aioredis.Redis:
+        """A client as the ``default`` user (the test's own, for FLUSHALL and inspection)."""
+        if self.tls is not None:
+            options |= {"ssl_ca_certs": str(self.tls.ca)}
+            if self.client_certs:
+                options |= {
+                    "ssl_certfile": str(self.tls.client_cert),
+                    "ssl_keyfile": str(self.tls.client_key),
+                }
+        return aioredis.Redis.from_url(self.url, password=self.admin_password, **options)
+
+    def _config(self) -> list[str]:
+        """Arguments for redis-server: a config file when there is more than a port."""
+        if self.tls is None and self.admin_password is None and self.user is None:
+            return [
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+        if self.directory is None:
+            raise ValueError("a TLS or password server needs a directory for its config")
+        lines = ["bind 127.0.0.1", 'save ""', "appendonly no"]
+        if self.tls is not None:
+            lines += [
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {self.tls.server_cert}",
+                f"tls-key-file {self.tls.server_key}",
+                f"tls-ca-cert-file {self.tls.ca}",
+                f"tls-auth-clients {'yes' if self.client_certs else 'no'}",
+            ]
+        else:
+            lines.append(f"port {self.port}")
+        if self.admin_password is not None:
+            lines.append(f"requirepass {self.admin_password}")
+        if self.user is not None:
+            lines.append(self.user.acl_line())
+        path = self.directory / f"redis-{self.port}.conf"
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        return [str(path)]
 
     async def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -79,19 +174,12 @@ class RedisServer:
             pytest.fail("redis-server is not installed (run scripts/install-tools)")
         self.proc = await asyncio.create_subprocess_exec(
             binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
+            *self._config(),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        client = self.admin(socket_connect_timeout=0.2)
         try:
             for _ in range(100):  # bounded: at most about 5 s for the server to listen
                 try:
