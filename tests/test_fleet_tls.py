@@ -32,64 +32,24 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sidecar.config import CacheConfig, Config
 from sidecar.errors import CacheUnavailableError, ConfigError
-from sidecar.fleet import CacheState, RedisCache, check_cache_files, make_cache
-from sidecar.fleet._access import PasswordFile, RedisAccess, describe_failure
+from sidecar.fleet import (
+    CacheState,
+    PasswordFile,
+    RedisAccess,
+    RedisCache,
+    check_cache_files,
+    describe_failure,
+    make_cache,
+)
 from sidecar.metrics import Metrics
 from sidecar.testing import FakeClock
 from tests.support.builders import make_profile
 from tests.support.metrics import sample
-from tests.support.redis import SIDECAR_ACL, RedisServer, RedisUser, unique_namespace
+from tests.support.redis import SIDECAR_ACL, ManagedRedis, RedisServer
+from tests.support.redis import SIDECAR_USER as USER
 from tests.support.upstream import TLSFiles, make_tls_files
 
 ROOT = Path(__file__).resolve().parent.parent
-USER = "token-sidecar"
-
-
-@dataclasses.dataclass
-class Managed:
-    """A private TLS Redis with a password, and the files a sidecar is given to reach it."""
-
-    server: RedisServer
-    tls: TLSFiles
-    namespace: str
-    password: str
-    password_file: Path
-    directory: Path
-
-    def cache_config(self, **changes: Any) -> CacheConfig:
-        config = CacheConfig(
-            backend="redis",
-            url=self.server.url,
-            namespace=self.namespace,
-            username=USER,
-            password_file=self.password_file,
-            ssl_ca_file=self.tls.ca,
-        )
-        return dataclasses.replace(config, **changes)
-
-
-@pytest.fixture
-async def managed(tmp_path, leaks) -> AsyncIterator[Managed]:
-    """A TLS-only redis-server with an admin password and the sidecar's ACL user; stopped after."""
-    tls = make_tls_files(_mkdir(tmp_path / "pki"))
-    namespace = unique_namespace()
-    password = f"redis-pw-LEAKCANARY-{os.urandom(6).hex()}"
-    admin = f"admin-pw-LEAKCANARY-{os.urandom(6).hex()}"
-    leaks.add(password)
-    leaks.add(admin)
-    password_file = tmp_path / "redis-password"
-    password_file.write_text(password + "\n")
-    server = RedisServer(
-        tmp_path,
-        tls=tls,
-        admin_password=admin,
-        user=RedisUser(USER, password, namespace),
-    )
-    await server.start()
-    try:
-        yield Managed(server, tls, namespace, password, password_file, tmp_path)
-    finally:
-        await server.stop()
 
 
 def _mkdir(path: Path) -> Path:
@@ -130,14 +90,6 @@ def tls_fleet(make_service, tls_caches, idp):
     return build
 
 
-async def namespace_keys(managed: Managed) -> list[bytes]:
-    admin = managed.server.admin()
-    try:
-        return [k async for k in admin.scan_iter(match=f"{managed.namespace}:*")]
-    finally:
-        await admin.aclose()
-
-
 # -- the existing fleet behaviours, over TLS with a password -------------------------
 
 
@@ -149,7 +101,7 @@ async def test_two_sidecars_share_one_token_over_tls(managed, tls_fleet, idp, lo
     assert served[0].token.value == served[1].token.value
     assert a.status()["cache"] == {"backend": "redis", "state": "ok"}
     # The token really went through the TLS server, under the namespace the ACL allows.
-    keys = await namespace_keys(managed)
+    keys = await managed.keys()
     assert any(b":token:" in key for key in keys)
     assert managed.password not in log_output.getvalue()
     assert managed.password not in repr(a.cache)
@@ -180,7 +132,7 @@ async def test_the_acl_user_cannot_reach_other_keys(managed, tls_caches):
 # -- wrong CA, wrong password: a clear error and local fallback ------------------------
 
 
-def _other_ca(managed: Managed) -> Path:
+def _other_ca(managed: ManagedRedis) -> Path:
     return make_tls_files(_mkdir(managed.directory / "other-pki")).ca
 
 
@@ -223,10 +175,10 @@ async def test_refused_connection_is_clear_and_sidecars_fall_back(
     logged = [line for line in log_output.getvalue().splitlines() if "cache.backend_down" in line]
     assert logged
     assert f'"kind": "{kind}"' in logged[0] or f'"kind":"{kind}"' in logged[0]
-    assert await namespace_keys(managed) == []
+    assert await managed.keys() == []
 
 
-def _wrong_password(managed: Managed) -> Path:
+def _wrong_password(managed: ManagedRedis) -> Path:
     path = managed.directory / "wrong-password"
     path.write_text("not-the-password-LEAKCANARY\n")
     return path

@@ -38,6 +38,7 @@ from sidecar.fleet._single_flight import (
 from sidecar.metrics import Metrics
 
 if TYPE_CHECKING:
+    from sidecar.fleet._access import PasswordFile, RedisAccess, describe_failure
     from sidecar.fleet._redis import RedisCache
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
     "FleetRequest",
     "FleetResult",
     "MemoryCache",
+    "PasswordFile",
+    "RedisAccess",
     "RedisCache",
     "SharedFailure",
     "SharedToken",
@@ -55,6 +58,7 @@ __all__ = [
     "TokenCache",
     "TokenCodec",
     "check_cache_files",
+    "describe_failure",
     "identity_of",
     "load_key",
     "make_cache",
@@ -62,11 +66,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # RedisCache is loaded on first use, so the memory backend never imports redis.
+    # The Redis names are loaded on first use, so the memory backend never imports redis.
     if name == "RedisCache":
         from sidecar.fleet._redis import RedisCache  # noqa: PLC0415
 
         return RedisCache
+    if name in {"PasswordFile", "RedisAccess", "describe_failure"}:
+        from sidecar.fleet import _access  # noqa: PLC0415
+
+        return getattr(_access, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -11,6 +11,8 @@ fails them there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import shutil
 import socket
@@ -23,7 +25,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.support.upstream import TLSFiles
+from sidecar.config import CacheConfig
+from tests.support.upstream import TLSFiles, make_tls_files
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 
@@ -204,5 +207,79 @@ async def private_redis() -> AsyncIterator[RedisServer]:
     await server.start()
     try:
         yield server
+    finally:
+        await server.stop()
+
+
+# -- a managed-style Redis: TLS only, a password, the sidecar's ACL user -----------------
+
+#: The sidecar's ACL user on a managed-style server.
+SIDECAR_USER = "token-sidecar"
+
+
+@dataclass
+class ManagedRedis:
+    """A private TLS-only Redis with passwords, and the files a sidecar is given to reach it."""
+
+    server: RedisServer
+    tls: TLSFiles
+    namespace: str
+    password: str
+    password_file: Path
+    directory: Path
+
+    def cache_config(self, **changes: Any) -> CacheConfig:
+        """The ``[cache]`` a sidecar of this fleet runs with; ``changes`` override keys."""
+        config = CacheConfig(
+            backend="redis",
+            url=self.server.url,
+            namespace=self.namespace,
+            username=SIDECAR_USER,
+            password_file=self.password_file,
+            ssl_ca_file=self.tls.ca,
+        )
+        return dataclasses.replace(config, **changes)
+
+    def cache_toml(self, **changes: Any) -> str:
+        """:meth:`cache_config` as a ``[cache]`` TOML table."""
+        config = self.cache_config(**changes)
+        lines = ["[cache]"]
+        for field in dataclasses.fields(config):
+            value = getattr(config, field.name)
+            if value is not None:
+                lines.append(f'{field.name} = "{value}"')
+        return "\n".join(lines) + "\n"
+
+    async def keys(self) -> list[bytes]:
+        """The keys under the fleet's namespace, read as the admin."""
+        admin = self.server.admin()
+        try:
+            return [k async for k in admin.scan_iter(match=f"{self.namespace}:*")]
+        finally:
+            await admin.aclose()
+
+
+@contextlib.asynccontextmanager
+async def managed_redis(directory: Path) -> AsyncIterator[ManagedRedis]:
+    """Start a :class:`ManagedRedis` with fresh random passwords in ``directory``; stop it after.
+
+    The passwords contain ``LEAKCANARY``; register them with the leak check.
+    """
+    pki = directory / "pki"
+    pki.mkdir()
+    tls = make_tls_files(pki)
+    namespace = unique_namespace()
+    password = f"redis-pw-LEAKCANARY-{os.urandom(6).hex()}"
+    password_file = directory / "redis-password"
+    password_file.write_text(password + "\n")
+    server = RedisServer(
+        directory,
+        tls=tls,
+        admin_password=f"admin-pw-LEAKCANARY-{os.urandom(6).hex()}",
+        user=RedisUser(SIDECAR_USER, password, namespace),
+    )
+    await server.start()
+    try:
+        yield ManagedRedis(server, tls, namespace, password, password_file, directory)
     finally:
         await server.stop()
