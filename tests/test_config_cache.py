@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +188,34 @@ def test_url_credentials_read_like_redis_py(url, username, has_password):
     """User info and the username/password query arguments both count, as redis-py reads them."""
     found = url_credentials(url)
     assert (found.username, found.has_password) == (username, has_password)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+TOML_BLOCK = re.compile(r"^( *)```toml\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+
+
+def managed_redis_examples() -> list[Any]:
+    """Every TOML example of a TLS [cache] in the docs (the fly.toml snippet is not ours)."""
+    found = []
+    for doc in ("deploy.md", "configuration.md"):
+        for indent, body in TOML_BLOCK.findall((ROOT / "docs" / doc).read_text()):
+            text = "\n".join(line.removeprefix(indent) for line in body.splitlines())
+            if "rediss://" in text and "[cache]" in text:
+                found.append(pytest.param(text, id=f"{doc}:{len(found)}"))
+    return found
+
+
+@pytest.mark.parametrize("text", managed_redis_examples())
+def test_docs_managed_redis_examples_load(text):
+    """The managed-Redis [cache] examples in the docs are valid configs as written."""
+    data = tomllib.loads(text)
+    data.setdefault("profiles", PROFILE_MAPPING)
+    config = config_from_mapping(data, source="docs")
+    assert config.cache.backend == "redis"
+    assert config.cache.url.startswith("rediss://")
+    assert config.cache.password_file is not None
+
+
+def test_docs_have_the_managed_redis_examples():
+    """Positive control for the test above: the Fly.io and Kubernetes examples are found."""
+    assert len(managed_redis_examples()) >= 3
