@@ -234,7 +234,7 @@ async def test_sealed_tokens_warm_restart_and_wrong_key(
 
 
 async def test_tls_fleet_shares_and_a_refused_sidecar_falls_back(
-    make_idp, fleet_factory, managed, http
+    make_idp, fleet_factory, managed, http, leaks
 ):
     """Over TLS with a password two sidecars share one token; a wrong CA or password falls back."""
     idp = await make_idp()
@@ -245,6 +245,7 @@ async def test_tls_fleet_shares_and_a_refused_sidecar_falls_back(
     assert idp.token_requests == 1
     wrong_password = managed.directory / "wrong-password"
     wrong_password.write_text("wrong-LEAKCANARY\n")
+    leaks.add("wrong-LEAKCANARY")
     (managed.directory / "other").mkdir()
     foreign = make_tls_files(managed.directory / "other").ca
     refused = {
@@ -260,6 +261,11 @@ async def test_tls_fleet_shares_and_a_refused_sidecar_falls_back(
         _, status = await get_json(http, f"{sidecar.ops}/status")
         assert (status["cache"]["state"], status["cache"]["error"]["kind"]) == ("down", kind)
         assert managed.password not in json.dumps(status)
+        async with http.get(f"{sidecar.ops}/metrics") as resp:
+            exposition = await resp.text()
+        assert "token_sidecar_cache_backend_up 0.0" in exposition  # the metrics are there
+        assert managed.password not in exposition
+        assert "wrong-LEAKCANARY" not in exposition
     assert idp.token_requests == 3
     _, status = await get_json(http, f"{a.ops}/status")
     assert status["cache"] == {"backend": "redis", "state": "ok"}

@@ -50,6 +50,7 @@ from tests.support.redis import SIDECAR_USER as USER
 from tests.support.upstream import TLSFiles, make_tls_files
 
 ROOT = Path(__file__).resolve().parent.parent
+WRONG_PASSWORD = "not-the-password-LEAKCANARY"
 
 
 def _mkdir(path: Path) -> Path:
@@ -154,9 +155,10 @@ def _other_ca(managed: ManagedRedis) -> Path:
     ],
 )
 async def test_refused_connection_is_clear_and_sidecars_fall_back(
-    managed, tls_fleet, idp, log_output, change, kind, detail
+    managed, tls_fleet, idp, leaks, log_output, change, kind, detail
 ):
     """A certificate or password Redis refuses: logged and in /status; tokens still served."""
+    leaks.add(WRONG_PASSWORD)
     a, b = tls_fleet(managed.cache_config(**change(managed)))
     served = await asyncio.gather(a.get("api"), b.get("api"))
     assert all(s.token.value for s in served)
@@ -180,7 +182,7 @@ async def test_refused_connection_is_clear_and_sidecars_fall_back(
 
 def _wrong_password(managed: ManagedRedis) -> Path:
     path = managed.directory / "wrong-password"
-    path.write_text("not-the-password-LEAKCANARY\n")
+    path.write_text(WRONG_PASSWORD + "\n")
     return path
 
 
