@@ -196,7 +196,7 @@ TOML_BLOCK = re.compile(r"^( *)```toml\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
 
 def managed_redis_examples() -> list[Any]:
     """Every TOML example of a TLS [cache] in the docs (the fly.toml snippet is not ours)."""
-    found = []
+    found: list[Any] = []
     for doc in ("deploy.md", "configuration.md"):
         for indent, body in TOML_BLOCK.findall((ROOT / "docs" / doc).read_text()):
             text = "\n".join(line.removeprefix(indent) for line in body.splitlines())

@@ -275,19 +275,19 @@ async def test_tls_fleet_shares_and_a_refused_sidecar_falls_back(
 async def test_unreadable_tls_or_password_file_exits_2(managed, tmp_path):
     """serve and check refuse a missing CA or password file with exit 2, naming file and key."""
     missing = tmp_path / "missing.pem"
+    profile = (
+        '[profiles.api]\ntoken_url = "http://127.0.0.1:9/t"\nclient_id = "x"\n'
+        'client_secret = "y"\njwks_url = "http://127.0.0.1:9/j"\n'
+    )
     for key in ("ssl_ca_file", "password_file"):
         config = tmp_path / f"{key}.toml"
-        config.write_text(
-            managed.cache_toml(**{key: missing})
-            + '[profiles.api]\ntoken_url = "http://127.0.0.1:9/t"\nclient_id = "x"\n'
-            'client_secret = "y"\njwks_url = "http://127.0.0.1:9/j"\n'
-        )
+        config.write_text(managed.cache_toml(**{key: missing}) + profile)
         for command in ("serve", "check"):
             code, _, err = await run_cli(command, "--config", str(config))
             assert code == 2, (command, err)
             assert f"{config}: cache.{key}: cannot read {missing}: No such file" in err
     good = tmp_path / "good.toml"
-    good.write_text(config.read_text().replace(str(missing), str(managed.password_file)))
+    good.write_text(managed.cache_toml() + profile)
     code, out, _ = await run_cli("check", "--config", str(good))
-    assert code == 0  # positive control: the same config with the real file passes
+    assert code == 0  # positive control: the same config with the real files passes
     assert managed.password not in out
