@@ -26,7 +26,7 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, ProfileConfig, url_view
 from sidecar.credentials import CredentialStore
 from sidecar.errors import UnknownProfileError
-from sidecar.fleet import FleetRefresh, TokenCache, make_cache
+from sidecar.fleet import CacheState, FleetRefresh, TokenCache, make_cache
 from sidecar.idp import IdPClient
 from sidecar.metrics import Metrics
 from sidecar.minter import TokenMinter
@@ -226,10 +226,18 @@ class TokenService:
         return {
             "version": __version__,
             "ready": ready,
-            "cache": {"backend": self.cache.backend, "state": self.cache.state.value},
+            "cache": self._cache_status(),
             "profiles": {name: r.status() for name, r in self.refreshers.items()},
             "upstreams": self.upstreams.status(),
         }
+
+    def _cache_status(self) -> dict[str, Any]:
+        """The backend and its state; while it is down, also why (``error``: kind and detail)."""
+        view: dict[str, Any] = {"backend": self.cache.backend, "state": self.cache.state.value}
+        failure = self.cache.failure
+        if self.cache.state is CacheState.DOWN and failure is not None:
+            view["error"] = failure.view()
+        return view
 
 
 def _same_identity(a: ProfileConfig, b: ProfileConfig) -> bool:

@@ -32,7 +32,14 @@ from sidecar.testing import FakeClock, SidecarProcess
 from tests.support.builders import AUDIENCE, CLIENT_ID, CLIENT_SECRET, make_profile
 from tests.support.clientstack import client_stack
 from tests.support.e2e import e2e_idp
-from tests.support.redis import SHARED_URL, delete_namespace, require_redis, unique_namespace
+from tests.support.redis import (
+    SHARED_URL,
+    ManagedRedis,
+    delete_namespace,
+    managed_redis,
+    require_redis,
+    unique_namespace,
+)
 
 
 class LeakRegistry:
@@ -248,6 +255,19 @@ async def namespace_fixture() -> AsyncIterator[str]:
     ns = unique_namespace()
     yield ns
     await delete_namespace(SHARED_URL, ns)
+
+
+@pytest.fixture
+async def managed(tmp_path: Path, leaks: LeakRegistry) -> AsyncIterator[ManagedRedis]:
+    """A private TLS-only redis-server with passwords and the sidecar's ACL user; stopped after.
+
+    Its own server, so a test may flush it: the shared Redis is never flushed.
+    """
+    async with managed_redis(tmp_path) as redis:
+        leaks.add(redis.password)
+        if redis.server.admin_password is not None:
+            leaks.add(redis.server.admin_password)
+        yield redis
 
 
 @pytest.fixture(name="caches")

@@ -314,7 +314,10 @@ async def test_redis_down_falls_back_to_local_refresh(fleet, idp, clock, log_out
             )
             == 2
         )
-        assert s.status()["cache"] == {"backend": "redis", "state": "down"}
+        cache = s.status()["cache"]
+        assert (cache["backend"], cache["state"]) == ("redis", "down")
+        assert cache["error"]["kind"] == "unreachable"
+        assert "connecting to 127.0.0.1" in cache["error"]["detail"]
         assert sample(s.metrics, "token_sidecar_cache_backend_up") == 0
     assert '"source":"local"' in log_output.getvalue().replace(" ", "")
 

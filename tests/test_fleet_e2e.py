@@ -8,6 +8,7 @@ namespace (or its own ``redis-server``) and removes its keys.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,7 @@ from tests.support.e2e import (
     e2e_idp,
     get_json,
     profile_toml,
+    run_cli,
 )
 from tests.support.redis import (
     SHARED_URL,
@@ -31,6 +33,7 @@ from tests.support.redis import (
     namespace_keys,
     unique_namespace,
 )
+from tests.support.upstream import make_tls_files
 
 pytestmark = pytest.mark.slow
 
@@ -172,7 +175,7 @@ async def _outage_scenario(
     await asyncio.gather(*(_wait_source(s, "local") for s in (a, b)))
     for s in (a, b):
         _, body = await get_json(http, f"{s.ops}/status")
-        assert body["cache"] == {"backend": "redis", "state": "down"}
+        assert (body["cache"]["state"], body["cache"]["error"]["kind"]) == ("down", "unreachable")
         fallback = 'token_sidecar_fallback_total{profile="api",reason="cache_backend_down"}'
         assert await metric(http, s, fallback) > 1
     await redis.start()
@@ -225,3 +228,66 @@ async def test_sealed_tokens_warm_restart_and_wrong_key(
     assert idp.token_requests == 2
     assert stranger.count("cache.value_unreadable") >= 1
     assert [await s.stop() for s in (restarted, stranger)] == [0, 0]
+
+
+# -- a managed-style Redis: TLS only, a password file, an ACL user ----------------------
+
+
+async def test_tls_fleet_shares_and_a_refused_sidecar_falls_back(
+    make_idp, fleet_factory, managed, http, leaks
+):
+    """Over TLS with a password two sidecars share one token; a wrong CA or password falls back."""
+    idp = await make_idp()
+    a, b = await asyncio.gather(
+        *(fleet_factory(profile_toml(idp), managed.cache_toml()) for _ in range(2))
+    )
+    assert await token_of(http, a) == await token_of(http, b)
+    assert idp.token_requests == 1
+    wrong_password = managed.directory / "wrong-password"
+    wrong_password.write_text("wrong-LEAKCANARY\n")
+    leaks.add("wrong-LEAKCANARY")
+    (managed.directory / "other").mkdir()
+    foreign = make_tls_files(managed.directory / "other").ca
+    refused = {
+        "tls": await fleet_factory(profile_toml(idp), managed.cache_toml(ssl_ca_file=foreign)),
+        "auth": await fleet_factory(
+            profile_toml(idp), managed.cache_toml(password_file=wrong_password)
+        ),
+    }
+    for kind, sidecar in refused.items():
+        event = await sidecar.wait_event("cache.backend_down")
+        assert event["kind"] == kind
+        assert await token_of(http, sidecar)  # served all the same, minted on its own
+        _, status = await get_json(http, f"{sidecar.ops}/status")
+        assert (status["cache"]["state"], status["cache"]["error"]["kind"]) == ("down", kind)
+        assert managed.password not in json.dumps(status)
+        async with http.get(f"{sidecar.ops}/metrics") as resp:
+            exposition = await resp.text()
+        assert "token_sidecar_cache_backend_up 0.0" in exposition  # the metrics are there
+        assert managed.password not in exposition
+        assert "wrong-LEAKCANARY" not in exposition
+    assert idp.token_requests == 3
+    _, status = await get_json(http, f"{a.ops}/status")
+    assert status["cache"] == {"backend": "redis", "state": "ok"}
+    assert [await s.stop() for s in (a, b, *refused.values())] == [0] * 4
+
+
+async def test_unreadable_tls_or_password_file_exits_2(managed, tmp_path):
+    """serve and check refuse a missing CA or password file with exit 2, naming file and key."""
+    missing = tmp_path / "missing.pem"
+    profile = (
+        '[profiles.api]\ntoken_url = "http://127.0.0.1:9/t"\nclient_id = "x"\n'
+        'client_secret = "y"\njwks_url = "http://127.0.0.1:9/j"\n'
+    )
+    for key in ("ssl_ca_file", "password_file"):
+        config = tmp_path / f"{key}.toml"
+        config.write_text(managed.cache_toml(**{key: missing}) + profile)
+        for command in ("serve", "check"):
+            code, _, err = await run_cli(command, "--config", str(config))
+            assert code == 2, (command, err)
+            assert f"{config}: cache.{key}: cannot read {missing}: No such file" in err
+    good = tmp_path / "good.toml"
+    good.write_text(managed.cache_toml() + profile)
+    code, out, _ = await run_cli("check", "--config", str(good))
+    assert code == 0  # positive control: the same config with the real files passes
+    assert managed.password not in out

@@ -23,6 +23,7 @@ from sidecar.config import Config, ProfileConfig, redacted, resolve_config
 from sidecar.credentials import CredentialStore
 from sidecar.daemon import warn_about
 from sidecar.errors import RefreshError
+from sidecar.fleet import check_cache_files
 from sidecar.idp import IdPClient
 from sidecar.minter import TokenMinter
 from sidecar.verify import TokenVerifier
@@ -31,6 +32,7 @@ from sidecar.verify import TokenVerifier
 def run_check(path: str | None, *, probe: bool) -> int:
     """Validate and print the config at ``path``; with ``probe``, try every profile once."""
     config = resolve_config(path, os.environ)
+    check_cache_files(config)  # what serve would refuse at start, check refuses too
     sys.stdout.write(orjson.dumps(redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
     warn_about(config, os.environ)
     if not probe:

@@ -10,13 +10,15 @@ run time, because Kubernetes may mount a Secret after the sidecar starts.
 The package holds one concept per module: ``_model`` (the frozen dataclasses
 every other module reads), ``_reader`` (the key-path-tracking table reader and
 the value parsers), ``_document`` (a TOML file, the top-level keys,
-``[server]`` and ``[cache]``), ``_profile`` (one ``[profiles.NAME]`` table),
-``_upstream`` (one ``[upstreams.NAME]`` table of proxy mode),
-``_env`` (choosing the source, and the env-only profile) and ``_redact`` (the
-redacted view ``token-sidecar check`` prints). Import the names from here.
+``[server]``), ``_cache`` (``[cache]``: the backend and how to reach Redis),
+``_profile`` (one ``[profiles.NAME]`` table), ``_upstream`` (one
+``[upstreams.NAME]`` table of proxy mode), ``_env`` (choosing the source,
+and the env-only profile) and ``_redact`` (the redacted view
+``token-sidecar check`` prints). Import the names from here.
 """
 
 from sidecar.config._advice import KNOWN_VARIABLES, Advice, advice
+from sidecar.config._cache import UrlCredentials, url_credentials
 from sidecar.config._document import config_from_mapping, load_config
 from sidecar.config._env import config_from_env, resolve_config
 from sidecar.config._model import (
@@ -68,6 +70,7 @@ __all__ = [
     "SecretRef",
     "ServerConfig",
     "UpstreamConfig",
+    "UrlCredentials",
     "Verify",
     "advice",
     "config_from_env",
@@ -81,5 +84,6 @@ __all__ = [
     "parse_size",
     "redacted",
     "resolve_config",
+    "url_credentials",
     "url_view",
 ]

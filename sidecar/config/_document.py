@@ -1,9 +1,10 @@
-"""The config document: a TOML file, its top-level keys, the ``[server]`` and ``[cache]`` tables.
+"""The config document: a TOML file, its top-level keys and the ``[server]`` table.
 
 :func:`load_config` reads and parses a TOML file; :func:`config_from_mapping`
 is where parsed TOML (or an equivalent dict from the environment) becomes a
 :class:`~sidecar.config.Config`. The ``[profiles.NAME]`` tables are read by
-:mod:`sidecar.config._profile`, single values by :mod:`sidecar.config._reader`.
+:mod:`sidecar.config._profile`, ``[cache]`` by :mod:`sidecar.config._cache`,
+single values by :mod:`sidecar.config._reader`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import Any
 
-from sidecar.config._model import CacheBackend, CacheConfig, Config, ServerConfig, is_loopback_host
+from sidecar.config._cache import CACHE_KEYS, read_cache
+from sidecar.config._model import Config, ServerConfig, is_loopback_host
 from sidecar.config._profile import read_profiles
 from sidecar.config._reader import Table, read_address
 from sidecar.config._upstream import read_upstreams
@@ -34,9 +36,6 @@ _SERVER_KEYS = (
     "header_timeout",
     "keepalive_timeout",
 )
-_CACHE_KEYS = ("backend", "url", "namespace", "key_file")
-_CACHE_BACKENDS: tuple[str, ...] = get_args(CacheBackend)
-_NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]+")
 _SOCKET_MODE = re.compile(r"[0-7]{3,4}")
 
 
@@ -82,22 +81,6 @@ def _socket_mode(t: Table) -> int:
     return int(value, 8)
 
 
-def _cache(t: Table) -> CacheConfig:
-    backend = t.choice("backend", _CACHE_BACKENDS, default=CacheConfig.backend)
-    url = t.string("url") or CacheConfig.url
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise t.error("url", "expected a redis://, rediss:// or unix:// URL")
-    namespace = t.string("namespace") or CacheConfig.namespace
-    if not _NAMESPACE.fullmatch(namespace):
-        raise t.error("namespace", "may contain only letters, digits and _ . : -")
-    return CacheConfig(
-        backend=cast("CacheBackend", backend),
-        url=url,
-        namespace=namespace,
-        key_file=t.path_value("key_file"),
-    )
-
-
 def config_from_mapping(data: Mapping[str, Any], *, source: str) -> Config:
     """Validate parsed TOML (or an equivalent dict) into a :class:`Config`.
 
@@ -109,7 +92,7 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str) -> Config:
     config = Config(
         profiles=profiles,
         server=_server(root.table("server", _SERVER_KEYS)),
-        cache=_cache(root.table("cache", _CACHE_KEYS)),
+        cache=read_cache(root.table("cache", CACHE_KEYS)),
         source=source,
         upstreams=read_upstreams(root, profiles),
     )

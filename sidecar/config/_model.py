@@ -279,10 +279,27 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
+    """``[cache]``: where shared tokens live and how the sidecar reaches that Redis.
+
+    The TLS files apply to ``rediss://`` URLs only; ``password_file`` and
+    ``username`` are the ACL credentials (a password may instead be in the
+    URL, never in both). The loader enforces these rules; the files are read
+    when a Redis backend is built.
+    """
+
     backend: CacheBackend = "memory"
     url: str = "redis://127.0.0.1:6379/0"
     namespace: str = "token-sidecar"
     key_file: Path | None = None
+    #: The Redis ACL user; None: the one in the URL, else Redis' ``default`` user.
+    username: str | None = None
+    #: A file holding the Redis password, read at every new connection.
+    password_file: Path | None = None
+    #: CA certificates trusted for the server's certificate, besides the system store.
+    ssl_ca_file: Path | None = None
+    #: A client certificate and its key, for servers that ask for one.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ fleet single-flight algorithm over either; :class:`TokenCodec` seals shared
 values. :func:`make_cache` builds what ``[cache]`` asks for.
 
 Modules: ``_cache`` (the interface, the memory backend, the shared records),
-``_redis`` (the Redis backend), ``_codec`` (encoding and encryption) and
+``_redis`` (the Redis backend), ``_access`` (how it reaches Redis: TLS, ACL
+user, password file), ``_codec`` (encoding and encryption) and
 ``_single_flight`` (the algorithm).
 """
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar.clock import Clock
 from sidecar.config import Config
 from sidecar.fleet._cache import (
+    CacheFailure,
     CacheState,
     MemoryCache,
     SharedFailure,
@@ -36,21 +38,27 @@ from sidecar.fleet._single_flight import (
 from sidecar.metrics import Metrics
 
 if TYPE_CHECKING:
+    from sidecar.fleet._access import PasswordFile, RedisAccess, describe_failure
     from sidecar.fleet._redis import RedisCache
 
 __all__ = [
     "LOCK_MARGIN",
+    "CacheFailure",
     "CacheState",
     "FleetRefresh",
     "FleetRequest",
     "FleetResult",
     "MemoryCache",
+    "PasswordFile",
+    "RedisAccess",
     "RedisCache",
     "SharedFailure",
     "SharedToken",
     "Source",
     "TokenCache",
     "TokenCodec",
+    "check_cache_files",
+    "describe_failure",
     "identity_of",
     "load_key",
     "make_cache",
@@ -58,20 +66,46 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # RedisCache is loaded on first use, so the memory backend never imports redis.
+    # The Redis names are loaded on first use, so the memory backend never imports redis.
     if name == "RedisCache":
         from sidecar.fleet._redis import RedisCache  # noqa: PLC0415
 
         return RedisCache
+    if name in {"PasswordFile", "RedisAccess", "describe_failure"}:
+        from sidecar.fleet import _access  # noqa: PLC0415
+
+        return getattr(_access, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_cache(config: Config, clock: Clock, metrics: Metrics) -> TokenCache:
-    """The token cache ``[cache]`` asks for; a bad key file is a ConfigError here, at start."""
+    """The token cache ``[cache]`` asks for.
+
+    Every file the Redis backend needs (key, TLS files, password) is read
+    here, at start: a bad one is a ConfigError (exit 2), never a runtime surprise.
+    """
     cfg = config.cache
     if cfg.backend == "memory":
         return MemoryCache()
-    from sidecar.fleet._redis import RedisCache  # noqa: PLC0415 - see __getattr__
+    from sidecar.fleet._access import RedisAccess  # noqa: PLC0415 - see __getattr__
+    from sidecar.fleet._redis import RedisCache  # noqa: PLC0415
 
     key = load_key(cfg.key_file, source=config.source) if cfg.key_file is not None else None
-    return RedisCache(cfg.url, cfg.namespace, clock=clock, metrics=metrics, codec=TokenCodec(key))
+    access = RedisAccess.from_config(cfg, source=config.source)
+    return RedisCache(access, cfg.namespace, clock=clock, metrics=metrics, codec=TokenCodec(key))
+
+
+def check_cache_files(config: Config) -> None:
+    """Read the files fleet mode needs, as the daemon would at start (for ``check``).
+
+    Raises:
+        ConfigError: naming the ``[cache]`` key whose file is missing or unusable.
+    """
+    cfg = config.cache
+    if cfg.backend != "redis":
+        return
+    from sidecar.fleet._access import RedisAccess  # noqa: PLC0415 - see __getattr__
+
+    if cfg.key_file is not None:
+        load_key(cfg.key_file, source=config.source)
+    RedisAccess.from_config(cfg, source=config.source)

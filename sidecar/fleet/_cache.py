@@ -38,6 +38,23 @@ class CacheState(enum.Enum):
     DOWN = "down"  # unreachable: sidecars refresh on their own until it answers again
 
 
+@dataclass(frozen=True)
+class CacheFailure:
+    """Why the backend is down, as logs and ``/status`` show it: never a secret.
+
+    ``kind`` is one of ``tls`` (handshake or certificate check failed),
+    ``auth`` (password or ACL refused), ``timeout``, ``unreachable``,
+    ``out_of_memory`` (a full Redis that evicts nothing) or ``error``;
+    ``detail`` is the client's one-line message.
+    """
+
+    kind: str
+    detail: str
+
+    def view(self) -> dict[str, str]:
+        return {"kind": self.kind, "detail": self.detail}
+
+
 @dataclass(frozen=True, repr=False, eq=False)
 class SharedToken:
     """A token as stored for the fleet: wall-clock instants, since monotonic ones are local.
@@ -136,6 +153,11 @@ class TokenCache(Protocol):
     @property
     def state(self) -> CacheState: ...
 
+    @property
+    def failure(self) -> CacheFailure | None:
+        """Why the backend is down; None while it is not."""
+        ...
+
     def start(self) -> None:
         """Start background work (connection watching); idempotent."""
         ...
@@ -202,6 +224,7 @@ class MemoryCache:
 
     backend = "memory"
     state = CacheState.OK
+    failure: CacheFailure | None = None
 
     def start(self) -> None:
         return

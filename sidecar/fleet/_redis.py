@@ -10,12 +10,21 @@ namespace and the token identity (:func:`~sidecar.fleet.identity_of`):
 - ``NS:written:H``: a pub/sub channel; a lock holder publishes when it lets
   go, so waiting sidecars read at once instead of polling.
 
-Every Redis call is bounded (:data:`OP_TIMEOUT` for connect and reads, no
-retries inside redis-py), and every Redis or socket error is mapped to
-:class:`~sidecar.errors.CacheUnavailableError` in :meth:`RedisCache._mapped`,
-which also marks the backend down. One owned task holds the subscription;
-while the backend is down it re-probes every :data:`PROBE_INTERVAL` and marks
-it up again, so the fleet converges once Redis is back.
+Every Redis call is bounded (:data:`OP_TIMEOUT` for connect, TLS handshake
+and reads, no retries inside redis-py), and every Redis or socket error is
+mapped to :class:`~sidecar.errors.CacheUnavailableError` in
+:meth:`RedisCache._mapped`, which also marks the backend down and keeps why
+(:attr:`RedisCache.failure`: a refused certificate, a wrong password ...).
+One owned task holds the subscription; while the backend is down it
+re-probes every :data:`PROBE_INTERVAL` and marks it up again, so the fleet
+converges once Redis is back.
+
+Every key may vanish at any moment: each has a TTL, and a managed Redis
+(Upstash) evicts keys with a TTL when it is full, or an operator flushes the
+database. A vanished token is a miss (the fleet mints one), a vanished lock
+is a free lock (at worst two sidecars mint once each), a vanished hold-off is
+no hold-off, and a holder that finds its lock gone still notifies waiters.
+Nothing waits on a key's existence, so nothing stalls.
 """
 
 from __future__ import annotations
@@ -37,7 +46,14 @@ from redis.exceptions import LockNotOwnedError, RedisError
 
 from sidecar.clock import Clock, cancel_and_wait
 from sidecar.errors import CacheUnavailableError, UnreadableValueError
-from sidecar.fleet._cache import CacheState, SharedFailure, SharedToken, parse_failure
+from sidecar.fleet._access import RedisAccess, describe_failure
+from sidecar.fleet._cache import (
+    CacheFailure,
+    CacheState,
+    SharedFailure,
+    SharedToken,
+    parse_failure,
+)
 from sidecar.fleet._codec import TokenCodec
 from sidecar.idp import MAX_LIFETIME
 from sidecar.metrics import Metrics
@@ -60,13 +76,17 @@ _DELETE_IF_SAME = (
 
 
 class RedisCache:
-    """A :class:`~sidecar.fleet.TokenCache` on Redis; never raises anything but our errors."""
+    """A :class:`~sidecar.fleet.TokenCache` on Redis; never raises anything but our errors.
+
+    ``access`` is a :class:`~sidecar.fleet._access.RedisAccess` (URL, TLS
+    files, user, password file) or, for a plain Redis, just its URL.
+    """
 
     backend = "redis"
 
     def __init__(
         self,
-        url: str,
+        access: RedisAccess | str,
         namespace: str,
         *,
         clock: Clock,
@@ -75,8 +95,12 @@ class RedisCache:
         op_timeout: float = OP_TIMEOUT,
         probe_interval: float = PROBE_INTERVAL,
     ) -> None:
+        if isinstance(access, str):
+            access = RedisAccess(access)
+        url, options = access.client_options()
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
+            **options,
             socket_timeout=op_timeout,
             socket_connect_timeout=op_timeout,
             # A refresh must not stall on redis-py's own retries: one try, then fall back.
@@ -89,6 +113,7 @@ class RedisCache:
         self._probe_interval = probe_interval
         self._op_timeout = op_timeout
         self._state = CacheState.STARTING
+        self._failure: CacheFailure | None = None
         self._subscribed = asyncio.Event()
         self._watchers: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -98,6 +123,10 @@ class RedisCache:
     @property
     def state(self) -> CacheState:
         return self._state
+
+    @property
+    def failure(self) -> CacheFailure | None:
+        return self._failure
 
     def start(self) -> None:
         if self._task is None:
@@ -209,7 +238,8 @@ class RedisCache:
             try:
                 await lock.release()
             except LockNotOwnedError:
-                # The refresh outlived the lock TTL; another sidecar may hold it now.
+                # The refresh outlived the lock TTL, or the key was evicted or flushed;
+                # another sidecar may hold it now. Waiters are told all the same.
                 log.warning("cache.lock_expired", extra={"lock": lock.name})
             await self._redis.publish(self._channel(identity), b"1")
 
@@ -246,20 +276,27 @@ class RedisCache:
         self._mark_up()
 
     def _mark_down(self, operation: str, exc: BaseException) -> None:
-        if self._state is CacheState.DOWN:
+        failure = describe_failure(exc)
+        if self._state is CacheState.DOWN and failure.kind == getattr(self._failure, "kind", None):
             return
-        self._state = CacheState.DOWN
+        # Logged again only when the reason changes (a fixed CA, then a wrong password).
+        self._state, self._failure = CacheState.DOWN, failure
         self._metrics.cache_up.set(0)
         log.warning(
             "cache.backend_down",
-            extra={"operation": operation, "error": type(exc).__name__, "detail": str(exc)},
+            extra={
+                "operation": operation,
+                "kind": failure.kind,
+                "error": type(exc).__name__,
+                "detail": failure.detail,
+            },
         )
 
     def _mark_up(self) -> None:
         if self._state is CacheState.OK:
             return
         was = self._state
-        self._state = CacheState.OK
+        self._state, self._failure = CacheState.OK, None
         self._metrics.cache_up.set(1)
         log.info("cache.backend_up", extra={"backend": "redis", "from": was.value})
 
