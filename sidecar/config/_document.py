@@ -34,7 +34,7 @@ _SERVER_KEYS = (
     "header_timeout",
     "keepalive_timeout",
 )
-_CACHE_KEYS = ("backend", "url", "namespace", "key_file")
+_CACHE_KEYS = ("backend", "url", "namespace", "key_file", "persist_file")
 _CACHE_BACKENDS: tuple[str, ...] = get_args(CacheBackend)
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]+")
 _SOCKET_MODE = re.compile(r"[0-7]{3,4}")
@@ -90,12 +90,43 @@ def _cache(t: Table) -> CacheConfig:
     namespace = t.string("namespace") or CacheConfig.namespace
     if not _NAMESPACE.fullmatch(namespace):
         raise t.error("namespace", "may contain only letters, digits and _ . : -")
+    key_file = t.path_value("key_file")
     return CacheConfig(
         backend=cast("CacheBackend", backend),
         url=url,
         namespace=namespace,
-        key_file=t.path_value("key_file"),
+        key_file=key_file,
+        persist_file=_persist_file(t, key_file),
     )
+
+
+def _persist_file(t: Table, key_file: Path | None) -> Path | None:
+    """The cold-start file: sealed with ``key_file``, in a directory that exists.
+
+    The directory is checked here, at start, because the file is first written
+    minutes later (after the first refresh): a typo must not wait that long.
+    The file itself need not exist (the first start has none).
+    """
+    path = t.path_value("persist_file")
+    if path is None:
+        return None
+    if key_file is None:
+        raise t.error(
+            "persist_file", "needs cache.key_file: tokens are written to the file only encrypted"
+        )
+    if path == key_file:
+        raise t.error("persist_file", "must not be the same file as cache.key_file")
+    directory = path.parent
+    try:
+        if not directory.exists():
+            raise t.error("persist_file", f"directory {directory} does not exist")
+        if not directory.is_dir():
+            raise t.error("persist_file", f"{directory} is not a directory")
+        if path.is_dir():
+            raise t.error("persist_file", f"{path} is a directory; name a file in it")
+    except OSError as exc:  # a directory we may not even look into
+        raise t.error("persist_file", f"cannot check {directory}: {exc.strerror}") from None
+    return path
 
 
 def config_from_mapping(data: Mapping[str, Any], *, source: str) -> Config:

@@ -283,6 +283,8 @@ class CacheConfig:
     url: str = "redis://127.0.0.1:6379/0"
     namespace: str = "token-sidecar"
     key_file: Path | None = None
+    #: The cold-start file: the held tokens, sealed with ``key_file``, read at start.
+    persist_file: Path | None = None
 
 
 @dataclass(frozen=True)

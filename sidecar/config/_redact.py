@@ -54,6 +54,7 @@ def redacted(config: Config) -> dict[str, Any]:
             "url": url_view(cache.url),
             "namespace": cache.namespace,
             "key_file": _path_view(cache.key_file),
+            "persist_file": _path_view(cache.persist_file),
         },
         "profiles": {name: _profile_view(p) for name, p in config.profiles.items()},
         "upstreams": {name: _upstream_view(u) for name, u in config.upstreams.items()},
