@@ -366,6 +366,44 @@ async def test_a_genuine_planted_token_is_served(persisted, idp, session, tokens
     assert idp.token_requests == before
 
 
+async def test_an_opaque_token_restores_only_where_nothing_is_verified(
+    persisted, idp, tokens_path, clock, leaks
+):
+    """Positive control for the opaque rejection: a profile with verify = "none" takes it."""
+    value = "opaque-stored-token-LEAKCANARY"
+    leaks.add(value)
+    profile = make_profile(idp, verify="none", jwks_url=None)
+    plant(tokens_path, identity_of(profile, CLIENT_ID), value, expires_at=clock.time() + 3600)
+    idp.faults.status = 503
+    service = persisted(profile)
+    assert served_value(service) == value
+    assert service._checks == set()  # nothing to check a signature against
+
+
+async def test_vet_sealed_refuses_a_value_that_was_not_sealed(persisted, idp, session, clock):
+    """Only the seal stands for the signature: the same token unsealed is refused."""
+    from sidecar.errors import InvalidTokenError  # noqa: PLC0415
+
+    value = await idp_token(session, idp)
+    claims = jwt.decode(value, options={"verify_signature": False})
+
+    def record(*, sealed: bool) -> SharedToken:
+        return SharedToken(
+            value=value,
+            token_type="Bearer",
+            scope="read:tools",
+            obtained_at=float(claims["iat"]),
+            expires_at=float(claims["exp"]),
+            fingerprint=fingerprint(value),
+            sealed=sealed,
+        )
+
+    minter = persisted(make_profile(idp)).refresher_for("api").minter
+    assert minter.vet_sealed(record(sealed=True), CLIENT_ID).value == value
+    with pytest.raises(InvalidTokenError, match="only a sealed value"):
+        minter.vet_sealed(record(sealed=False), CLIENT_ID)
+
+
 @pytest.mark.parametrize("damage", ["tampered", "other_key", "moved", "unencrypted"])
 async def test_an_entry_that_does_not_open_is_ignored(
     persisted, idp, session, tokens_path, clock, log_output, damage
