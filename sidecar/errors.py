@@ -18,7 +18,7 @@ aiohttp, asyncio or JSON exception. The client library's public
     │   ├── InvalidTokenError       signature, aud, iss or exp check failed
     │   └── CircuitOpenError        the breaker kept the request from the IdP (retryable)
     ├── CacheUnavailableError       the shared token cache (Redis) did not answer (retryable)
-    ├── UnreadableValueError        a shared cache value cannot be opened or parsed
+    ├── UnreadableValueError        a stored value (Redis, cold-start file) cannot be read
     ├── TokenUnavailableError       no servable token for a caller (``code``, ``retry_after``)
     ├── UnknownProfileError         no such profile
     ├── ApiError                    an error answer of the token API (status, code)
@@ -170,11 +170,15 @@ class CacheUnavailableError(TokenSidecarError):
 
 
 class UnreadableValueError(TokenSidecarError):
-    """A shared cache value could not be opened or parsed; ``reason`` is a metrics label."""
+    """A stored value (fleet cache, cold-start file) could not be opened or parsed.
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    ``reason`` is a metrics label; ``detail``, when given, says more for the log.
+    """
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason if detail is None else f"{reason}: {detail}")
         self.reason = reason
+        self.detail = detail
 
 
 class TokenUnavailableError(TokenSidecarError):

@@ -23,6 +23,16 @@ FALLBACK_REASONS = ("refresh_failing", "circuit_open", "cache_backend_down")
 INVALIDATION_RESULTS = ("refreshed", "already_rotated", "throttled")
 CACHE_ERROR_REASONS = ("unavailable", "undecryptable", "unencrypted", "malformed", "rejected")
 PROXY_RETRY_RESULTS = ("retried", "not_replayable", "throttled")
+PERSIST_RESTORE_RESULTS = (
+    "restored",
+    "expired",
+    "rejected",
+    "undecryptable",
+    "unencrypted",
+    "malformed",
+    "unreadable",
+)
+PERSIST_WRITE_RESULTS = ("success", "error")
 
 
 class RequestCounter(Collector):
@@ -140,6 +150,19 @@ class Metrics:
         )
         for reason in CACHE_ERROR_REASONS:
             self.cache_errors.labels(reason=reason)
+        self.persist_restore = Counter(
+            "token_sidecar_persist_restore_total",
+            "Tokens read from the cold-start file at start, by result (whole-file problems "
+            "count once as malformed or unreadable).",
+            ["result"],
+            registry=r,
+        )
+        self.persist_writes = Counter(
+            "token_sidecar_persist_writes_total",
+            "Writes of the cold-start file, by result.",
+            ["result"],
+            registry=r,
+        )
         self.proxy_requests = Counter(
             "token_sidecar_proxy_requests_total",
             "Proxied requests by upstream and answer: 1xx..5xx from the upstream, "
@@ -191,6 +214,13 @@ class Metrics:
         self.refresh_duration.labels(profile=profile)
         self.tokens_minted.labels(profile=profile)
         self.circuit_state.labels(profile=profile).set(0)
+
+    def add_persistence(self) -> None:
+        """Create the cold-start file's series at zero (only when ``persist_file`` is set)."""
+        for result in PERSIST_RESTORE_RESULTS:
+            self.persist_restore.labels(result)
+        for result in PERSIST_WRITE_RESULTS:
+            self.persist_writes.labels(result)
 
     def add_upstream(self, upstream: str) -> None:
         """Create an upstream's fixed series at zero (codes appear as they occur)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -60,6 +61,10 @@ from sidecar.token import HeldToken, ServedToken
 WATCH_INTERVAL = 10.0
 
 
+def _unobserved() -> None:
+    return
+
+
 @dataclass(frozen=True)
 class RefreshContext:
     """The collaborators every refresher of a daemon shares."""
@@ -69,6 +74,8 @@ class RefreshContext:
     rng: random.Random
     #: Where tokens are shared with other sidecars (memory: nowhere).
     fleet: FleetRefresh
+    #: Called whenever a profile's held token changes (the cold-start file listens).
+    token_changed: Callable[[], None] = _unobserved
 
 
 class ProfileRefresher:
@@ -92,6 +99,7 @@ class ProfileRefresher:
         self._credentials = credentials
         self._watch_interval = watch_interval
         self._token: HeldToken | None = None
+        self._identity: str | None = None  # identity_of() of the credentials _token came with
         self._failures = 0  # consecutive failed attempts, any kind
         self._transient_failures = 0  # consecutive transient ones: the backoff exponent
         self._not_before = 0.0  # no attempt before this monotonic instant
@@ -134,9 +142,37 @@ class ProfileRefresher:
 
     def inherit_token(self, other: ProfileRefresher) -> None:
         """Take over the token of a refresher being replaced (config reload)."""
-        self._token = other._token
+        self._token, self._identity = other._token, other._identity
         if self._token is not None:
             self._report.holds(self._token)
+
+    def restore(self, token: HeldToken, identity: str) -> bool:
+        """Hold ``token`` (vetted, from the cold-start file) unless a token is held already."""
+        if self._token is not None:
+            return False
+        self._token, self._identity = token, identity
+        self._report.holds(token)
+        return True
+
+    def withdraw(self, token_fingerprint: str) -> bool:
+        """Stop holding the token ``token_fingerprint`` (it failed a late check); refresh now."""
+        if self._token is None or self._token.fingerprint != token_fingerprint:
+            return False
+        self._token = self._identity = None
+        self._context.token_changed()
+        self._request_attempt()
+        return True
+
+    def held(self) -> tuple[str, HeldToken] | None:
+        """The current token and its identity, or None: what the cold-start file holds.
+
+        A token a caller reported is None here even when it is handed back
+        (stale) for want of a replacement: a restart must not revive it.
+        """
+        token = self._token
+        if token is None or self._identity is None or self._reports.is_reported(token):
+            return None
+        return self._identity, token
 
     # -- serving -----------------------------------------------------------
 
@@ -209,6 +245,7 @@ class ProfileRefresher:
         dropped = None
         if result == "refreshed":
             dropped, self._token = token_fingerprint, None
+            self._context.token_changed()
             if not self._in_flight:
                 self._request_attempt()
         self._report.invalidated(result, dropped)
@@ -303,10 +340,11 @@ class ProfileRefresher:
         start = self._clock.monotonic()
         try:
             creds = self._credentials.load()
+            identity = identity_of(self.profile, creds.client_id)
             obtained = await self._context.fleet.obtain(
                 FleetRequest(
                     profile=self.name,
-                    identity=identity_of(self.profile, creds.client_id),
+                    identity=identity,
                     lock_ttl=self.profile.timeout + LOCK_MARGIN,
                     mint=functools.partial(self.minter.mint, creds),
                     hold_off_cap=self.profile.backoff.cap,
@@ -316,7 +354,7 @@ class ProfileRefresher:
         except RefreshError as exc:
             self._on_failure(exc)
         else:
-            self._on_success(obtained)
+            self._on_success(obtained, identity)
         finally:
             self._report.attempt_took(self._clock.monotonic() - start)
 
@@ -335,13 +373,14 @@ class ProfileRefresher:
                 raise
             return None  # unverifiable now (JWKS down, kid in cooldown): mint instead
 
-    def _on_success(self, obtained: FleetResult) -> None:
-        self._token = obtained.token
+    def _on_success(self, obtained: FleetResult, identity: str) -> None:
+        self._token, self._identity = obtained.token, identity
         self._reports.replaced()
         self._failures = self._transient_failures = 0
         self._not_before = 0.0
         self._last_success_at = self._clock.time()
         self._report.refreshed(obtained, now=self._clock.monotonic())
+        self._context.token_changed()
 
     def _on_failure(self, exc: RefreshError) -> None:
         now = self._clock.monotonic()

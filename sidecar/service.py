@@ -22,7 +22,7 @@ import aiohttp
 
 from sidecar._version import __version__
 from sidecar.breaker import CircuitBreaker, CircuitState
-from sidecar.clock import Clock, SystemClock
+from sidecar.clock import Clock, SystemClock, cancel_and_wait
 from sidecar.config import Config, ProfileConfig, url_view
 from sidecar.credentials import CredentialStore
 from sidecar.errors import UnknownProfileError
@@ -30,9 +30,10 @@ from sidecar.fleet import CacheState, FleetRefresh, TokenCache, make_cache
 from sidecar.idp import IdPClient
 from sidecar.metrics import Metrics
 from sidecar.minter import TokenMinter
+from sidecar.persist import Restored, TokenFile, confirm_signature, make_token_file, restore_tokens
 from sidecar.proxy import ResolverFactory, Upstreams
 from sidecar.refresher import WATCH_INTERVAL, ProfileRefresher, RefreshContext
-from sidecar.token import ServedToken
+from sidecar.token import HeldToken, ServedToken
 from sidecar.verify import TokenVerifier
 
 log = logging.getLogger("sidecar.service")
@@ -58,11 +59,14 @@ class TokenService:
         self.metrics = metrics if metrics is not None else Metrics()
         self.config = config
         self.cache = cache if cache is not None else make_cache(config, clock, self.metrics)
+        #: The cold-start file (``[cache] persist_file``), or None.
+        self.token_file: TokenFile | None = make_token_file(config, clock, self.metrics)
         self._context = RefreshContext(
             metrics=self.metrics,
             clock=clock,
             rng=rng if rng is not None else random.Random(),  # noqa: S311 - jitter, not crypto
             fleet=FleetRefresh(self.cache, clock),
+            token_changed=self.token_file.changed if self.token_file else lambda: None,
         )
         self._idp = IdPClient(session, clock)
         self._verifier = TokenVerifier(session, clock)
@@ -80,6 +84,7 @@ class TokenService:
             resolver=upstream_resolver,
         )
         self._started = False
+        self._checks: set[asyncio.Task[None]] = set()  # signature checks of restored tokens
 
     @property
     def clock(self) -> Clock:
@@ -136,11 +141,41 @@ class TokenService:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Start every profile's refresh loop."""
+        """Serve what the cold-start file holds, then start every profile's refresh loop."""
         self._started = True
         self.cache.start()
+        if self.token_file is not None:
+            self._restore(self.token_file)
         for refresher in self.refreshers.values():
             refresher.start()
+
+    def _restore(self, token_file: TokenFile) -> None:
+        """Take the file's valid tokens before any loop runs; write it back (also a write test)."""
+        context = self._context
+        for restored in restore_tokens(
+            token_file,
+            self.refreshers.values(),
+            environ=self._environ,
+            clock=context.clock,
+            metrics=self.metrics,
+        ):
+            if restored.refresher.profile.verified:
+                self._check_later(restored)
+        token_file.start(self._held_tokens)
+        token_file.changed()
+
+    def _check_later(self, restored: Restored) -> None:
+        context = self._context
+        task = asyncio.create_task(
+            confirm_signature(restored, clock=context.clock, metrics=self.metrics, rng=context.rng),
+            name=f"persist:check:{restored.refresher.name}",
+        )
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    def _held_tokens(self) -> list[tuple[str, HeldToken]]:
+        """What the cold-start file should hold: each profile's token and its identity."""
+        return [held for r in self.refreshers.values() if (held := r.held()) is not None]
 
     def begin_shutdown(self) -> None:
         """Callers waiting for a refresh get 503 ``shutting_down`` now, not at the grace's end."""
@@ -149,7 +184,10 @@ class TokenService:
 
     async def aclose(self) -> None:
         """Stop every refresh loop and wait for them (bounded); close the upstream clients."""
+        await asyncio.gather(*(cancel_and_wait(task, 5.0) for task in list(self._checks)))
         await asyncio.gather(*(r.aclose() for r in self.refreshers.values()))
+        if self.token_file is not None:
+            await self.token_file.aclose()
         await self.upstreams.aclose()
         await self.cache.aclose()
 
@@ -168,6 +206,8 @@ class TokenService:
                 refresher.inherit_token(current)
             new[name] = refresher
         self.refreshers = new
+        if self.token_file is not None:
+            self.token_file.changed()  # a removed or changed profile leaves the file
         self.upstreams.reload(config.upstreams)
         self.config = config
         # Start the new loops before stopping the old ones: /livez never sees

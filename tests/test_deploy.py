@@ -563,11 +563,13 @@ def test_fly_entrypoint_starts_the_sidecar_first_and_stops_it_last(tmp_path):
     env = _clean_env(
         PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}",
         TOKEN_SIDECAR_CLIENT_SECRET=FAKE_SECRET,
+        TOKEN_SIDECAR_CACHE_KEY=FAKE_SECRET,
     )
     quoted = shlex.quote(str(log))
     app = (
         f"echo app-started >>{quoted}; "
         f'echo "secret=${{TOKEN_SIDECAR_CLIENT_SECRET:-unset}}" >>{quoted}; '
+        f'echo "key=${{TOKEN_SIDECAR_CACHE_KEY:-unset}}" >>{quoted}; '
         f"sleep 0.2; echo app-done >>{quoted}; exit 3"
     )
     result = _run([bash, str(script), "sh", "-c", app], env=env)
@@ -577,6 +579,7 @@ def test_fly_entrypoint_starts_the_sidecar_first_and_stops_it_last(tmp_path):
         "sidecar-started",
         "app-started",
         "secret=unset",
+        "key=unset",
         "app-done",
         "sidecar-stopped",
     ]

@@ -6,7 +6,8 @@
 #    TOKEN_SIDECAR_* environment);
 # 2. waits until it hands out a token for $TOKEN_SIDECAR_PROFILE (default
 #    "default"), at most $TOKEN_SIDECAR_START_TIMEOUT seconds (default 120);
-# 3. starts the MCP server, without TOKEN_SIDECAR_CLIENT_SECRET in its environment;
+# 3. starts the MCP server, without TOKEN_SIDECAR_CLIENT_SECRET (nor the cold-start
+#    cache's TOKEN_SIDECAR_CACHE_KEY) in its environment;
 # 4. on SIGTERM/SIGINT stops the MCP server first and the sidecar last, and
 #    exits with the MCP server's status. If either process dies, the other is
 #    stopped and the script exits non-zero, so the platform restarts the machine.
@@ -43,8 +44,9 @@ until token-sidecar token "$profile" >/dev/null; do
   sleep 1
 done
 
-# The MCP server never gets the client secret: drop it from its environment.
-(unset TOKEN_SIDECAR_CLIENT_SECRET; exec "$@") &
+# The MCP server never gets the client secret (nor the key of the cold-start
+# file, a Fly secret too): drop them from its environment.
+(unset TOKEN_SIDECAR_CLIENT_SECRET TOKEN_SIDECAR_CACHE_KEY; exec "$@") &
 app_pid=$!
 trap 'kill -TERM "$app_pid" 2>/dev/null' TERM INT
 

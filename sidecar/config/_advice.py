@@ -31,6 +31,10 @@ KNOWN_VARIABLES = frozenset(
         "TOKEN_SIDECAR_LISTEN",
         "TOKEN_SIDECAR_SOCKET",
         "TOKEN_SIDECAR_OPS_LISTEN",
+        "TOKEN_SIDECAR_CACHE_KEY_FILE",
+        "TOKEN_SIDECAR_PERSIST_FILE",
+        # Read by deploy/fly/run-with-sidecar.sh (and kept from the MCP server), not the daemon.
+        "TOKEN_SIDECAR_CACHE_KEY",
         "TOKEN_SIDECAR_URL",
         "TOKEN_SIDECAR_PROFILE",
     }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast, get_args
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,6 +28,7 @@ from sidecar.config._reader import Table
 CACHE_KEYS = (
     *("backend", "url", "namespace", "key_file"),
     *("username", "password_file", "ssl_ca_file", "ssl_certfile", "ssl_keyfile"),
+    "persist_file",
 )
 _BACKENDS: tuple[str, ...] = get_args(CacheBackend)
 _SCHEMES = ("redis", "rediss", "unix")
@@ -65,11 +67,13 @@ def read_cache(t: Table) -> CacheConfig:
     namespace = t.string("namespace") or CacheConfig.namespace
     if not _NAMESPACE.fullmatch(namespace):
         raise t.error("namespace", "may contain only letters, digits and _ . : -")
+    key_file = t.path_value("key_file")
     config = CacheConfig(
         backend=cast("CacheBackend", backend),
         url=url,
         namespace=namespace,
-        key_file=t.path_value("key_file"),
+        key_file=key_file,
+        persist_file=_persist_file(t, key_file),
         username=t.string("username"),
         password_file=t.path_value("password_file"),
         ssl_ca_file=t.path_value("ssl_ca_file"),
@@ -79,6 +83,35 @@ def read_cache(t: Table) -> CacheConfig:
     _check_tls(t, config)
     _check_credentials(t, config)
     return config
+
+
+def _persist_file(t: Table, key_file: Path | None) -> Path | None:
+    """The cold-start file: sealed with ``key_file``, in a directory that exists.
+
+    The directory is checked here, at start, because the file is first written
+    minutes later (after the first refresh): a typo must not wait that long.
+    The file itself need not exist (the first start has none).
+    """
+    path = t.path_value("persist_file")
+    if path is None:
+        return None
+    if key_file is None:
+        raise t.error(
+            "persist_file", "needs cache.key_file: tokens are written to the file only encrypted"
+        )
+    if path == key_file:
+        raise t.error("persist_file", "must not be the same file as cache.key_file")
+    directory = path.parent
+    try:
+        if not directory.exists():
+            raise t.error("persist_file", f"directory {directory} does not exist")
+        if not directory.is_dir():
+            raise t.error("persist_file", f"{directory} is not a directory")
+        if path.is_dir():
+            raise t.error("persist_file", f"{path} is a directory; name a file in it")
+    except OSError as exc:  # a directory we may not even look into
+        raise t.error("persist_file", f"cannot check {directory}: {exc.strerror}") from None
+    return path
 
 
 def _url(t: Table) -> str:

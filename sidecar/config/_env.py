@@ -35,6 +35,8 @@ _ENV_KEYS = {
     "server.listen": "TOKEN_SIDECAR_LISTEN",
     "server.socket": "TOKEN_SIDECAR_SOCKET",
     "server.ops_listen": "TOKEN_SIDECAR_OPS_LISTEN",
+    "cache.key_file": "TOKEN_SIDECAR_CACHE_KEY_FILE",
+    "cache.persist_file": "TOKEN_SIDECAR_PERSIST_FILE",
 }
 
 

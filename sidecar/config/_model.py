@@ -300,6 +300,8 @@ class CacheConfig:
     #: A client certificate and its key, for servers that ask for one.
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    #: The cold-start file: the held tokens, sealed with ``key_file``, read at start.
+    persist_file: Path | None = None
 
 
 @dataclass(frozen=True)

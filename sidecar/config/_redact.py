@@ -59,6 +59,7 @@ def redacted(config: Config) -> dict[str, Any]:
             "ssl_ca_file": _path_view(cache.ssl_ca_file),
             "ssl_certfile": _path_view(cache.ssl_certfile),
             "ssl_keyfile": _path_view(cache.ssl_keyfile),
+            "persist_file": _path_view(cache.persist_file),
         },
         "profiles": {name: _profile_view(p) for name, p in config.profiles.items()},
         "upstreams": {name: _upstream_view(u) for name, u in config.upstreams.items()},
