@@ -11,7 +11,8 @@ The package holds one concept per module: ``_model`` (the frozen dataclasses
 every other module reads), ``_reader`` (the key-path-tracking table reader and
 the value parsers), ``_document`` (a TOML file, the top-level keys,
 ``[server]`` and ``[cache]``), ``_profile`` (one ``[profiles.NAME]`` table),
-``_upstream`` (one ``[upstreams.NAME]`` table of proxy mode),
+``_exchange`` (what a profile's ``grant`` allows, and the keys of token
+exchange profiles with their ``subject`` table), ``_upstream`` (one ``[upstreams.NAME]`` table of proxy mode),
 ``_env`` (choosing the source, and the env-only profile) and ``_redact`` (the
 redacted view ``token-sidecar check`` prints). Import the names from here.
 """
@@ -20,6 +21,7 @@ from sidecar.config._advice import KNOWN_VARIABLES, Advice, advice
 from sidecar.config._document import config_from_mapping, load_config
 from sidecar.config._env import config_from_env, resolve_config
 from sidecar.config._model import (
+    ACCESS_TOKEN_TYPE,
     ASYMMETRIC_ALGORITHMS,
     PROFILE_NAME_PATTERN,
     UPSTREAM_NAME_PATTERN,
@@ -31,6 +33,7 @@ from sidecar.config._model import (
     Config,
     EnvSecret,
     FileSecret,
+    Grant,
     InlineSecret,
     ProfileConfig,
     RefreshBefore,
@@ -38,6 +41,8 @@ from sidecar.config._model import (
     RefreshShare,
     SecretRef,
     ServerConfig,
+    SubjectConfig,
+    SubjectVerify,
     UpstreamConfig,
     Verify,
     is_loopback_host,
@@ -47,6 +52,7 @@ from sidecar.config._reader import format_duration, format_size, parse_duration,
 from sidecar.config._redact import redacted, url_view
 
 __all__ = [
+    "ACCESS_TOKEN_TYPE",
     "ASYMMETRIC_ALGORITHMS",
     "KNOWN_VARIABLES",
     "PROFILE_NAME_PATTERN",
@@ -60,6 +66,7 @@ __all__ = [
     "Config",
     "EnvSecret",
     "FileSecret",
+    "Grant",
     "InlineSecret",
     "ProfileConfig",
     "RefreshBefore",
@@ -67,6 +74,8 @@ __all__ = [
     "RefreshShare",
     "SecretRef",
     "ServerConfig",
+    "SubjectConfig",
+    "SubjectVerify",
     "UpstreamConfig",
     "Verify",
     "advice",
