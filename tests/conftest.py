@@ -49,6 +49,7 @@ class LeakRegistry:
         values = set(self.values)
         for idp in self.idps:
             values.update(idp.issued_tokens)
+            values.update(idp.user_tokens)  # the subject tokens of exchanges
             values.update(c.client_secret for c in idp.clients.values() if c.client_secret)
         return values
 

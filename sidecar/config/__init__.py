@@ -12,9 +12,10 @@ every other module reads), ``_reader`` (the key-path-tracking table reader and
 the value parsers), ``_document`` (a TOML file, the top-level keys,
 ``[server]`` and ``[cache]``), ``_profile`` (one ``[profiles.NAME]`` table),
 ``_exchange`` (what a profile's ``grant`` allows, and the keys of token
-exchange profiles with their ``subject`` table), ``_upstream`` (one ``[upstreams.NAME]`` table of proxy mode),
-``_env`` (choosing the source, and the env-only profile) and ``_redact`` (the
-redacted view ``token-sidecar check`` prints). Import the names from here.
+exchange profiles with their ``subject`` table), ``_upstream`` (one
+``[upstreams.NAME]`` table of proxy mode), ``_env`` (choosing the source,
+and the env-only profile) and ``_redact`` (the redacted view
+``token-sidecar check`` prints). Import the names from here.
 """
 
 from sidecar.config._advice import KNOWN_VARIABLES, Advice, advice
