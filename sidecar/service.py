@@ -1,7 +1,9 @@
 """TokenService: every profile's refresher, the shared breakers, readiness, status and reloads.
 
 One :class:`TokenService` per daemon. It builds a :class:`ProfileRefresher`
-(with its :class:`TokenMinter`) per profile, shares one
+(with its :class:`TokenMinter`) per client-credentials profile, and an
+:class:`~sidecar.exchange.ExchangeService` for the token exchange profiles
+(no refresh loop: per-user tokens are exchanged on request), shares one
 :class:`CircuitBreaker` per token endpoint between the profiles that use it,
 holds the proxy's :class:`~sidecar.proxy.Upstreams`, answers readiness and
 status, and applies a new config without disturbing profiles or upstreams
@@ -26,6 +28,7 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, ProfileConfig, url_view
 from sidecar.credentials import CredentialStore
 from sidecar.errors import UnknownProfileError
+from sidecar.exchange import ExchangeService
 from sidecar.fleet import FleetRefresh, TokenCache, make_cache
 from sidecar.idp import IdPClient
 from sidecar.metrics import Metrics
@@ -70,8 +73,20 @@ class TokenService:
         self._watch_interval = watch_interval
         self._breakers: dict[str, CircuitBreaker] = {}
         self.refreshers: dict[str, ProfileRefresher] = {
-            name: self._make_refresher(profile) for name, profile in config.profiles.items()
+            name: self._make_refresher(profile)
+            for name, profile in config.profiles.items()
+            if not profile.exchanges
         }
+        #: The token exchange profiles: per-user tokens, exchanged on request.
+        self.exchanges = ExchangeService(
+            _exchange_profiles(config),
+            idp=self._idp,
+            verifier=self._verifier,
+            breaker_for=self._breaker,
+            metrics=self.metrics,
+            clock=clock,
+            environ=self._environ,
+        )
         self.upstreams = Upstreams(
             config.upstreams,
             refresher_for=self.refresher_for,
@@ -106,6 +121,9 @@ class TokenService:
             new.value, "circuit.closed"
         )
         users = [r.name for r in self.refreshers.values() if r.profile.token_url == token_url]
+        users += [
+            e.name for e in self.exchanges.exchangers.values() if e.profile.token_url == token_url
+        ]
         level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
         log.log(
             level,
@@ -148,8 +166,9 @@ class TokenService:
             refresher.shut_down()
 
     async def aclose(self) -> None:
-        """Stop every refresh loop and wait for them (bounded); close the upstream clients."""
+        """Stop every refresh loop and exchange (bounded); close the upstream clients."""
         await asyncio.gather(*(r.aclose() for r in self.refreshers.values()))
+        await self.exchanges.aclose()
         await self.upstreams.aclose()
         await self.cache.aclose()
 
@@ -157,7 +176,10 @@ class TokenService:
         """Apply ``config``: unchanged profiles keep running; changed ones restart warm."""
         old = self.refreshers
         new: dict[str, ProfileRefresher] = {}
+        await self.exchanges.reload(_exchange_profiles(config))
         for name, profile in config.profiles.items():
+            if profile.exchanges:
+                continue
             current = old.get(name)
             if current is not None and current.profile == profile:
                 new[name] = current
@@ -180,6 +202,10 @@ class TokenService:
         for refresher in stopped:
             if refresher.name not in new:
                 self.metrics.remove_profile(refresher.name)
+        for exchanger in self.exchanges.exchangers.values():
+            # A profile that became an exchange profile lost its gauge with its refresher.
+            state = exchanger.minter.breaker.state
+            self.metrics.circuit_state.labels(exchanger.name).set(state.gauge)
         log.info(
             "config.reloaded",
             extra={
@@ -187,6 +213,7 @@ class TokenService:
                 "restarted": sorted(r.name for r in stopped if r.name in new),
                 "removed": sorted(r.name for r in stopped if r.name not in new),
                 "added": sorted(set(new) - set(old)),
+                "exchange_profiles": sorted(self.exchanges.exchangers),
             },
         )
 
@@ -204,7 +231,10 @@ class TokenService:
     # -- health ------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Whether every required profile is servable, and each profile's reason."""
+        """Whether every required profile is servable, and each profile's reason.
+
+        Exchange profiles hold no token of their own: they are never part of it.
+        """
         reasons: dict[str, str] = {}
         ready = True
         for name, refresher in self.refreshers.items():
@@ -227,9 +257,16 @@ class TokenService:
             "version": __version__,
             "ready": ready,
             "cache": {"backend": self.cache.backend, "state": self.cache.state.value},
-            "profiles": {name: r.status() for name, r in self.refreshers.items()},
+            "profiles": {
+                **{name: r.status() for name, r in self.refreshers.items()},
+                **self.exchanges.status(),
+            },
             "upstreams": self.upstreams.status(),
         }
+
+
+def _exchange_profiles(config: Config) -> dict[str, ProfileConfig]:
+    return {name: p for name, p in config.profiles.items() if p.exchanges}
 
 
 def _same_identity(a: ProfileConfig, b: ProfileConfig) -> bool:
