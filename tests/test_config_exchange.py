@@ -316,13 +316,16 @@ def test_model_defaults():
 
 
 async def test_check_prints_an_exchange_profile_and_exits_2_on_a_bad_one(tmp_path):
-    """check prints exchange profiles redacted, and exits 2 naming file, key and problem."""
+    """check prints exchange profiles redacted, --probe skips them; a bad one exits 2."""
     good = write(tmp_path, exchange(client_secret_file=None, client_secret=f'"{CANARY}"'))
     code, out, _ = await run_cli("check", "--config", str(good))
     assert code == 0, out
     assert '"grant": "token_exchange"' in out
     assert '"audience": "https://mcp.example.com/"' in out
     assert CANARY not in out
+    code, out, _ = await run_cli("check", "--probe", "--config", str(good))
+    assert code == 0  # nothing to exchange without a user's token: skipped, not failed
+    assert "skipped profile user-api: grant = token_exchange exchanges users' tokens" in out
     bad = tmp_path / "bad.toml"
     bad.write_text(exchange(""), encoding="utf-8")
     code, _, err = await run_cli("check", "--config", str(bad))
