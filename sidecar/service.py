@@ -164,6 +164,7 @@ class TokenService:
         """Callers waiting for a refresh get 503 ``shutting_down`` now, not at the grace's end."""
         for refresher in self.refreshers.values():
             refresher.shut_down()
+        self.exchanges.shut_down()
 
     async def aclose(self) -> None:
         """Stop every refresh loop and exchange (bounded); close the upstream clients."""

@@ -589,3 +589,23 @@ async def test_a_waiter_gives_up_after_wait_timeout(idp, exchanges, clock):
     # The flight went on: this caller joins it or finds its token, with no new request.
     assert (await service.exchange("user-api", user)).cached is True
     assert idp.token_requests == 1
+
+
+async def test_shutdown_ends_waits_at_once_and_still_serves_hits(idp, make_service, clock):
+    """SIGTERM: a caller waiting on the IdP gets shutting_down at once; cached tokens serve."""
+    service = make_service(make_exchange_profile(idp))
+    cached = idp.issue_user_token("cached", MCP_AUDIENCE)
+    await service.exchanges.exchange("user-api", cached)
+    idp.faults.hang = True
+    waiting = asyncio.ensure_future(
+        service.exchanges.exchange("user-api", idp.issue_user_token("new", MCP_AUDIENCE))
+    )
+    await asyncio.wait_for(idp.faults.wait_hung(1), 5)
+    service.begin_shutdown()
+    error = await refused(waiting, ExchangeUnavailableError)
+    assert (error.code, error.retry_after) == ("shutting_down", 1.0)
+    assert (await service.exchanges.exchange("user-api", cached)).cached is True
+    later = idp.issue_user_token("later", MCP_AUDIENCE)
+    error = await refused(service.exchanges.exchange("user-api", later), ExchangeUnavailableError)
+    assert error.code == "shutting_down"
+    assert idp.token_requests == 2

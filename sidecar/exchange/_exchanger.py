@@ -74,6 +74,7 @@ class ProfileExchanger:
         self._subject_config = profile.subject or SubjectConfig(verify="none")
         self.cache = SubjectCache(profile.cache_max_entries, floor=profile.min_ttl)
         self._flights: dict[bytes, asyncio.Task[ExchangedToken]] = {}
+        self._shutting_down = False
         self._lookups = {"hit": 0, "miss": 0, "coalesced": 0, "negative": 0}
         self._last_error: dict[str, Any] | None = None
         # Bound once: the hit path is the hot one.
@@ -99,6 +100,8 @@ class ProfileExchanger:
         answer = self._from_cache(key, need)
         if answer is not None:
             return answer
+        if self._shutting_down:
+            raise _shutting_down(self.name)
         flight = self._flights.get(key)
         leader = False
         if flight is None:
@@ -179,9 +182,7 @@ class ProfileExchanger:
                     self.name, "timed out waiting for the IdP", retry_after=1.0
                 )
         if flight.cancelled():
-            raise ExchangeUnavailableError(
-                self.name, "the sidecar is shutting down", retry_after=1.0, code="shutting_down"
-            )
+            raise _shutting_down(self.name)
         try:
             return flight.result()
         except ExchangeError as exc:
@@ -305,6 +306,16 @@ class ProfileExchanger:
             "last_error": self._last_error,
         }
 
+    def shut_down(self) -> None:
+        """SIGTERM: exchanges under way end now (their callers get 503 ``shutting_down``).
+
+        Cached tokens are still served during the grace; a miss is refused
+        at once instead of starting an exchange that could outlive the process.
+        """
+        self._shutting_down = True
+        for flight in self._flights.values():
+            flight.cancel()
+
     async def aclose(self, timeout: float = 5.0) -> None:
         """Cancel the exchanges under way (their callers get ``shutting_down``) and forget all."""
         flights = list(self._flights.values())
@@ -317,6 +328,12 @@ class ProfileExchanger:
 
 def _scope_words(scope: str | None) -> frozenset[str]:
     return frozenset(scope.split()) if scope else frozenset()
+
+
+def _shutting_down(profile: str) -> ExchangeUnavailableError:
+    return ExchangeUnavailableError(
+        profile, "the sidecar is shutting down", retry_after=1.0, code="shutting_down"
+    )
 
 
 def _too_short(profile: str, need: float) -> InvalidSubjectError:

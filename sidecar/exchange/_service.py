@@ -126,6 +126,11 @@ class ExchangeService:
                 self._metrics.remove_exchange_profile(exchanger.name)
         await asyncio.gather(*(e.aclose() for e in stopped))
 
+    def shut_down(self) -> None:
+        """SIGTERM: every exchange under way ends with ``shutting_down``; hits still serve."""
+        for exchanger in self.exchangers.values():
+            exchanger.shut_down()
+
     def status(self) -> dict[str, dict[str, Any]]:
         return {name: e.status() for name, e in self.exchangers.items()}
 
