@@ -385,17 +385,23 @@ async def _read_body(
     request: web.Request, profile: str, timeout: float, *, limit: int = MAX_BODY
 ) -> bytes:
     """The request body, refusing more than ``limit`` bytes without buffering them."""
-    too_big = _bad_request(f"the body must not exceed {limit} bytes", profile)
     if request.content_length is not None and request.content_length > limit:
-        raise too_big
+        raise _too_big(limit, profile)
     body = bytearray()
+    content = request.content
     try:
+        if content.is_eof():
+            # All of it arrived with the head (the usual small body): no wait, no timer.
+            body += content.read_nowait()
+            if len(body) > limit:
+                raise _too_big(limit, profile)
+            return bytes(body)
         # The body gets as long as a head: a half-sent body cannot hold the connection.
         async with asyncio.timeout(timeout):
-            async for chunk in request.content.iter_any():
+            async for chunk in content.iter_any():
                 body += chunk
                 if len(body) > limit:
-                    raise too_big
+                    raise _too_big(limit, profile)
     except RequestPayloadError:  # a Content-Encoding that does not decode
         # Nothing more can be read from a broken payload: end it, so aiohttp does
         # not linger reading it after the answer (which would raise there).
@@ -410,6 +416,10 @@ async def _read_body(
     except TimeoutError:
         raise _bad_request("the body did not arrive in time", profile) from None
     return bytes(body)
+
+
+def _too_big(limit: int, profile: str) -> ApiError:
+    return _bad_request(f"the body must not exceed {limit} bytes", profile)
 
 
 def _reported_fingerprint(body: bytes, profile: str) -> str:

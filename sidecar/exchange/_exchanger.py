@@ -83,6 +83,7 @@ class ProfileExchanger:
             for outcome in self._lookups
         }
         self._profile_scope = _scope_words(profile.scope)
+        self._profile_key_scope = " ".join(sorted(self._profile_scope))
 
     # -- the caller's side -------------------------------------------------------
 
@@ -134,7 +135,7 @@ class ProfileExchanger:
         otherwise (the scopes asked for are not echoed: they are request input).
         """
         if scope is None:
-            return self.profile.scope, " ".join(sorted(self._profile_scope))
+            return self.profile.scope, self._profile_key_scope
         wanted = list(dict.fromkeys(scope.split()))
         if not wanted:
             raise BadExchangeRequestError(self.name, "scope must name at least one scope")
