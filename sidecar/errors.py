@@ -20,6 +20,12 @@ aiohttp, asyncio or JSON exception. The client library's public
     ├── CacheUnavailableError       the shared token cache (Redis) did not answer (retryable)
     ├── UnreadableValueError        a stored value (Redis, cold-start file) cannot be read
     ├── TokenUnavailableError       no servable token for a caller (``code``, ``retry_after``)
+    ├── ExchangeError               an exchange of a user's token gave none (``status``, ``code``)
+    │   ├── BadExchangeRequestError 400: the request itself is wrong (a scope wider than allowed)
+    │   ├── InvalidSubjectError     401: the user's token failed the local check; no IdP call
+    │   ├── SubjectRejectedError    401: the IdP rejected the user's token (``invalid_grant``)
+    │   ├── ExchangeDeniedError     403: the IdP refused the exchange (``error``, ``claims``)
+    │   └── ExchangeUnavailableError 503: transport, 5xx, 429, circuit open  (retryable)
     ├── UnknownProfileError         no such profile
     ├── ApiError                    an error answer of the token API (status, code)
     ├── ListenError                 a listener could not be opened
@@ -129,9 +135,25 @@ class IdPRateLimitedError(RefreshError):
 
 
 class IdPRejectedError(RefreshError):
-    """The IdP refused the request (bad credentials, grant, scope): misconfigured."""
+    """The IdP refused the request (bad credentials, grant, scope): misconfigured.
+
+    ``claims`` is a claims challenge the IdP sent with its refusal (Entra's
+    conditional access asks the caller to get a new user token with it).
+    """
 
     kind = FailureKind.REJECTED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: str | None = None,
+        description: str | None = None,
+        status: int | None = None,
+        claims: str | None = None,
+    ) -> None:
+        super().__init__(message, error=error, description=description, status=status)
+        self.claims = claims
 
 
 class CredentialsError(IdPRejectedError):
@@ -193,6 +215,102 @@ class TokenUnavailableError(TokenSidecarError):
         self.retry_after = retry_after
 
 
+class ExchangeError(TokenSidecarError):
+    """An exchange of a user's token that yields no token; ``status`` and ``code`` are its answer.
+
+    ``result`` is the ``exchange_total`` label (None: not counted there);
+    ``error``, ``description`` and ``claims`` are the IdP's, when it said
+    something. Messages are fixed text or the IdP's words, never a token.
+    """
+
+    status: int = 503
+    code: str = "token_unavailable"
+    result: str | None = "error"
+
+    def __init__(
+        self,
+        profile: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        error: str | None = None,
+        description: str | None = None,
+        claims: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.profile = profile
+        self.message = message
+        self.retry_after = retry_after
+        self.error = error
+        self.description = description
+        self.claims = claims
+
+    def copy(self) -> ExchangeError:
+        """The same answer as a new exception, for the next caller it is raised to.
+
+        An exception raised again keeps growing its traceback; a remembered or
+        shared answer is raised as a copy instead.
+        """
+        clone = type(self).__new__(type(self), *self.args)  # no traceback, no cause
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+
+class BadExchangeRequestError(ExchangeError):
+    """The exchange request itself is wrong (for example a scope wider than the profile's)."""
+
+    status = 400
+    code = "bad_request"
+    result = None
+
+
+class InvalidSubjectError(ExchangeError):
+    """The user's token failed the local check (expired, foreign, badly signed); no IdP call."""
+
+    status = 401
+    code = "invalid_subject"
+    result = "invalid_subject"
+
+
+class SubjectRejectedError(ExchangeError):
+    """The IdP rejected the user's token (``invalid_grant``)."""
+
+    status = 401
+    code = "subject_rejected"
+    result = "subject_rejected"
+
+
+class ExchangeDeniedError(ExchangeError):
+    """The IdP refused the exchange (``access_denied``, ``invalid_scope``, a claims challenge)."""
+
+    status = 403
+    code = "exchange_denied"
+    result = "denied"
+
+
+class ExchangeUnavailableError(ExchangeError):
+    """No token for now: transport error, 5xx, 429 or an open circuit; ``retry_after`` is set."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        profile: str,
+        message: str,
+        *,
+        retry_after: float,
+        result: str = "error",
+        code: str = "token_unavailable",
+        error: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        super().__init__(
+            profile, message, retry_after=retry_after, error=error, description=description
+        )
+        self.result = result
+        self.code = code
+
+
 class UnknownProfileError(TokenSidecarError):
     """The caller asked for a profile that is not configured."""
 
@@ -213,6 +331,7 @@ class ApiError(TokenSidecarError):
         profile: str | None = None,
         retry_after: float | None = None,
         headers: dict[str, str] | None = None,
+        fields: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -221,6 +340,8 @@ class ApiError(TokenSidecarError):
         self.profile = profile
         self.retry_after = retry_after
         self.headers = headers or {}
+        #: More body fields of this answer (the IdP's words for an exchange refusal).
+        self.fields = fields or {}
 
 
 class ListenError(TokenSidecarError):

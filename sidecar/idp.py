@@ -1,10 +1,13 @@
-"""IdPClient: one client-credentials token request, its TokenResponse, and every failure typed.
+"""IdPClient: one token request (client credentials or an exchange), its TokenResponse, typed.
 
 :func:`map_transport_errors` is the one boundary where aiohttp and asyncio
 exceptions become :mod:`sidecar.errors` types; :func:`classify_response`
 turns an HTTP status and body into a token response or the most specific
 error (transient, rate limited, rejected). Nothing above this module sees an
-aiohttp exception.
+aiohttp exception. Both request kinds share the form's client authentication
+(:func:`client_auth_fields`) and this boundary: a client-credentials request
+(:func:`build_form`) and an exchange of a user's token (:func:`exchange_form`:
+RFC 8693 token exchange, or Entra's ``jwt-bearer`` on-behalf-of).
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ from sidecar.errors import (
 )
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: RFC 8693 token exchange.
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
+#: RFC 7523 JWT bearer grant; with ``requested_token_use=on_behalf_of``, Entra's OBO.
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: The longest ``claims`` challenge kept from an IdP refusal (Entra's are a few hundred bytes).
+_CLAIMS_LIMIT = 4096
 #: A token response is a few KiB at most; more is garbage, not a token.
 MAX_BODY = 256 * 1024
 #: OAuth error codes that mean "try again later", whatever the status says.
@@ -53,6 +62,8 @@ class TokenResponse:
     token_type: str
     expires_in: float | None
     scope: str | None
+    #: RFC 8693's ``issued_token_type`` of an exchange answer, when the IdP sent one.
+    issued_token_type: str | None = None
 
     def __repr__(self) -> str:
         return f"TokenResponse(expires_in={self.expires_in}, scope={self.scope!r}, value=[secure])"
@@ -86,14 +97,56 @@ def build_form(profile: ProfileConfig, creds: Credentials, clock: Clock) -> dict
         if value:
             form[key] = value
     form.update(profile.extra_params)
+    return form | client_auth_fields(profile, creds, clock)
+
+
+def exchange_form(
+    profile: ProfileConfig, creds: Credentials, clock: Clock, subject_token: str, scope: str | None
+) -> dict[str, str]:
+    """The form fields of an exchange of ``subject_token`` (without Basic auth).
+
+    ``jwt_bearer`` profiles send Entra's on-behalf-of request (``assertion``,
+    ``requested_token_use``, ``scope``); ``token_exchange`` profiles RFC 8693's
+    (``subject_token``, its type, the requested type, ``audience`` and/or
+    ``resource``, ``scope``). ``scope`` is the effective scope of this exchange.
+    """
+    form: dict[str, str]
+    if profile.grant == "jwt_bearer":
+        form = {
+            "grant_type": JWT_BEARER_GRANT,
+            "assertion": subject_token,
+            "requested_token_use": "on_behalf_of",
+        }
+    else:
+        form = {
+            "grant_type": TOKEN_EXCHANGE_GRANT,
+            "subject_token": subject_token,
+            "subject_token_type": profile.subject_token_type,
+        }
+        if profile.requested_token_type:
+            form["requested_token_type"] = profile.requested_token_type
+        for key in ("audience", "resource"):
+            value = getattr(profile, key)
+            if value:
+                form[key] = value
+    if scope:
+        form["scope"] = scope
+    form.update(profile.extra_params)
+    return form | client_auth_fields(profile, creds, clock)
+
+
+def client_auth_fields(profile: ProfileConfig, creds: Credentials, clock: Clock) -> dict[str, str]:
+    """The form fields that authenticate the client (none for ``client_secret_basic``)."""
     if profile.client_auth == "client_secret_post":
-        form["client_id"] = creds.client_id
-        form["client_secret"] = creds.client_secret.reveal() if creds.client_secret else ""
-    elif profile.client_auth == "private_key_jwt":
-        form["client_id"] = creds.client_id
-        form["client_assertion_type"] = ASSERTION_TYPE
-        form["client_assertion"] = client_assertion(profile, creds, clock)
-    return form
+        secret = creds.client_secret.reveal() if creds.client_secret else ""
+        return {"client_id": creds.client_id, "client_secret": secret}
+    if profile.client_auth == "private_key_jwt":
+        return {
+            "client_id": creds.client_id,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": client_assertion(profile, creds, clock),
+        }
+    return {}
 
 
 def basic_auth_header(client_id: str, secret: str) -> str:
@@ -111,7 +164,27 @@ class IdPClient:
 
     async def request_token(self, profile: ProfileConfig, creds: Credentials) -> TokenResponse:
         """POST a client-credentials grant; return the parsed response or raise a RefreshError."""
-        form = build_form(profile, creds, self._clock)
+        return await self._post(profile, creds, build_form(profile, creds, self._clock))
+
+    async def exchange_token(
+        self, profile: ProfileConfig, creds: Credentials, subject_token: str, scope: str | None
+    ) -> TokenResponse:
+        """POST an exchange of a user's token (the profile's grant); as :meth:`request_token`.
+
+        A refusal carries the IdP's ``claims`` challenge, if it sent one
+        (:attr:`~sidecar.errors.IdPRejectedError.claims`).
+        """
+        form = exchange_form(profile, creds, self._clock, subject_token, scope)
+        return await self._post(profile, creds, form, exchange=True)
+
+    async def _post(
+        self,
+        profile: ProfileConfig,
+        creds: Credentials,
+        form: dict[str, str],
+        *,
+        exchange: bool = False,
+    ) -> TokenResponse:
         headers = {"Accept": "application/json"}
         if profile.client_auth == "client_secret_basic":
             secret = creds.client_secret.reveal() if creds.client_secret else ""
@@ -126,7 +199,9 @@ class IdPClient:
                 allow_redirects=False,
             ) as resp:
                 body = await read_capped(resp)
-                return classify_response(resp.status, resp.headers, body, now=self._clock.time())
+                return classify_response(
+                    resp.status, resp.headers, body, now=self._clock.time(), exchange=exchange
+                )
 
 
 async def read_capped(resp: aiohttp.ClientResponse, limit: int = MAX_BODY) -> bytes:
@@ -141,10 +216,15 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int = MAX_BODY) -> by
     return b"".join(chunks)
 
 
-def classify_response(status: int, headers: Any, body: bytes, *, now: float) -> TokenResponse:
-    """Map one HTTP answer of a token endpoint to a token or the most specific error."""
+def classify_response(
+    status: int, headers: Any, body: bytes, *, now: float, exchange: bool = False
+) -> TokenResponse:
+    """Map one HTTP answer of a token endpoint to a token or the most specific error.
+
+    ``exchange`` parses a 200 as an exchange answer (see :func:`parse_token_response`).
+    """
     if status == 200:
-        return parse_token_response(body)
+        return parse_token_response(body, exchange=exchange)
     payload = _json_object(body)
     error = _short(payload.get("error")) if payload else None
     description = (
@@ -175,16 +255,22 @@ def classify_response(status: int, headers: Any, body: bytes, *, now: float) -> 
     # the request itself is wrong, and retrying it unchanged cannot help.
     if status == 404 and error is None:
         description = description or "the token endpoint was not found: check token_url"
+    claims = payload.get("claims") if payload else None
     raise IdPRejectedError(
         f"IdP rejected the token request ({status} {error or 'no error code'})",
         error=error or f"http_{status}",
         description=description,
         status=status,
+        claims=claims[:_CLAIMS_LIMIT] if isinstance(claims, str) and claims else None,
     )
 
 
-def parse_token_response(body: bytes) -> TokenResponse:
-    """Parse a 200 body defensively: unknown fields ignored, ``expires_in`` int or string."""
+def parse_token_response(body: bytes, *, exchange: bool = False) -> TokenResponse:
+    """Parse a 200 body defensively: unknown fields ignored, ``expires_in`` int or string.
+
+    An exchange answer may also have ``token_type`` ``N_A`` (RFC 8693: the
+    issued token is not an access token) and carries ``issued_token_type``.
+    """
     payload = _json_object(body)
     if payload is None:
         raise IdPResponseError("IdP answered 200 with a body that is not a JSON object", status=200)
@@ -192,14 +278,17 @@ def parse_token_response(body: bytes) -> TokenResponse:
     if not isinstance(token, str) or not token:
         raise IdPResponseError("token response has no access_token", status=200)
     token_type = payload.get("token_type", "Bearer")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+    known = {"bearer": "Bearer", "n_a": "N_A"} if exchange else {"bearer": "Bearer"}
+    if not isinstance(token_type, str) or token_type.lower() not in known:
         raise IdPResponseError("token response has an unsupported token_type", status=200)
     scope = payload.get("scope")
+    issued_type = payload.get("issued_token_type")
     return TokenResponse(
         access_token=token,
-        token_type="Bearer",  # noqa: S106 - a token type, not a password
+        token_type=known[token_type.lower()],
         expires_in=_expires_in(payload.get("expires_in")),
         scope=scope if isinstance(scope, str) and scope else None,
+        issued_token_type=_short(issued_type) if exchange else None,
     )
 
 

@@ -31,6 +31,8 @@ SENSITIVE_FIELDS = frozenset(
         "private_key",
         "refresh_token",
         "id_token",
+        "subject_token",
+        "actor_token",
     }
 )
 REDACTED = "[redacted]"

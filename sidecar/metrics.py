@@ -8,7 +8,7 @@ time. Label values come only from config (profile names) and fixed enums.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
@@ -33,6 +33,11 @@ PERSIST_RESTORE_RESULTS = (
     "unreadable",
 )
 PERSIST_WRITE_RESULTS = ("success", "error")
+EXCHANGE_RESULTS = (
+    *("success", "invalid_subject", "subject_rejected", "denied"),
+    *("rate_limited", "error", "circuit_open"),
+)
+EXCHANGE_CACHE_OUTCOMES = ("hit", "miss", "coalesced", "negative")
 
 
 class RequestCounter(Collector):
@@ -189,6 +194,33 @@ class Metrics:
             ["upstream"],
             registry=r,
         )
+        self.exchange_total = Counter(
+            "token_sidecar_exchange_total",
+            "Exchanges of users' tokens by result: those sent to the IdP, and those refused "
+            "before it (invalid_subject, rate_limited, circuit_open).",
+            ["profile", "result"],
+            registry=r,
+        )
+        self.exchange_cache_total = Counter(
+            "token_sidecar_exchange_cache_total",
+            "Per-user token cache lookups by outcome: hit, miss, coalesced (waited for another "
+            "caller's exchange), negative (a remembered rejection).",
+            ["profile", "outcome"],
+            registry=r,
+        )
+        self.exchange_cache_entries = Gauge(
+            "token_sidecar_exchange_cache_entries",
+            "Per-user tokens held in the cache of an exchange profile.",
+            ["profile"],
+            registry=r,
+        )
+        self.exchange_duration = Histogram(
+            "token_sidecar_exchange_duration_seconds",
+            "Time spent on one exchange at the IdP, including verification of the issued token.",
+            ["profile"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self.build_info = Gauge(
             "token_sidecar_build_info",
             "Build information; the value is always 1.",
@@ -221,6 +253,28 @@ class Metrics:
             self.persist_restore.labels(result)
         for result in PERSIST_WRITE_RESULTS:
             self.persist_writes.labels(result)
+
+    def add_exchange_profile(self, profile: str, entries: Callable[[], float]) -> None:
+        """Create an exchange profile's series at zero; ``entries`` is read at every scrape."""
+        for result in EXCHANGE_RESULTS:
+            self.exchange_total.labels(profile, result)
+        for outcome in EXCHANGE_CACHE_OUTCOMES:
+            self.exchange_cache_total.labels(profile, outcome)
+        self.exchange_duration.labels(profile)
+        self.exchange_cache_entries.labels(profile).set_function(entries)
+
+    def remove_exchange_profile(self, profile: str) -> None:
+        """Drop an exchange profile's series (after a reload removed or changed it)."""
+        for result in EXCHANGE_RESULTS:
+            self.exchange_total.remove(profile, result)
+        for outcome in EXCHANGE_CACHE_OUTCOMES:
+            self.exchange_cache_total.remove(profile, outcome)
+        self.exchange_duration.remove(profile)
+        self.exchange_cache_entries.remove(profile)
+        try:
+            self.circuit_state.remove(profile)
+        except KeyError:
+            return  # never set for this profile: nothing more to drop
 
     def add_upstream(self, upstream: str) -> None:
         """Create an upstream's fixed series at zero (codes appear as they occur)."""

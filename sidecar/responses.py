@@ -46,8 +46,12 @@ def json_response(
 
 
 def error_response(exc: ApiError) -> web.Response:
-    """DESIGN's error body ``{"error", "message", "profile", "retry_after"?}`` for ``exc``."""
+    """DESIGN's error body ``{"error", "message", "profile", "retry_after"?}`` for ``exc``.
+
+    ``exc.fields`` add to it (an exchange refusal's ``idp`` object).
+    """
     body: dict[str, Any] = {"error": exc.code, "message": exc.message, "profile": exc.profile}
+    body.update(exc.fields)
     headers = {**NO_STORE, **exc.headers}
     if exc.retry_after is not None:
         seconds = max(1, math.ceil(exc.retry_after))

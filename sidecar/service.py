@@ -1,7 +1,9 @@
 """TokenService: every profile's refresher, the shared breakers, readiness, status and reloads.
 
 One :class:`TokenService` per daemon. It builds a :class:`ProfileRefresher`
-(with its :class:`TokenMinter`) per profile, shares one
+(with its :class:`TokenMinter`) per client-credentials profile, and an
+:class:`~sidecar.exchange.ExchangeService` for the token exchange profiles
+(no refresh loop: per-user tokens are exchanged on request), shares one
 :class:`CircuitBreaker` per token endpoint between the profiles that use it,
 holds the proxy's :class:`~sidecar.proxy.Upstreams`, answers readiness and
 status, and applies a new config without disturbing profiles or upstreams
@@ -26,6 +28,7 @@ from sidecar.clock import Clock, SystemClock, cancel_and_wait
 from sidecar.config import Config, ProfileConfig, url_view
 from sidecar.credentials import CredentialStore
 from sidecar.errors import UnknownProfileError
+from sidecar.exchange import ExchangeService
 from sidecar.fleet import CacheState, FleetRefresh, TokenCache, make_cache
 from sidecar.idp import IdPClient
 from sidecar.metrics import Metrics
@@ -74,8 +77,20 @@ class TokenService:
         self._watch_interval = watch_interval
         self._breakers: dict[str, CircuitBreaker] = {}
         self.refreshers: dict[str, ProfileRefresher] = {
-            name: self._make_refresher(profile) for name, profile in config.profiles.items()
+            name: self._make_refresher(profile)
+            for name, profile in config.profiles.items()
+            if not profile.exchanges
         }
+        #: The token exchange profiles: per-user tokens, exchanged on request.
+        self.exchanges = ExchangeService(
+            _exchange_profiles(config),
+            idp=self._idp,
+            verifier=self._verifier,
+            breaker_for=self._breaker,
+            metrics=self.metrics,
+            clock=clock,
+            environ=self._environ,
+        )
         self.upstreams = Upstreams(
             config.upstreams,
             refresher_for=self.refresher_for,
@@ -111,6 +126,9 @@ class TokenService:
             new.value, "circuit.closed"
         )
         users = [r.name for r in self.refreshers.values() if r.profile.token_url == token_url]
+        users += [
+            e.name for e in self.exchanges.exchangers.values() if e.profile.token_url == token_url
+        ]
         level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
         log.log(
             level,
@@ -181,11 +199,13 @@ class TokenService:
         """Callers waiting for a refresh get 503 ``shutting_down`` now, not at the grace's end."""
         for refresher in self.refreshers.values():
             refresher.shut_down()
+        self.exchanges.shut_down()
 
     async def aclose(self) -> None:
-        """Stop every refresh loop and wait for them (bounded); close the upstream clients."""
+        """Stop every refresh loop and exchange (bounded); close the upstream clients."""
         await asyncio.gather(*(cancel_and_wait(task, 5.0) for task in list(self._checks)))
         await asyncio.gather(*(r.aclose() for r in self.refreshers.values()))
+        await self.exchanges.aclose()
         if self.token_file is not None:
             await self.token_file.aclose()
         await self.upstreams.aclose()
@@ -194,18 +214,8 @@ class TokenService:
     async def reload(self, config: Config) -> None:
         """Apply ``config``: unchanged profiles keep running; changed ones restart warm."""
         old = self.refreshers
-        new: dict[str, ProfileRefresher] = {}
-        for name, profile in config.profiles.items():
-            current = old.get(name)
-            if current is not None and current.profile == profile:
-                new[name] = current
-                continue
-            refresher = self._make_refresher(profile)
-            if current is not None and _same_identity(current.profile, profile):
-                # Only serving knobs changed: the token stays valid for the new profile.
-                refresher.inherit_token(current)
-            new[name] = refresher
-        self.refreshers = new
+        await self.exchanges.reload(_exchange_profiles(config))
+        new = self.refreshers = self._next_refreshers(config, old)
         if self.token_file is not None:
             self.token_file.changed()  # a removed or changed profile leaves the file
         self.upstreams.reload(config.upstreams)
@@ -220,6 +230,10 @@ class TokenService:
         for refresher in stopped:
             if refresher.name not in new:
                 self.metrics.remove_profile(refresher.name)
+        for exchanger in self.exchanges.exchangers.values():
+            # A profile that became an exchange profile lost its gauge with its refresher.
+            state = exchanger.minter.breaker.state
+            self.metrics.circuit_state.labels(exchanger.name).set(state.gauge)
         log.info(
             "config.reloaded",
             extra={
@@ -227,8 +241,28 @@ class TokenService:
                 "restarted": sorted(r.name for r in stopped if r.name in new),
                 "removed": sorted(r.name for r in stopped if r.name not in new),
                 "added": sorted(set(new) - set(old)),
+                "exchange_profiles": sorted(self.exchanges.exchangers),
             },
         )
+
+    def _next_refreshers(
+        self, config: Config, old: dict[str, ProfileRefresher]
+    ) -> dict[str, ProfileRefresher]:
+        """The refreshers of ``config``'s client-credentials profiles, keeping what is unchanged."""
+        new: dict[str, ProfileRefresher] = {}
+        for name, profile in config.profiles.items():
+            if profile.exchanges:
+                continue
+            current = old.get(name)
+            if current is not None and current.profile == profile:
+                new[name] = current
+                continue
+            refresher = self._make_refresher(profile)
+            if current is not None and _same_identity(current.profile, profile):
+                # Only serving knobs changed: the token stays valid for the new profile.
+                refresher.inherit_token(current)
+            new[name] = refresher
+        return new
 
     # -- serving -----------------------------------------------------------
 
@@ -244,7 +278,10 @@ class TokenService:
     # -- health ------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Whether every required profile is servable, and each profile's reason."""
+        """Whether every required profile is servable, and each profile's reason.
+
+        Exchange profiles hold no token of their own: they are never part of it.
+        """
         reasons: dict[str, str] = {}
         ready = True
         for name, refresher in self.refreshers.items():
@@ -267,7 +304,10 @@ class TokenService:
             "version": __version__,
             "ready": ready,
             "cache": self._cache_status(),
-            "profiles": {name: r.status() for name, r in self.refreshers.items()},
+            "profiles": {
+                **{name: r.status() for name, r in self.refreshers.items()},
+                **self.exchanges.status(),
+            },
             "upstreams": self.upstreams.status(),
         }
 
@@ -278,6 +318,10 @@ class TokenService:
         if self.cache.state is CacheState.DOWN and failure is not None:
             view["error"] = failure.view()
         return view
+
+
+def _exchange_profiles(config: Config) -> dict[str, ProfileConfig]:
+    return {name: p for name, p in config.profiles.items() if p.exchanges}
 
 
 def _same_identity(a: ProfileConfig, b: ProfileConfig) -> bool:

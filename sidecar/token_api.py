@@ -1,4 +1,4 @@
-"""The token API: GET /v1/token and invalidate, behind the guards that keep tokens local.
+"""The token API: GET /v1/token, invalidate and exchange, behind the guards that keep tokens local.
 
 Every request first passes the guards (``Token-Sidecar: 1`` header, no proxy
 headers, a loopback ``Host``, and for Unix-socket peers an allowed uid), so a
@@ -10,6 +10,9 @@ profile name, and the guards' refusals name no profile at all.
 
 The hot path (a cached, servable token) is a dictionary lookup, a clock read
 and one ``orjson.dumps``: it never waits and never talks to the IdP.
+``POST /v1/exchange/{profile}`` trades a user's token for a per-user token of
+an exchange profile (:mod:`sidecar.exchange`); its answers and refusals have
+the same shape, and a user's token is never part of any answer or log.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 
-from sidecar.config import PROFILE_NAME_PATTERN, ServerConfig
-from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
+from sidecar.config import PROFILE_NAME_PATTERN, ProfileConfig, ServerConfig
+from sidecar.errors import ApiError, ExchangeError, TokenUnavailableError, UnknownProfileError
+from sidecar.exchange import ExchangeAnswer
+from sidecar.idp import MAX_LIFETIME
 from sidecar.listeners import GuardedRequestHandler, Peer, peer_of
 from sidecar.proxy import GUARDED_PROFILE, ProxyRoute
 from sidecar.refresher import ProfileRefresher
@@ -42,6 +47,8 @@ log = logging.getLogger("sidecar.api")
 GUARD_HEADER: Final = "Token-Sidecar"
 #: Largest accepted invalidate body, in bytes.
 MAX_BODY: Final = 16 * 1024
+#: Largest accepted exchange body, in bytes: a user's token is a few KiB at most.
+MAX_EXCHANGE_BODY: Final = 64 * 1024
 
 _MIN_TTL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{0,6})?")
 _FINGERPRINT = re.compile(r"[0-9a-f]{12}")
@@ -51,6 +58,7 @@ _HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]+))(?::[0-
 _KNOWN_PATHS = (
     (re.compile(r"/v1/token/[^/]+"), ("GET",)),
     (re.compile(r"/v1/token/[^/]+/invalidate"), ("POST",)),
+    (re.compile(r"/v1/exchange/[^/]+"), ("POST",)),
 )
 
 
@@ -64,7 +72,8 @@ def make_token_app(service: TokenService, server: ServerConfig) -> web.Applicati
 
     Returns:
         The app, with ``GET /v1/token/{profile}``,
-        ``POST /v1/token/{profile}/invalidate`` and ``ANY /v1/proxy/{upstream}/{path}``.
+        ``POST /v1/token/{profile}/invalidate``, ``POST /v1/exchange/{profile}``
+        and ``ANY /v1/proxy/{upstream}/{path}``.
     """
     # Each route is a bound method with the service at hand, behind the guards
     # of TokenApi.guarded (GET runs them inline): no middleware, so aiohttp
@@ -76,6 +85,7 @@ def make_token_app(service: TokenService, server: ServerConfig) -> web.Applicati
     # No HEAD: asking for a token has effects (metrics, possibly a refresh).
     app.router.add_get("/v1/token/{profile}", api.get_token, allow_head=False)
     app.router.add_post("/v1/token/{profile}/invalidate", api.guarded(api.invalidate))
+    app.router.add_post("/v1/exchange/{profile}", api.guarded(api.exchange))
     app.router.add_route(
         "*", "/v1/proxy/{tail:.*}", ProxyRoute(service.upstreams, api.check_guards).handle
     )
@@ -129,6 +139,8 @@ class TokenApi:
             return error_response(exc)
         if isinstance(exc, UnknownProfileError):
             return error_response(_unknown_profile(exc.profile, self.service))
+        if isinstance(exc, ExchangeError):
+            return error_response(_exchange_refusal(exc))
         if isinstance(exc, TokenUnavailableError):
             self.service.metrics.count_request(exc.profile, "unavailable")
             return error_response(
@@ -188,10 +200,21 @@ class TokenApi:
         An empty per-profile list inherits rather than opens: copying the example
         config's ``allow_uids = []`` must not silently lift a server-wide list.
         """
-        refresher = self._known_refresher(request)
-        if refresher is not None and refresher.profile.allow_uids:
-            return refresher.profile.allow_uids
+        profile = self._known_profile(request)
+        if profile is not None and profile.allow_uids:
+            return profile.allow_uids
         return self.server.allow_uids
+
+    def _known_profile(self, request: web.Request) -> ProfileConfig | None:
+        """The profile named in the path (or acted for), of either kind, when it is configured."""
+        name = request.match_info.get("profile") or request.get(GUARDED_PROFILE)
+        if name is None:
+            return None
+        refresher = self.service.refreshers.get(name)
+        if refresher is not None:
+            return refresher.profile
+        exchanger = self.service.exchanges.exchangers.get(name)
+        return None if exchanger is None else exchanger.profile
 
     def _known_refresher(self, request: web.Request) -> ProfileRefresher | None:
         """The refresher of the profile named in the path (or acted for), when it is configured."""
@@ -224,7 +247,7 @@ class TokenApi:
             name = request.match_info["profile"]
             refresher = self.service.refreshers.get(name)
             if refresher is None:
-                raise UnknownProfileError(name)
+                raise self._not_a_token_profile(name)
             min_ttl = _min_ttl(request, refresher) if request.query_string else None
             served = refresher.serve_now(min_ttl)
             if served is None:
@@ -242,12 +265,38 @@ class TokenApi:
     async def invalidate(self, request: web.Request) -> web.Response:
         """``POST /v1/token/{profile}/invalidate``: drop the reported token if still current."""
         service = self.service
-        refresher = service.refresher_for(request.match_info["profile"])
+        name = request.match_info["profile"]
+        refresher = service.refreshers.get(name)
+        if refresher is None:
+            raise self._not_a_token_profile(name)
         body = await _read_body(request, refresher.name, self.server.header_timeout)
         reported = _reported_fingerprint(body, refresher.name)
         result, served = await refresher.invalidate(reported)
         service.metrics.count_request(refresher.name, "stale" if served.stale else "served")
         return bytes_response(_token_body(refresher.name, served, result), status=200)
+
+    async def exchange(self, request: web.Request) -> web.Response:
+        """``POST /v1/exchange/{profile}``: a per-user token for the user's ``subject_token``."""
+        name = request.match_info["profile"]
+        exchanger = self.service.exchanges.exchangers.get(name)
+        if exchanger is None:
+            if name in self.service.refreshers:
+                raise _bad_request(
+                    f"profile {name!r} is a client-credentials profile: GET /v1/token/{name}", name
+                )
+            raise UnknownProfileError(name)
+        body = await _read_body(request, name, self.server.header_timeout, limit=MAX_EXCHANGE_BODY)
+        subject_token, scope, min_ttl = _exchange_request(body, name)
+        answer = await exchanger.exchange(subject_token, scope=scope, min_ttl=min_ttl)
+        return bytes_response(_exchange_body(name, answer), status=200)
+
+    def _not_a_token_profile(self, name: str) -> Exception:
+        """400 for an exchange profile on a ``/v1/token`` path, else 404 unknown profile."""
+        if name in self.service.exchanges.exchangers:
+            return _bad_request(
+                f"profile {name!r} exchanges users' tokens: POST /v1/exchange/{name}", name
+            )
+        return UnknownProfileError(name)
 
 
 #: What a guarded route may raise on purpose; anything else is a bug (a 500).
@@ -255,6 +304,7 @@ _EXPECTED = (
     ApiError,
     UnknownProfileError,
     TokenUnavailableError,
+    ExchangeError,
     web.HTTPMethodNotAllowed,
     web.HTTPNotFound,
 )
@@ -276,7 +326,7 @@ def _unknown_profile(asked: str, service: TokenService) -> ApiError:
     also know which profiles exist; the guard answers reveal nothing of them.
     """
     shown = f"{asked!r}" if _PROFILE_NAME.fullmatch(asked) else "(not a valid profile name)"
-    configured = ", ".join(sorted(service.refreshers)) or "none"
+    configured = ", ".join(sorted([*service.refreshers, *service.exchanges.exchangers])) or "none"
     return ApiError(404, "unknown_profile", f"unknown profile {shown}; configured: {configured}")
 
 
@@ -331,19 +381,27 @@ def _min_ttl(request: web.Request, refresher: ProfileRefresher) -> float | None:
     return min_ttl
 
 
-async def _read_body(request: web.Request, profile: str, timeout: float) -> bytes:
-    """The request body, refusing more than :data:`MAX_BODY` bytes without buffering them."""
-    too_big = _bad_request(f"the body must not exceed {MAX_BODY} bytes", profile)
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise too_big
+async def _read_body(
+    request: web.Request, profile: str, timeout: float, *, limit: int = MAX_BODY
+) -> bytes:
+    """The request body, refusing more than ``limit`` bytes without buffering them."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_big(limit, profile)
     body = bytearray()
+    content = request.content
     try:
+        if content.is_eof():
+            # All of it arrived with the head (the usual small body): no wait, no timer.
+            body += content.read_nowait()
+            if len(body) > limit:
+                raise _too_big(limit, profile)
+            return bytes(body)
         # The body gets as long as a head: a half-sent body cannot hold the connection.
         async with asyncio.timeout(timeout):
-            async for chunk in request.content.iter_any():
+            async for chunk in content.iter_any():
                 body += chunk
-                if len(body) > MAX_BODY:
-                    raise too_big
+                if len(body) > limit:
+                    raise _too_big(limit, profile)
     except RequestPayloadError:  # a Content-Encoding that does not decode
         # Nothing more can be read from a broken payload: end it, so aiohttp does
         # not linger reading it after the answer (which would raise there).
@@ -358,6 +416,10 @@ async def _read_body(request: web.Request, profile: str, timeout: float) -> byte
     except TimeoutError:
         raise _bad_request("the body did not arrive in time", profile) from None
     return bytes(body)
+
+
+def _too_big(limit: int, profile: str) -> ApiError:
+    return _bad_request(f"the body must not exceed {limit} bytes", profile)
 
 
 def _reported_fingerprint(body: bytes, profile: str) -> str:
@@ -395,6 +457,76 @@ def _token_body(profile: str, served: ServedToken, result: str | None = None) ->
     if result is not None:
         body["result"] = result
     return orjson.dumps(body)
+
+
+def _exchange_request(body: bytes, profile: str) -> tuple[str, str | None, float | None]:
+    """``subject_token``, ``scope`` and ``min_ttl`` of an exchange body; other keys are ignored."""
+    shape = (
+        'the body must be JSON {"subject_token": "...", "scope": "...", "min_ttl": SECONDS} '
+        "(scope and min_ttl optional)"
+    )
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _bad_request(shape, profile) from None
+    if not isinstance(data, dict):
+        raise _bad_request(shape, profile)
+    subject_token = data.get("subject_token")
+    if not isinstance(subject_token, str) or not subject_token:
+        raise _bad_request("subject_token must be a non-empty string", profile)
+    scope = data.get("scope")
+    if scope is not None and not isinstance(scope, str):
+        raise _bad_request("scope must be a string", profile)
+    min_ttl = data.get("min_ttl")
+    if min_ttl is not None and (
+        not isinstance(min_ttl, int | float)
+        or isinstance(min_ttl, bool)
+        or not 0 <= min_ttl <= MAX_LIFETIME
+    ):
+        raise _bad_request("min_ttl must be a number of seconds from 0 to one year", profile)
+    return subject_token, scope, None if min_ttl is None else float(min_ttl)
+
+
+def _exchange_body(profile: str, answer: ExchangeAnswer) -> bytes:
+    """The encoded 200 answer of an exchange."""
+    token = answer.token
+    return orjson.dumps(
+        {
+            "access_token": token.value,
+            "token_type": token.token_type,
+            "issued_token_type": token.issued_token_type,
+            "expires_in": answer.expires_in,
+            "expires_at": math.floor(token.expires_at_wall),
+            "scope": token.scope,
+            "profile": profile,
+            "cached": answer.cached,
+        }
+    )
+
+
+def _exchange_refusal(exc: ExchangeError) -> ApiError:
+    """The answer to a refused exchange; the IdP's own words go in an ``idp`` object.
+
+    The body's ``error`` is the sidecar's code, so the IdP's ``error``,
+    ``error_description`` and (Entra) ``claims`` challenge are nested:
+    ``{"error": "exchange_denied", ..., "idp": {"error": "interaction_required", ...}}``.
+    """
+    fields: dict[str, object] = {}
+    if exc.status in (401, 403) and exc.error is not None:
+        idp: dict[str, str] = {"error": exc.error}
+        if exc.description is not None:
+            idp["error_description"] = exc.description
+        if exc.claims is not None:
+            idp["claims"] = exc.claims
+        fields["idp"] = idp
+    return ApiError(
+        exc.status,
+        exc.code,
+        exc.message,
+        profile=exc.profile,
+        retry_after=exc.retry_after if exc.status == 503 else None,
+        fields=fields,
+    )
 
 
 def _bad_request(message: str, profile: str) -> ApiError:

@@ -5,11 +5,15 @@ urllib and must never run on the event loop), cached, refreshed after
 :data:`JWKS_MAX_AGE`, and re-fetched at most once per unknown ``kid`` (key
 rotation) with a cooldown so a stream of bad tokens cannot hammer the IdP.
 ``exp``/``nbf`` are checked against the injected clock, not pyjwt's wall
-clock, so virtual-time tests see the same rules production does.
+clock, so virtual-time tests see the same rules production does. Users'
+tokens checked before an exchange (:mod:`sidecar.subject`) arrive many at a
+time, so a JWKS fetch is single flight: concurrent callers wait for the one
+fetch under way.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +53,7 @@ class JWKSCache:
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
+        self._fetching = asyncio.Lock()
 
     async def key(self, kid: str) -> jwt.PyJWK:
         """The key with ``kid``; fetch the JWKS when stale or when ``kid`` is new.
@@ -57,7 +62,20 @@ class JWKSCache:
         cooldown the key may simply not be fetched yet (a rotation right after
         our last fetch), so that is a transient failure, retried with backoff;
         only a ``kid`` still unknown after a fresh fetch is an invalid token.
+        Callers that need a fetch take turns, so concurrent ones share one.
         """
+        known = self._keys.get(kid)
+        fetched_at = self._fetched_at
+        if (
+            known is not None
+            and fetched_at is not None
+            and self._clock.monotonic() - fetched_at < JWKS_MAX_AGE
+        ):
+            return known
+        async with self._fetching:
+            return await self._key_fetching(kid)
+
+    async def _key_fetching(self, kid: str) -> jwt.PyJWK:
         now = self._clock.monotonic()
         fetched = False
         if self._fetched_at is None or now - self._fetched_at >= JWKS_MAX_AGE:
@@ -183,11 +201,16 @@ class TokenVerifier:
             claims = unverified_claims(token)
         else:
             assert profile.jwks_url is not None  # noqa: S101 - the loader requires it
-            claims = await self._verify_signature(token, profile.jwks_url)
+            claims = await self.signed_claims(token, profile.jwks_url)
         check_claims(claims, Expectations.of(profile), now=self._clock.time())
         return claims
 
-    async def _verify_signature(self, token: str, jwks_url: str) -> dict[str, Any]:
+    async def signed_claims(self, token: str, jwks_url: str) -> dict[str, Any]:
+        """The claims of JWT ``token`` once its signature checks against ``jwks_url``'s keys.
+
+        Only the signature (an asymmetric algorithm, a ``kid`` in the JWKS) and
+        the presence of ``exp`` are checked; claims are the caller's to check.
+        """
         header = jwt.get_unverified_header(token)
         alg = header.get("alg")
         if alg not in ASYMMETRIC_ALGORITHMS:

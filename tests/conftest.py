@@ -23,13 +23,19 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.config import Config, ProfileConfig, UpstreamConfig
-from sidecar.devidp import DevClient, DevIdP
+from sidecar.devidp import JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT, DevClient, DevIdP
 from sidecar.fleet import RedisCache, TokenCodec
 from sidecar.logs import JSONFormatter
 from sidecar.metrics import Metrics
 from sidecar.service import TokenService
 from sidecar.testing import FakeClock, SidecarProcess
-from tests.support.builders import AUDIENCE, CLIENT_ID, CLIENT_SECRET, make_profile
+from tests.support.builders import (
+    AUDIENCE,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    MCP_AUDIENCE,
+    make_profile,
+)
 from tests.support.clientstack import client_stack
 from tests.support.e2e import e2e_idp
 from tests.support.redis import (
@@ -56,6 +62,7 @@ class LeakRegistry:
         values = set(self.values)
         for idp in self.idps:
             values.update(idp.issued_tokens)
+            values.update(idp.user_tokens)  # the subject tokens of exchanges
             values.update(c.client_secret for c in idp.clients.values() if c.client_secret)
         return values
 
@@ -109,13 +116,18 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def idp(clock: FakeClock, leaks: LeakRegistry) -> AsyncIterator[DevIdP]:
-    """The development IdP on an ephemeral loopback port, sharing the test's clock."""
+    """The development IdP on an ephemeral loopback port, sharing the test's clock.
+
+    Its client may also exchange users' tokens issued for :data:`MCP_AUDIENCE`.
+    """
     dev = DevIdP(clock=clock, audience=AUDIENCE)
     dev.add_client(
         DevClient(
             client_id=CLIENT_ID,
             client_secret=CLIENT_SECRET,
             audiences={AUDIENCE: ("read:tools", "write:tools")},
+            grant_types=("client_credentials", TOKEN_EXCHANGE_GRANT, JWT_BEARER_GRANT),
+            subject_audiences=(MCP_AUDIENCE,),
         )
     )
     await dev.start()

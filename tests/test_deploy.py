@@ -487,6 +487,7 @@ def test_metrics_reference_names_every_metric_and_label_value():
     reference = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
     metrics = Metrics()
     metrics.add_profile("p")
+    metrics.add_exchange_profile("x", lambda: 0.0)
     values: set[str] = set()
     for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")

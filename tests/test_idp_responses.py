@@ -1,10 +1,13 @@
 """Token endpoint answers map to one typed result each, at one boundary."""
 
 import base64
+from types import MappingProxyType
 
 import orjson
 import pytest
 
+from sidecar.config import InlineSecret, ProfileConfig
+from sidecar.credentials import CredentialStore
 from sidecar.errors import (
     IdPRateLimitedError,
     IdPRejectedError,
@@ -12,7 +15,8 @@ from sidecar.errors import (
     IdPUnavailableError,
     InvalidTokenError,
 )
-from sidecar.idp import basic_auth_header, classify_response, retry_after_seconds
+from sidecar.idp import basic_auth_header, classify_response, exchange_form, retry_after_seconds
+from sidecar.testing import FakeClock
 from sidecar.verify import Expectations, check_claims
 
 NOW = 1_800_000_000.0
@@ -182,3 +186,84 @@ def test_claim_mismatches_show_expected_and_actual():
     assert info.value.description == (
         "aud mismatch: expected 'https://api.example.com/', got ['https://a/', 'https://b/']"
     )
+
+
+# -- exchange answers and requests ----------------------------------------------------------
+
+
+def test_exchange_answer_keeps_issued_type_and_accepts_n_a():
+    """An exchange answer carries issued_token_type; N_A is a token type only there."""
+    body = orjson.dumps(
+        {
+            "access_token": "t",
+            "token_type": "N_A",
+            "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "expires_in": 60,
+        }
+    )
+    issued = classify_response(200, {}, body, now=NOW, exchange=True)
+    assert (issued.token_type, issued.issued_token_type) == (
+        "N_A",
+        "urn:ietf:params:oauth:token-type:jwt",
+    )
+    with pytest.raises(IdPResponseError):
+        classify_response(200, {}, body, now=NOW)  # client credentials: Bearer only
+    plain = classify_response(200, {}, body.replace(b"N_A", b"bearer"), now=NOW)
+    assert (plain.token_type, plain.issued_token_type) == ("Bearer", None)
+
+
+def test_claims_challenge_is_kept_with_the_refusal():
+    """An Entra refusal with a claims challenge keeps it (bounded); one without has none."""
+    challenge = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}'
+    body = orjson.dumps(
+        {"error": "invalid_grant", "error_description": "AADSTS50076", "claims": challenge}
+    )
+    with pytest.raises(IdPRejectedError) as info:
+        classify_response(400, {}, body, now=NOW, exchange=True)
+    assert (info.value.error, info.value.claims) == ("invalid_grant", challenge)
+    huge = orjson.dumps({"error": "interaction_required", "claims": "x" * 10000})
+    with pytest.raises(IdPRejectedError) as info:
+        classify_response(400, {}, huge, now=NOW, exchange=True)
+    assert info.value.claims is not None
+    assert len(info.value.claims) == 4096
+    with pytest.raises(IdPRejectedError) as info:
+        classify_response(401, {}, b'{"error":"invalid_grant","claims":7}', now=NOW)
+    assert info.value.claims is None
+
+
+@pytest.mark.parametrize("grant", ["token_exchange", "jwt_bearer"])
+def test_exchange_form_of_each_grant(grant):
+    """RFC 8693 sends subject_token and its types; Entra's OBO sends assertion and its use."""
+    profile = ProfileConfig(
+        name="p",
+        token_url="https://idp.example/token",
+        client_id=InlineSecret("c"),
+        client_secret=InlineSecret("s"),
+        grant=grant,
+        audience="https://api/",
+        resource="https://res/" if grant == "token_exchange" else None,
+        scope="a b",
+        extra_params=MappingProxyType({"tenant": "acme"}),
+    )
+    creds = CredentialStore(profile).load()
+    form = exchange_form(profile, creds, FakeClock(), "USER-TOKEN", "a")
+    common = {"scope": "a", "tenant": "acme", "client_id": "c", "client_secret": "s"}
+    if grant == "token_exchange":
+        assert form == {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": "USER-TOKEN",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "requested_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "audience": "https://api/",
+            "resource": "https://res/",
+            **common,
+        }
+    else:
+        assert form == {
+            "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "assertion": "USER-TOKEN",
+            "requested_token_use": "on_behalf_of",
+            **common,
+        }
+    no_scope = exchange_form(profile, creds, FakeClock(), "USER-TOKEN", None)
+    assert "scope" not in no_scope

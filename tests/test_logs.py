@@ -17,13 +17,18 @@ def test_json_formatter_redacts_sensitive_fields():
     record.profile = "api"
     record.client_secret = CLIENT_SECRET
     record.access_token = "tok"
+    record.subject_token = "user-token"
     entry = orjson.loads(JSONFormatter().format(record))
     assert entry["event"] == "token.refreshed"
     assert entry["level"] == "info"
     assert entry["profile"] == "api"
     assert entry["client_secret"] == REDACTED
     assert entry["access_token"] == REDACTED
-    assert set(entry) == {"ts", "level", "event", "profile", "client_secret", "access_token"}
+    assert entry["subject_token"] == REDACTED
+    assert set(entry) == {
+        *("ts", "level", "event", "profile"),
+        *("client_secret", "access_token", "subject_token"),
+    }
 
 
 def test_text_formatter_is_one_line_with_fields():

@@ -49,12 +49,15 @@ from schemathesis.specs.openapi.checks import (
 from sidecar.config import InlineSecret, ServerConfig, UpstreamConfig
 from sidecar.token import fingerprint
 from sidecar.token_api import make_token_app
-from tests.support.builders import make_profile
+from tests.support.builders import MCP_AUDIENCE, make_exchange_profile, make_profile
 from tests.support.virtual_time import idle
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 GET_TOKEN = "GET /v1/token/{profile}"
 INVALIDATE = "POST /v1/token/{profile}/invalidate"
+EXCHANGE = "POST /v1/exchange/{profile}"
+#: The scope of the live test's exchange profile; a caller's may only narrow it.
+EXCHANGE_SCOPE = "read:tools write:tools"
 WRONG_SECRET = "wrong-secret-LEAKCANARY-5e0b"
 #: The dev IdP's default token lifetime; min_ttl may be at most half of it.
 LIFETIME = 86400
@@ -134,9 +137,12 @@ def test_spec_is_valid_openapi():
     schema = load_schema()
     schema.validate()
     ops = operations(schema)
-    assert set(ops) == {GET_TOKEN, INVALIDATE}
-    for operation in ops.values():
-        assert set(operation.responses.status_codes) == {"200", "400", "403", "404", "405", "503"}
+    assert set(ops) == {GET_TOKEN, INVALIDATE, EXCHANGE}
+    for label, operation in ops.items():
+        statuses = {"200", "400", "403", "404", "405", "503"}
+        if label == EXCHANGE:
+            statuses.add("401")
+        assert set(operation.responses.status_codes) == statuses, label
     proxied = {r.ok().label: r.ok() for r in schema.get_all_operations()}.keys() - ops.keys()
     assert proxied == {f"{method} {PROXY}" for method in PROXY_METHODS}
 
@@ -174,20 +180,56 @@ def expected(case, extra: dict[str, str]) -> tuple[int, str | None, str | None]:
     return 200, None, "api"
 
 
-class Runner:
-    """Sends cases to the live app from a worker thread and validates every answer."""
+def expected_exchange(case, extra: dict[str, str]) -> tuple[int, str | None, str | None]:
+    """The exact answer to a schema-valid exchange request whose subject_token is no JWT."""
+    profile = case.path_parameters["profile"]
+    if extra:
+        return 403, "forbidden", None
+    if profile not in {"api", "user-api"}:
+        return 404, "unknown_profile", None
+    if profile == "api":
+        return 400, "bad_request", "api"  # a client-credentials profile
+    scope = case.body.get("scope")
+    words = None if scope is None else scope.split()
+    if words is not None and not (words and set(words) <= set(EXCHANGE_SCOPE.split())):
+        return 400, "bad_request", "user-api"
+    return 401, "invalid_subject", "user-api"  # generated tokens fail the local check
 
-    def __init__(self, base_url: str) -> None:
+
+class Runner:
+    """Sends cases to the live app from a worker thread and validates every answer.
+
+    ``profiles`` are the configured profiles coverage cases are aimed at, and
+    ``oracle`` the exact answer to a schema-valid request.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        profiles: tuple[str, ...] = ("api", "bad"),
+        oracle: Any = expected,
+    ) -> None:
         self.base_url = base_url
+        self.profiles = profiles
+        self.oracle = oracle
         self.session = requests.Session()
         self.session.trust_env = False  # no proxy from the environment: loopback only
         self.seen: Counter[tuple[str, int]] = Counter()
 
-    def send(self, case, extra: dict[str, str] | None = None, *, valid: bool | None = None) -> Any:
+    def send(
+        self,
+        case,
+        extra: dict[str, str] | None = None,
+        *,
+        valid: bool | None = None,
+        answer: tuple[int, str | None, str | None] | None = None,
+    ) -> Any:
         """Send ``case`` (plus ``extra`` headers) and run every check on the answer.
 
         ``valid`` says whether the document accepts the request; by default it is
-        taken from how schemathesis generated the case.
+        taken from how schemathesis generated the case. ``answer`` overrides the
+        oracle's (status, code, profile) for a hand-made case.
         """
         extra = extra or {}
         response = case.call(base_url=self.base_url, session=self.session, headers=extra, timeout=5)
@@ -218,7 +260,7 @@ class Runner:
             assert response.status_code == 400, (case.as_curl_command(), summary(response))
             assert response.json()["error"] == "bad_request", summary(response)
         if valid:
-            status, code, profile = expected(case, extra)
+            status, code, profile = answer or self.oracle(case, extra)
             assert response.status_code == status, (
                 case.as_curl_command(),
                 extra,
@@ -233,23 +275,24 @@ class Runner:
         """The coverage-phase cases, aimed at each configured profile where they name one."""
         schema = operation.schema
         generation = schema.config.generation_for(operation=operation)
-        for profile in ("api", "bad"):
+        for profile in self.profiles:
             for case in schema.iter_coverage_cases(
                 operation,
                 generation_modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
                 generation_config=generation,
             ):
-                if case.path_parameters["profile"] == "demo":  # the document's example
+                if case.path_parameters["profile"] in {"demo", "demo-user"}:  # the examples
                     case.path_parameters["profile"] = profile
                 yield case
 
     def fuzz(self, operation) -> None:
         """Hypothesis-generated valid and invalid requests, some with a guard-breaking header."""
+        fixed_profiles = [{"profile": name} for name in self.profiles]
         strategy = st.one_of(
             *(
                 operation.as_strategy(generation_mode=mode, path_parameters=fixed)
                 for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-                for fixed in ({"profile": "api"}, {"profile": "bad"}, None)
+                for fixed in (*fixed_profiles, None)
             )
         )
         extras = st.sampled_from(({},) * 4 + GUARD_BREAKERS)
@@ -293,7 +336,9 @@ class Runner:
     def run_all(self, schema, current_fingerprint: str) -> None:
         """Coverage cases, boundary values and fuzzing, then one real invalidation."""
         ops = operations(schema)
-        for operation in ops.values():
+        for label, operation in ops.items():
+            if label == EXCHANGE:
+                continue  # its own test: it needs an exchange profile and users' tokens
             for case in self.coverage(operation):
                 self.send(case)
             self.fuzz(operation)
@@ -378,3 +423,116 @@ async def test_proxy_refusals_match_the_document(idp, make_service, http):
     finally:
         await runner.cleanup()
     assert seen == {400, 403, 404, 405, 502}
+
+
+#: Exchange bodies at the edges of the document's schema; it must accept exactly those served.
+EXCHANGE_BODIES: tuple[object, ...] = (
+    {"subject_token": "x"},
+    {"subject_token": "x", "scope": None, "min_ttl": None},
+    {"subject_token": "x", "min_ttl": 0},
+    {"subject_token": "x", "min_ttl": 31536000},
+    {"subject_token": "x", "min_ttl": 2.5, "note": "other keys are ignored"},
+    {"subject_token": "x", "scope": "read:tools"},
+    {"subject_token": "x", "scope": "admin"},
+    {"subject_token": "x", "scope": " "},
+    {"subject_token": "x", "min_ttl": -1},
+    {"subject_token": "x", "min_ttl": 31536001},
+    {"subject_token": "x", "min_ttl": "30"},
+    {"subject_token": "x", "min_ttl": True},
+    {"subject_token": "x", "scope": 1},
+    {"subject_token": ""},
+    {"subject_token": None},
+    {},
+    [],
+)
+
+
+def _json_schema(node: Any) -> Any:
+    """An OpenAPI 3.0 schema as JSON Schema: ``nullable: true`` becomes a ``null`` type."""
+    if isinstance(node, list):
+        return [_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {k: _json_schema(v) for k, v in node.items() if k != "nullable"}
+    if node.get("nullable") and "type" in node:
+        converted["type"] = [node["type"], "null"]
+    return converted
+
+
+async def test_live_exchange_conforms_to_spec(idp, make_service, leaks):
+    """Generated and hand-made exchange requests get only documented, conforming answers."""
+    service = make_service(
+        make_profile(idp), make_exchange_profile(idp, scope=EXCHANGE_SCOPE, negative_ttl=0.0)
+    )
+    await service.get("api")
+    schema = load_schema()
+    operation = operations(schema)[EXCHANGE]
+    body_schema = jsonschema_rs.validator_for(
+        _json_schema(schema.raw_schema["components"]["schemas"]["ExchangeRequest"])
+    )
+    app_runner = web.AppRunner(make_token_app(service, ServerConfig()), access_log=None)
+    await app_runner.setup()
+
+    def case(body: object) -> Any:
+        return operation.Case(
+            path_parameters={"profile": "user-api"},
+            headers=dict(HEADERS),
+            body=body,
+            media_type="application/json",
+        )
+
+    try:
+        await web.TCPSite(app_runner, "127.0.0.1", 0).start()
+        runner = Runner(
+            f"http://127.0.0.1:{app_runner.addresses[0][1]}",
+            profiles=("user-api", "api"),
+            oracle=expected_exchange,
+        )
+        try:
+
+            def generated() -> None:
+                for made in runner.coverage(operation):
+                    runner.send(made)
+                runner.fuzz(operation)
+                for body in EXCHANGE_BODIES:
+                    runner.send(case(body), valid=body_schema.is_valid(body))
+
+            await asyncio.to_thread(generated)
+            user = idp.issue_user_token("u", MCP_AUDIENCE)
+            ok = (200, None, "user-api")
+            for body, answer, faults in (
+                ({"subject_token": user}, ok, {}),
+                ({"subject_token": user, "scope": "read:tools", "min_ttl": 60}, ok, {}),
+                (
+                    {"subject_token": user, "min_ttl": 31536000},
+                    (401, "invalid_subject", "user-api"),
+                    {},
+                ),
+                (
+                    {"subject_token": user, "scope": "write:tools"},
+                    (401, "subject_rejected", "user-api"),
+                    {"subject_rejected": True},
+                ),
+                (
+                    {"subject_token": user, "scope": "write:tools"},
+                    (403, "exchange_denied", "user-api"),
+                    {"exchange_error": "interaction_required", "exchange_claims": "{}"},
+                ),
+                (
+                    {"subject_token": user, "scope": "write:tools"},
+                    (503, "token_unavailable", "user-api"),
+                    {"status": 503},
+                ),
+            ):
+                idp.faults.clear()
+                for knob, value in faults.items():
+                    setattr(idp.faults, knob, value)
+                response = await asyncio.to_thread(runner.send, case(body), answer=answer)
+                if answer[0] == 403:
+                    assert response.json()["idp"]["claims"] == "{}"
+        finally:
+            runner.session.close()
+    finally:
+        await app_runner.cleanup()
+    for status in (200, 400, 401, 403, 404, 405, 503):
+        assert runner.seen[EXCHANGE, status] > 0, (status, runner.seen)

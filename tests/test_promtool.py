@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from sidecar.ops_api import make_ops_app
-from tests.support.builders import make_profile
+from tests.support.builders import MCP_AUDIENCE, make_exchange_profile, make_profile
 from tests.support.metrics import METRIC_NAMES
 from tests.support.virtual_time import run_for
 
@@ -27,8 +27,13 @@ def promtool() -> str:
 
 async def test_metrics_pass_promtool_check(promtool, idp, make_service, clock, aiohttp_client):
     """Every metric family, after real traffic and a failure, passes promtool check metrics."""
-    service = make_service(make_profile(idp), make_profile(idp, name="other", required=False))
+    service = make_service(
+        make_profile(idp),
+        make_profile(idp, name="other", required=False),
+        make_exchange_profile(idp),
+    )
     await service.get("api")
+    await service.exchanges.exchange("user-api", idp.issue_user_token("u", MCP_AUDIENCE))
     idp.faults.status = 503
     await run_for(clock, service, 0)
     client = await aiohttp_client(make_ops_app(service))

@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = add("serve", help="run the daemon")
     serve.add_argument("--config", help="TOML config file (default: $TOKEN_SIDECAR_CONFIG)")
 
-    dev = add("dev", help="run an embedded development IdP and a sidecar with profile 'demo'")
+    dev = add(
+        "dev",
+        help="run an embedded development IdP and a sidecar with profiles 'demo' and 'demo-user'",
+    )
     dev.add_argument("--port", type=int, default=8700, help="token API port on 127.0.0.1")
     dev.add_argument("--ops-port", type=int, default=9700, help="ops API port on 127.0.0.1")
     dev.add_argument(

@@ -1,8 +1,9 @@
 """``token-sidecar check [--probe]``: print the config, redacted; fetch and verify one token each.
 
-Exit 0 when the config is valid (and, with ``--probe``, every profile got a
-verified token), 1 when a probe failed; an invalid config ends in ``main``
-with exit 2.
+Exit 0 when the config is valid (and, with ``--probe``, every
+client-credentials profile got a verified token; exchange profiles are
+skipped, as there is no user's token to exchange), 1 when a probe failed; an
+invalid config ends in ``main`` with exit 2.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ async def probe_all(config: Config) -> ProbeResults:
         idp = IdPClient(session, clock)
         verifier = TokenVerifier(session, clock)
         for profile in config.profiles.values():
+            if profile.exchanges:
+                # Nothing to exchange without a user's token; the config itself was checked.
+                results.lines.append(
+                    f"skipped profile {profile.name}: grant = {profile.grant} exchanges "
+                    "users' tokens; there is no user's token to probe with"
+                )
+                continue
             line = await _probe_one(profile, idp, verifier, clock)
             results.ok = results.ok and line.startswith("ok")
             results.lines.append(f"{line}")

@@ -11,7 +11,9 @@ The package holds one concept per module: ``_model`` (the frozen dataclasses
 every other module reads), ``_reader`` (the key-path-tracking table reader and
 the value parsers), ``_document`` (a TOML file, the top-level keys,
 ``[server]``), ``_cache`` (``[cache]``: the backend and how to reach Redis),
-``_profile`` (one ``[profiles.NAME]`` table), ``_upstream`` (one
+``_profile`` (one ``[profiles.NAME]`` table), ``_exchange`` (what a
+profile's ``grant`` allows, and the keys of token exchange profiles with
+their ``subject`` table), ``_upstream`` (one
 ``[upstreams.NAME]`` table of proxy mode), ``_env`` (choosing the source,
 and the env-only profile) and ``_redact`` (the redacted view
 ``token-sidecar check`` prints). Import the names from here.
@@ -22,6 +24,7 @@ from sidecar.config._cache import UrlCredentials, url_credentials
 from sidecar.config._document import config_from_mapping, load_config
 from sidecar.config._env import config_from_env, resolve_config
 from sidecar.config._model import (
+    ACCESS_TOKEN_TYPE,
     ASYMMETRIC_ALGORITHMS,
     PROFILE_NAME_PATTERN,
     UPSTREAM_NAME_PATTERN,
@@ -33,6 +36,7 @@ from sidecar.config._model import (
     Config,
     EnvSecret,
     FileSecret,
+    Grant,
     InlineSecret,
     ProfileConfig,
     RefreshBefore,
@@ -40,6 +44,8 @@ from sidecar.config._model import (
     RefreshShare,
     SecretRef,
     ServerConfig,
+    SubjectConfig,
+    SubjectVerify,
     UpstreamConfig,
     Verify,
     is_loopback_host,
@@ -49,6 +55,7 @@ from sidecar.config._reader import format_duration, format_size, parse_duration,
 from sidecar.config._redact import redacted, url_view
 
 __all__ = [
+    "ACCESS_TOKEN_TYPE",
     "ASYMMETRIC_ALGORITHMS",
     "KNOWN_VARIABLES",
     "PROFILE_NAME_PATTERN",
@@ -62,6 +69,7 @@ __all__ = [
     "Config",
     "EnvSecret",
     "FileSecret",
+    "Grant",
     "InlineSecret",
     "ProfileConfig",
     "RefreshBefore",
@@ -69,6 +77,8 @@ __all__ = [
     "RefreshShare",
     "SecretRef",
     "ServerConfig",
+    "SubjectConfig",
+    "SubjectVerify",
     "UpstreamConfig",
     "UrlCredentials",
     "Verify",

@@ -105,7 +105,8 @@ def _require_trust(config: Config) -> None:
     if config.cache.backend != "redis" or config.cache.key_file is not None:
         return
     for name, profile in config.profiles.items():
-        if not profile.verified:
+        # Per-user tokens stay in this sidecar's memory: nothing of theirs is shared.
+        if not profile.verified and not profile.exchanges:
             raise ConfigError(
                 config.source,
                 f"profiles.{name}.verify",

@@ -22,6 +22,10 @@ from typing import Final, Literal, TypeAlias
 
 ClientAuth = Literal["client_secret_post", "client_secret_basic", "private_key_jwt"]
 Verify = Literal["jwks", "claims", "none"]
+#: How a profile gets its tokens: its own (client credentials) or a user's, exchanged.
+Grant = Literal["client_credentials", "token_exchange", "jwt_bearer"]
+#: How a caller's subject token is checked before an exchange: signature and claims, or not.
+SubjectVerify = Literal["jwks", "none"]
 CacheBackend = Literal["memory", "redis"]
 
 #: The asymmetric JWS algorithms the sidecar signs and verifies with (never HS*, never none).
@@ -38,6 +42,8 @@ ASYMMETRIC_ALGORITHMS = (
 )
 
 PROFILE_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
+#: RFC 8693 token type of an OAuth access token (``subject_token_type``, ``requested_token_type``).
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
 #: Upstream names follow the profile-name rule: they appear in URLs and metric labels.
 UPSTREAM_NAME_PATTERN = PROFILE_NAME_PATTERN
 
@@ -189,6 +195,24 @@ class BreakerConfig:
 
 
 @dataclass(frozen=True)
+class SubjectConfig:
+    """``[profiles.NAME.subject]``: how a caller's user token is checked before an exchange.
+
+    With ``verify = "jwks"`` its signature, ``exp``, ``iss`` and ``aud`` are
+    checked locally, so an expired or foreign token never costs IdP quota;
+    with ``"none"`` the IdP judges it (a JWT's ``exp`` is still read).
+    """
+
+    verify: SubjectVerify = "jwks"
+    issuer: str | None = None
+    jwks_url: str | None = None
+    #: The MCP server's own identifier: the ``aud`` a user token must carry.
+    audience: str | None = None
+    #: Seconds of clock skew granted on the subject's ``exp`` (and ``nbf``).
+    leeway: float = 0.0
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """One (token endpoint, client, audience/resource, scope) tuple."""
 
@@ -220,6 +244,22 @@ class ProfileConfig:
     timeout: float = 10.0
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    grant: Grant = "client_credentials"
+    #: Token exchange only (RFC 8693): the type of the caller's token, sent as is.
+    subject_token_type: str = ACCESS_TOKEN_TYPE
+    #: Token exchange only: the type of token asked for (None: not sent).
+    requested_token_type: str | None = ACCESS_TOKEN_TYPE
+    #: Exchange profiles: how many per-user tokens the cache holds (least recently used go).
+    cache_max_entries: int = 10000
+    #: Exchange profiles: seconds an IdP rejection of one subject is remembered.
+    negative_ttl: float = 5.0
+    #: Exchange profiles: how a caller's token is checked locally (None otherwise).
+    subject: SubjectConfig | None = None
+
+    @property
+    def exchanges(self) -> bool:
+        """Whether this profile trades users' tokens (``token_exchange`` or ``jwt_bearer``)."""
+        return self.grant != "client_credentials"
 
     @property
     def verified(self) -> bool:

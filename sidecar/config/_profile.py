@@ -2,7 +2,9 @@
 
 Every rule DESIGN.md "Config" states about a profile is enforced here: one
 source per credential, exactly one client authentication method, a refresh
-window above ``min_ttl``, timeouts and backoff that fit together.
+window above ``min_ttl``, timeouts and backoff that fit together. What the
+grant changes (the keys of token exchange profiles) is read by
+:mod:`sidecar.config._exchange`.
 :func:`read_profiles` is called by :mod:`sidecar.config._document` with the
 document's root :class:`~sidecar.config._reader.Table`.
 """
@@ -14,6 +16,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple, cast, get_args
 
+from sidecar.config._exchange import (
+    CLIENT_CREDENTIALS_KEYS,
+    EXCHANGE_KEYS,
+    EXCHANGE_PARAMS,
+    TOKEN_EXCHANGE_KEYS,
+    read_exchange,
+    read_grant,
+)
 from sidecar.config._model import (
     ASYMMETRIC_ALGORITHMS,
     PROFILE_NAME_PATTERN,
@@ -40,9 +50,12 @@ _PROFILE_KEYS = (
     *("client_id", "client_id_file", "client_id_env"),
     *("client_secret", "client_secret_file", "client_secret_env", "client_auth"),
     *_ASSERTION_KEYS,
-    *("audience", "resource", "scope", "extra_params", "required"),
+    *("audience", "resource", "scope", "extra_params"),
     *("refresh_before", "min_ttl", "wait_timeout", "verify", "allow_uids"),
-    *("connect_timeout", "timeout", "backoff", "breaker"),
+    *("connect_timeout", "timeout", "breaker", "grant"),
+    *CLIENT_CREDENTIALS_KEYS,
+    *EXCHANGE_KEYS,
+    *TOKEN_EXCHANGE_KEYS,
 )
 # Form fields the sidecar sends itself; letting extra_params override them
 # would silently change the grant or leak a second credential.
@@ -56,6 +69,7 @@ _RESERVED_PARAMS = frozenset(
         "audience",
         "resource",
         "scope",
+        *EXCHANGE_PARAMS,
     }
 )
 _CLIENT_AUTHS: tuple[str, ...] = get_args(ClientAuth)
@@ -100,10 +114,12 @@ class _ClientAuthentication(NamedTuple):
 
 
 def _profile(name: str, t: Table) -> ProfileConfig:
+    grant = read_grant(t)
     endpoint = _endpoint(t)
     auth = _client_authentication(t)
     min_ttl = t.duration("min_ttl", default=ProfileConfig.min_ttl)
     connect_timeout, timeout = _timeouts(t)
+    exchange = read_exchange(t, grant, issuer=endpoint.issuer, jwks_url=endpoint.jwks_url)
     return ProfileConfig(
         name=name,
         token_url=endpoint.token_url,
@@ -120,7 +136,9 @@ def _profile(name: str, t: Table) -> ProfileConfig:
         resource=t.string("resource"),
         scope=t.string("scope"),
         extra_params=_extra_params(t),
-        required=t.boolean("required", default=ProfileConfig.required),
+        # Exchange profiles hold no token of their own: never required for readiness.
+        required=grant == "client_credentials"
+        and t.boolean("required", default=ProfileConfig.required),
         refresh_before=_refresh_before(t, min_ttl),
         min_ttl=min_ttl,
         wait_timeout=t.duration("wait_timeout", default=ProfileConfig.wait_timeout),
@@ -130,6 +148,12 @@ def _profile(name: str, t: Table) -> ProfileConfig:
         timeout=timeout,
         backoff=_backoff(t.table("backoff", _BACKOFF_KEYS)),
         breaker=_breaker(t.table("breaker", _BREAKER_KEYS)),
+        grant=grant,
+        subject_token_type=exchange.subject_token_type,
+        requested_token_type=exchange.requested_token_type,
+        cache_max_entries=exchange.cache_max_entries,
+        negative_ttl=exchange.negative_ttl,
+        subject=exchange.subject,
     )
 
 

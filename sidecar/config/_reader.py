@@ -198,18 +198,22 @@ class Table:
             raise self.error(name, "expected a boolean (true or false)")
         return value
 
-    def integer(self, name: str, *, default: int, minimum: int) -> int:
+    def integer(self, name: str, *, default: int, minimum: int, maximum: int | None = None) -> int:
         value = self._data.get(name, default)
         if not isinstance(value, int) or isinstance(value, bool):
             raise self.error(name, "expected an integer")
         if value < minimum:
             raise self.error(name, f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise self.error(name, f"must be at most {maximum}")
         return value
 
-    def duration(self, name: str, *, default: float) -> float:
+    def duration(self, name: str, *, default: float, allow_zero: bool = False) -> float:
         if name not in self._data:
             return default
-        return parse_duration(self._data[name], source=self.source, key=self.key(name))
+        return parse_duration(
+            self._data[name], source=self.source, key=self.key(name), allow_zero=allow_zero
+        )
 
     def size(self, name: str, *, default: int) -> int:
         if name not in self._data:

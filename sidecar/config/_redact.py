@@ -20,6 +20,7 @@ from sidecar.config._model import (
     RefreshDuration,
     RefreshShare,
     SecretRef,
+    SubjectConfig,
     UpstreamConfig,
 )
 from sidecar.config._reader import format_duration, format_size
@@ -91,6 +92,7 @@ def _upstream_view(u: UpstreamConfig) -> dict[str, Any]:
 
 def _profile_view(p: ProfileConfig) -> dict[str, Any]:
     view: dict[str, Any] = {
+        "grant": p.grant,
         "token_url": url_view(p.token_url),
         "issuer": p.issuer,
         "jwks_url": url_view(p.jwks_url) if p.jwks_url else None,
@@ -103,22 +105,57 @@ def _profile_view(p: ProfileConfig) -> dict[str, Any]:
         view["private_key_kid"] = p.private_key_kid
         view["assertion_alg"] = p.assertion_alg
         view["assertion_audience"] = p.effective_assertion_audience
-    return view | {
+    view |= {
         "audience": p.audience,
         "resource": p.resource,
         "scope": p.scope,
         "extra_params": dict(p.extra_params),
-        "required": p.required,
-        "refresh_before": _refresh_before_view(p.refresh_before),
+    }
+    if p.exchanges:
+        view |= _exchange_view(p)
+    else:
+        view |= {
+            "required": p.required,
+            "refresh_before": _refresh_before_view(p.refresh_before),
+        }
+    view |= {
         "min_ttl": format_duration(p.min_ttl),
         "wait_timeout": format_duration(p.wait_timeout),
         "verify": p.verify or "auto",
         "allow_uids": None if p.allow_uids is None else list(p.allow_uids),
         "connect_timeout": format_duration(p.connect_timeout),
         "timeout": format_duration(p.timeout),
-        "backoff": {"base": format_duration(p.backoff.base), "cap": format_duration(p.backoff.cap)},
-        "breaker": {"failures": p.breaker.failures, "reset": format_duration(p.breaker.reset)},
     }
+    if not p.exchanges:
+        view["backoff"] = {
+            "base": format_duration(p.backoff.base),
+            "cap": format_duration(p.backoff.cap),
+        }
+    view["breaker"] = {"failures": p.breaker.failures, "reset": format_duration(p.breaker.reset)}
+    return view
+
+
+def _exchange_view(p: ProfileConfig) -> dict[str, Any]:
+    """The keys only an exchange profile has (no secret among them)."""
+    view: dict[str, Any] = {}
+    if p.grant == "token_exchange":
+        view["subject_token_type"] = p.subject_token_type
+        view["requested_token_type"] = p.requested_token_type
+    view["cache_max_entries"] = p.cache_max_entries
+    view["negative_ttl"] = format_duration(p.negative_ttl)
+    view["subject"] = _subject_view(p.subject) if p.subject is not None else None
+    return view
+
+
+def _subject_view(s: SubjectConfig) -> dict[str, Any]:
+    view: dict[str, Any] = {"verify": s.verify}
+    if s.verify == "jwks":
+        view |= {
+            "issuer": s.issuer,
+            "jwks_url": url_view(s.jwks_url) if s.jwks_url else None,
+            "audience": s.audience,
+        }
+    return view | {"leeway": format_duration(s.leeway)}
 
 
 def _refresh_before_view(before: RefreshBefore) -> str:

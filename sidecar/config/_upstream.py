@@ -134,6 +134,12 @@ def _profile(t: Table, profiles: Mapping[str, ProfileConfig]) -> str:
     if name not in profiles:
         configured = ", ".join(sorted(profiles)) or "none"
         raise t.error("profile", f"unknown profile {name!r}; configured: {configured}")
+    if profiles[name].exchanges:
+        raise t.error(
+            "profile",
+            f"profile {name!r} exchanges users' tokens (grant = {profiles[name].grant!r}); "
+            "the proxy attaches client-credentials tokens only",
+        )
     return name
 
 

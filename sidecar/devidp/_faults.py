@@ -77,6 +77,13 @@ class Faults:
     omit_expires_in: bool = False
     opaque: bool = False
     unpublished_key: bool = False
+    #: Exchange grants: answer ``invalid_grant`` (the IdP rejects the user's token).
+    subject_rejected: bool = False
+    #: Exchange grants: answer 403 with this OAuth error (``access_denied``,
+    #: ``interaction_required``, ...) and, when set, :attr:`exchange_claims`.
+    exchange_error: str | None = None
+    #: The ``claims`` challenge sent with :attr:`exchange_error` (Entra conditional access).
+    exchange_claims: str | None = None
     _gate: _HangGate = field(default_factory=_HangGate, init=False, repr=False, compare=False)
 
     def clear(self) -> None:

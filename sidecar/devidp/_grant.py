@@ -1,28 +1,27 @@
-"""The dev IdP's token endpoint: a client-credentials grant from request body to answer.
+"""The dev IdP's token endpoint: a token request from body to answer, for every grant.
 
 Fault knobs that replace the answer come first; then ``grant_type``, client
 authentication (:class:`~sidecar.devidp._clientauth.ClientAuthenticator`), the
 client's grants (audience and scopes), and issuance, where the token-shaping
-knobs apply.
+knobs apply. The exchange grants (RFC 8693 token exchange and Entra's
+on-behalf-of) continue in :mod:`sidecar.devidp._exchange` once the client is
+authenticated.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import secrets
-import uuid
-from typing import Any
 
 from aiohttp import hdrs, web
 
 from sidecar.clock import Clock
 from sidecar.devidp._clientauth import ClientAuthenticator
-from sidecar.devidp._faults import WRONG_AUDIENCE, Faults
+from sidecar.devidp._exchange import EXCHANGE_GRANTS, ExchangeGrants
+from sidecar.devidp._faults import Faults
+from sidecar.devidp._issuance import TokenIssuer, authorize, client_credentials_claims
 from sidecar.devidp._oauth import (
     GARBAGE,
-    NO_AUDIENCE,
-    NO_STORE,
     RATE_LIMIT,
     SENSITIVE_FIELDS,
     RejectedError,
@@ -32,7 +31,7 @@ from sidecar.devidp._oauth import (
     read_fields,
     status_answer,
 )
-from sidecar.devidp._records import DevClient, MaskedValues, RecordedRequest
+from sidecar.devidp._records import MaskedValues, RecordedRequest
 from sidecar.devidp._state import IdPState
 
 
@@ -48,6 +47,8 @@ class TokenEndpoint:
         self._state = state
         self._clock = clock
         self._authenticator = ClientAuthenticator(state, clock)
+        self._issuer = TokenIssuer(state, clock)
+        self._exchanges = ExchangeGrants(state, clock, self._issuer)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler of the route."""
@@ -125,6 +126,9 @@ class TokenEndpoint:
         grant_type = fields.get("grant_type")
         if not grant_type:
             raise invalid_request("Missing required parameter: grant_type")
+        if grant_type in EXCHANGE_GRANTS:
+            client = self._authenticator.authenticate(request, fields, record)
+            return self._exchanges.answer(request, client, grant_type, fields, plan)
         if grant_type != "client_credentials":
             raise RejectedError(
                 400, "unsupported_grant_type", f"Unsupported grant type: {grant_type}"
@@ -136,77 +140,6 @@ class TokenEndpoint:
                 "unauthorized_client",
                 "Grant type 'client_credentials' not allowed for the client.",
             )
-        audience, scopes = self._authorize(client, fields)
-        return self._issue(request, client, audience, scopes, plan)
-
-    def _authorize(self, client: DevClient, fields: dict[str, str]) -> tuple[str, tuple[str, ...]]:
-        """The audience and scopes to grant (``audience`` wins over RFC 8707 ``resource``)."""
-        audience = fields.get("audience") or fields.get("resource") or self._state.default_audience
-        if not audience:
-            raise RejectedError(403, "access_denied", NO_AUDIENCE)
-        granted = client.audiences.get(audience)
-        if granted is None:
-            raise RejectedError(
-                403,
-                "access_denied",
-                f'Client is not authorized to access "{audience}". You need to create a '
-                '"client-grant" associated to this API.',
-            )
-        requested = fields.get("scope")
-        if requested is None:
-            return audience, granted
-        wanted = tuple(dict.fromkeys(requested.split()))
-        missing = [scope for scope in wanted if scope not in granted]
-        if missing:
-            description = f"Client has not been granted scopes: {' '.join(missing)}"
-            raise RejectedError(403, "invalid_scope", description)
-        return audience, wanted
-
-    def _issue(
-        self,
-        request: web.Request,
-        client: DevClient,
-        audience: str,
-        scopes: tuple[str, ...],
-        plan: Faults,
-    ) -> web.Response:
-        """A successful token answer, shaped by the token knobs of ``plan``."""
-        if plan.opaque:
-            access_token = secrets.token_urlsafe(24)
-        else:
-            claims = self._claims(request, client, audience, scopes, plan)
-            access_token = self._state.keys.sign(claims, unpublished=plan.unpublished_key)
-        body: dict[str, Any] = {"access_token": access_token, "token_type": "Bearer"}
-        if not plan.omit_expires_in:
-            lifetime = self._state.token_lifetime
-            body["expires_in"] = str(lifetime) if plan.expires_in_as_string else lifetime
-        if scopes:
-            body["scope"] = " ".join(scopes)
-        self._state.issued += 1
-        self._state.issued_tokens.append(access_token)
-        return web.json_response(body, headers=NO_STORE)
-
-    def _claims(
-        self,
-        request: web.Request,
-        client: DevClient,
-        audience: str,
-        scopes: tuple[str, ...],
-        plan: Faults,
-    ) -> dict[str, Any]:
-        now = int(self._clock.time())
-        lifetime = self._state.token_lifetime
-        exp = now - 60 if plan.expired else now + lifetime
-        claims: dict[str, Any] = {
-            "iss": self._state.issuer_for(request),
-            "sub": f"{client.client_id}@clients",
-            "aud": WRONG_AUDIENCE if plan.wrong_aud else audience,
-            "azp": client.client_id,
-            "gty": "client-credentials",
-            "iat": exp - lifetime,
-            "exp": exp,
-            "jti": uuid.uuid4().hex,
-        }
-        if scopes:
-            claims["scope"] = " ".join(scopes)
-        return claims
+        audience, scopes = authorize(self._state, client, fields)
+        claims = client_credentials_claims(client, audience, scopes)
+        return self._issuer.answer(request, plan, claims, scope=" ".join(scopes))

@@ -8,6 +8,8 @@ tests drive the IdP with; the attributes tests read are properties over the stat
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -157,6 +159,45 @@ class DevIdP:
     def jwks(self) -> dict[str, Any]:
         """The published public keys, as served at ``/.well-known/jwks.json``."""
         return self._state.keys.jwks()
+
+    def issue_user_token(
+        self,
+        sub: str,
+        audience: str,
+        expires_in: float = 3600,
+        *,
+        issuer: str | None = None,
+        unpublished_key: bool = False,
+        claims: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A user's access token for ``audience``, as this IdP's login flow would issue it.
+
+        Signed by the current signing key (or, with ``unpublished_key``, by a
+        key the JWKS never shows), dated by :attr:`clock`; ``expires_in`` may
+        be negative for an expired token. ``issuer`` overrides ``iss`` (a
+        foreign token); ``claims`` adds or overrides claims. The token is not
+        counted in :attr:`issued`; it is kept in :attr:`user_tokens` for leak scans.
+        """
+        now = self._clock.time()
+        body: dict[str, Any] = {
+            "iss": issuer or self.issuer,
+            "sub": sub,
+            "aud": audience,
+            "azp": "dev-login",
+            "scope": "openid profile",
+            "iat": int(now),
+            "exp": int(now + expires_in),
+            "jti": uuid.uuid4().hex,
+            **(claims or {}),
+        }
+        token = self._state.keys.sign(body, unpublished=unpublished_key)
+        self._state.user_tokens.append(token)
+        return token
+
+    @property
+    def user_tokens(self) -> list[str]:
+        """Every user token :meth:`issue_user_token` made, for leak scans."""
+        return self._state.user_tokens
 
     def verify_token(self, token: str, audience: str) -> dict[str, Any]:
         """Verify ``token`` against the current JWKS, issuer, ``audience`` and clock.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +102,12 @@ class KeyRing:
         headers = {"kid": key.kid, "typ": "JWT"}
         return jwt.encode(claims, key.private_key, algorithm="RS256", headers=headers)
 
-    def verify(self, token: str, *, audience: str, issuer: str, now: float) -> dict[str, Any]:
+    def verify(
+        self, token: str, *, audience: str | Sequence[str], issuer: str, now: float
+    ) -> dict[str, Any]:
         """The claims of ``token``, signed by a published key for ``audience`` and unexpired.
+
+        ``audience`` may be several: the token must name one of them.
 
         Raises a ``jwt.InvalidTokenError`` subclass.
         """

@@ -18,6 +18,12 @@ from aiohttp import hdrs, web
 from sidecar.config import ASYMMETRIC_ALGORITHMS
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: RFC 8693 token exchange (Auth0 On-Behalf-Of, Keycloak, Okta).
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
+#: RFC 7523 JWT bearer grant, as Microsoft Entra uses it for on-behalf-of.
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: RFC 8693 token type of an access token.
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
 #: Auth0 rejects client assertions longer than this many bytes.
 MAX_ASSERTION_BYTES = 2048
 #: Auth0 rejects client assertions whose ``exp`` is further ahead than this.
@@ -29,7 +35,13 @@ AUTH_METHODS = ("client_secret_post", "client_secret_basic", "private_key_jwt")
 #: The algorithms accepted for client assertions, as discovery advertises them.
 ASSERTION_ALGORITHMS = ASYMMETRIC_ALGORITHMS
 #: Body fields that are recorded only masked (see :class:`~sidecar.devidp.MaskedValues`).
-SENSITIVE_FIELDS = ("client_secret", "client_assertion")
+SENSITIVE_FIELDS = (
+    "client_secret",
+    "client_assertion",
+    "subject_token",
+    "assertion",
+    "actor_token",
+)
 #: The cache headers of every token endpoint answer (RFC 6749 §5.1).
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 #: The body of the ``garbage`` fault: a gateway's HTML page under a 200.
@@ -39,22 +51,33 @@ GARBAGE = "<html><body><h1>Service temporarily unavailable</h1></body></html>"
 class RejectedError(Exception):
     """An OAuth error answer; raised inside the token flow, turned into a response once."""
 
-    def __init__(self, status: int, error: str, description: str) -> None:
+    def __init__(
+        self, status: int, error: str, description: str, *, claims: str | None = None
+    ) -> None:
         super().__init__(error)
         self.status = status
         self.error = error
         self.description = description
+        #: An Entra-style ``claims`` challenge (conditional access), sent back as is.
+        self.claims = claims
 
     def response(self) -> web.Response:
-        """Auth0's JSON error answer for this rejection."""
-        return oauth_error(self.status, self.error, self.description)
+        """Auth0's JSON error answer for this rejection (with ``claims`` when there is one)."""
+        return oauth_error(self.status, self.error, self.description, claims=self.claims)
 
 
 def oauth_error(
-    status: int, error: str, description: str, headers: Mapping[str, str] | None = None
+    status: int,
+    error: str,
+    description: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    claims: str | None = None,
 ) -> web.Response:
     """An Auth0 error body (``error``, ``error_description``) with ``no-store`` headers."""
     body = {"error": error, "error_description": description}
+    if claims is not None:
+        body["claims"] = claims
     return web.json_response(body, status=status, headers={**NO_STORE, **(headers or {})})
 
 

@@ -15,8 +15,11 @@ class DevClient:
     """A registered machine-to-machine application.
 
     ``audiences`` maps each API the client may call to the scopes granted
-    there (Auth0 "client grants"); an audience not in it is refused. The repr
-    never shows the secret or the key.
+    there (Auth0 "client grants"); an audience not in it is refused.
+    ``subject_audiences`` are the APIs whose users' tokens the client may
+    exchange (its own API identifier, as Auth0's "Custom API client" has it);
+    the exchange grants are allowed only when named in ``grant_types``. The
+    repr never shows the secret or the key.
     """
 
     client_id: str
@@ -24,6 +27,7 @@ class DevClient:
     public_key_pem: bytes | None = None
     audiences: dict[str, tuple[str, ...]] = field(default_factory=dict)
     grant_types: tuple[str, ...] = ("client_credentials",)
+    subject_audiences: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         secret = "[secure]" if self.client_secret is not None else None
@@ -60,8 +64,10 @@ class MaskedValues(Mapping[str, str]):
 class RecordedRequest:
     """One request to the token endpoint, as the IdP saw and answered it.
 
-    ``fields`` holds the body without ``client_secret`` and ``client_assertion``;
-    those (and a Basic-auth secret) live only in ``sensitive``, which masks them.
+    ``fields`` holds the body without ``client_secret``, ``client_assertion``
+    and the exchanged user tokens (``subject_token``, ``assertion``,
+    ``actor_token``); those (and a Basic-auth secret) live only in
+    ``sensitive``, which masks them.
     ``status`` stays ``None`` while the request hangs and when it was reset.
     """
 
@@ -82,3 +88,8 @@ class RecordedRequest:
     def client_assertion(self) -> str | None:
         """The ``private_key_jwt`` client assertion sent, if any."""
         return self.sensitive.get("client_assertion")
+
+    @property
+    def subject_token(self) -> str | None:
+        """The user's token of an exchange: RFC 8693 ``subject_token`` or OBO ``assertion``."""
+        return self.sensitive.get("subject_token") or self.sensitive.get("assertion")

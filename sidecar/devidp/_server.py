@@ -6,7 +6,13 @@ from aiohttp import web
 
 from sidecar.devidp._faults import Faults
 from sidecar.devidp._grant import TokenEndpoint
-from sidecar.devidp._oauth import ASSERTION_ALGORITHMS, AUTH_METHODS, request_base
+from sidecar.devidp._oauth import (
+    ASSERTION_ALGORITHMS,
+    AUTH_METHODS,
+    JWT_BEARER_GRANT,
+    TOKEN_EXCHANGE_GRANT,
+    request_base,
+)
 from sidecar.devidp._state import IdPState
 
 
@@ -29,7 +35,11 @@ class WellKnownEndpoints:
                 "issuer": self._state.issuer_for(request),
                 "token_endpoint": base + "/oauth/token",
                 "jwks_uri": base + "/.well-known/jwks.json",
-                "grant_types_supported": ["client_credentials"],
+                "grant_types_supported": [
+                    "client_credentials",
+                    TOKEN_EXCHANGE_GRANT,
+                    JWT_BEARER_GRANT,
+                ],
                 "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
                 "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
             }

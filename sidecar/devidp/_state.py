@@ -18,7 +18,7 @@ class IdPState:
     """The state one dev IdP's endpoints share.
 
     Invariants: the counters only grow until :meth:`reset_counters`;
-    ``issued_tokens`` is never cleared (leak scans read it); the issuer, once
+    ``issued_tokens`` and ``user_tokens`` are never cleared (leak scans read them); the issuer, once
     known, changes only through :meth:`set_base_url` when none was given.
     """
 
@@ -37,6 +37,8 @@ class IdPState:
         self.jwks_requests = 0
         self.requests: list[RecordedRequest] = []
         self.issued_tokens: list[str] = []
+        #: Users' tokens minted for tests (never cleared: leak scans read them).
+        self.user_tokens: list[str] = []
 
     @property
     def known_issuer(self) -> str | None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sidecar.config import InlineSecret, ProfileConfig
+from sidecar.config import InlineSecret, ProfileConfig, SubjectConfig
 from sidecar.devidp import DevIdP
 
 AUDIENCE = "https://api.example.com/"
+#: The MCP server's own identifier: the audience of users' tokens in exchange tests.
+MCP_AUDIENCE = "https://mcp.example.com/"
 CLIENT_ID = "sidecar-test-client"
 # Recognisable, so a leak is easy to spot in a failure message.
 CLIENT_SECRET = "s3cret-LEAKCANARY-7f1e9a"
@@ -31,6 +33,21 @@ def make_profile(idp: DevIdP, name: str = "api", **overrides: Any) -> ProfileCon
     }
     fields.update(overrides)
     return ProfileConfig(**fields)
+
+
+def make_exchange_profile(idp: DevIdP, name: str = "user-api", **overrides: Any) -> ProfileConfig:
+    """A token exchange profile for the development IdP; users' tokens checked by its JWKS."""
+    fields: dict[str, Any] = {
+        "grant": "token_exchange",
+        "required": False,
+        "subject": SubjectConfig(
+            issuer=idp.issuer,
+            jwks_url=f"{idp.base_url}/.well-known/jwks.json",
+            audience=MCP_AUDIENCE,
+        ),
+        **overrides,
+    }
+    return make_profile(idp, name, **fields)
 
 
 def write_secret(path: Path, value: str) -> None:

@@ -21,4 +21,8 @@ METRIC_NAMES = (
     "token_sidecar_invalidations_total",
     "token_sidecar_ready",
     "token_sidecar_build_info",
+    "token_sidecar_exchange_total",
+    "token_sidecar_exchange_cache_total",
+    "token_sidecar_exchange_cache_entries",
+    "token_sidecar_exchange_duration_seconds",
 )
