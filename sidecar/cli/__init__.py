@@ -1,10 +1,13 @@
 """The ``token-sidecar`` command line: the parser, ``main``, and ``serve``.
 
 The other commands live one per module: ``token`` (:mod:`sidecar.cli.token`),
-``check`` (:mod:`sidecar.cli.check`) and ``dev`` (:mod:`sidecar.cli.dev`).
+``check`` (:mod:`sidecar.cli.check`), ``dev`` (:mod:`sidecar.cli.dev`) and
+``status`` (:mod:`sidecar.cli.status`).
 
 Exit codes: 0 success; 1 a runtime failure (probe failed, port in use,
 sidecar unreachable, token unavailable); 2 invalid configuration or usage.
+``status`` has its own, for scripts that poll: 0 ready, 1 not ready, 2
+unreachable.
 Expected failures print one clear line on stderr, never a traceback.
 """
 
@@ -26,6 +29,7 @@ from sidecar._version import __version__
 from sidecar.cli._exit import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, fail
 from sidecar.cli.check import run_check
 from sidecar.cli.dev import run_dev
+from sidecar.cli.status import DEFAULT_OPS_URL, run_status
 from sidecar.cli.token import run_token
 from sidecar.config import resolve_config
 from sidecar.daemon import Daemon
@@ -89,6 +93,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--probe", action="store_true", help="also fetch and verify one token per profile"
     )
+
+    status = add(
+        "status",
+        help="show every profile of a running sidecar as a table",
+        description="Show every profile of a running sidecar (state, expiry, next refresh, "
+        "circuit, fallbacks, last error), read from the ops port's /status. Exit 0 when "
+        "ready, 1 when not, 2 when the sidecar cannot be reached.",
+    )
+    source = status.add_mutually_exclusive_group()
+    source.add_argument(
+        "--url",
+        help=f"ops API base URL (default: from --config's ops_listen, else {DEFAULT_OPS_URL})",
+    )
+    source.add_argument("--config", help="TOML config file whose ops_listen to ask")
+    status.add_argument("--json", action="store_true", help="print /status as JSON")
+    status.add_argument("--watch", action="store_true", help="redraw until interrupted")
+    status.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between redraws (default: 2)"
+    )
     return parser
 
 
@@ -139,6 +162,15 @@ def _dispatch(args: argparse.Namespace) -> int:
             socket=args.socket,
             min_ttl=args.min_ttl,
             as_json=args.json,
+            environ=os.environ,
+        )
+    if args.command == "status":
+        return run_status(
+            args.url,
+            config_path=args.config,
+            as_json=args.json,
+            watch=args.watch,
+            interval=args.interval,
             environ=os.environ,
         )
     return run_check(args.config, probe=args.probe)

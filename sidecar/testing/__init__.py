@@ -5,6 +5,8 @@
   process, awaited through the JSON log events it writes, never by sleeping;
   tests and the benchmarks in ``bench/`` share it, with :func:`free_port` and
   :func:`clean_environ`.
+- :class:`PrometheusProcess` (``_prometheus``): a real Prometheus scraping
+  sidecars, for the dashboard's test and its picture.
 - :func:`seed_token` (``_seed``): a profile holds a given token at once, for
   measuring the serving path without an IdP.
 """
@@ -17,6 +19,7 @@ from sidecar.testing._process import (
     clean_environ,
     free_port,
 )
+from sidecar.testing._prometheus import PrometheusError, PrometheusProcess, prometheus_binary
 from sidecar.testing._seed import seed_token
 
 __all__ = [
@@ -24,9 +27,12 @@ __all__ = [
     "START_TIMEOUT",
     "FakeClock",
     "LogEvent",
+    "PrometheusError",
+    "PrometheusProcess",
     "SidecarProcess",
     "clean_environ",
     "free_port",
+    "prometheus_binary",
     "seed_token",
     "settle",
 ]
