@@ -147,10 +147,19 @@ async def test_flushes_under_load_cost_callers_nothing(managed, short_idp, sidec
     flushes = 0
     load_done = asyncio.Event()
 
+    def refreshed_meanwhile() -> bool:
+        return sum(s.count("token.refreshed") for s in sidecars) > refreshed_before
+
     async def caller(sidecar: SidecarProcess) -> None:
-        for _ in range(REQUESTS_PER_CALLER):
+        # The load goes on (bounded) until a refresh ran through the flushed
+        # Redis: on a slow machine the planned requests may all come first.
+        sent = 0
+        while sent < REQUESTS_PER_CALLER or (
+            not refreshed_meanwhile() and sent < 10 * REQUESTS_PER_CALLER
+        ):
             async with http.get(f"{sidecar.url}/v1/token/api", headers=HEADERS) as resp:
                 statuses.append(resp.status)
+            sent += 1
             await asyncio.sleep(PACE)  # paces the load; waits for nothing
 
     async def flusher() -> None:
@@ -170,11 +179,12 @@ async def test_flushes_under_load_cost_callers_nothing(managed, short_idp, sidec
     load_done.set()
     await flushing
 
-    expected = len(sidecars) * CALLERS_PER_SIDECAR * REQUESTS_PER_CALLER
-    assert statuses.count(200) == expected, sorted(set(statuses))
+    planned = len(sidecars) * CALLERS_PER_SIDECAR * REQUESTS_PER_CALLER
+    assert len(statuses) >= planned
+    assert statuses.count(200) == len(statuses), sorted(set(statuses))
     # The flushes raced real fleet work: refreshes through Redis happened during the load.
     assert flushes >= 10
-    assert sum(s.count("token.refreshed") for s in sidecars) > refreshed_before
+    assert refreshed_meanwhile()
     for sidecar in sidecars:
         assert sidecar.count("cache.backend_down") == 0  # a vanished key is no backend error
         _, status = await get_json(http, f"{sidecar.ops}/status")
