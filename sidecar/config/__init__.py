@@ -12,13 +12,17 @@ every other module reads), ``_reader`` (the key-path-tracking table reader and
 the value parsers), ``_document`` (a TOML file, the top-level keys,
 ``[server]`` and ``[cache]``), ``_profile`` (one ``[profiles.NAME]`` table),
 ``_upstream`` (one ``[upstreams.NAME]`` table of proxy mode),
-``_env`` (choosing the source, and the env-only profile) and ``_redact`` (the
-redacted view ``token-sidecar check`` prints). Import the names from here.
+``_env`` (choosing the source, and the env-only profile), ``_redact`` (the
+redacted view ``token-sidecar check`` prints), ``_spec`` and ``_keys`` (every
+key a file may contain, with its kind, default and description: the tables
+the readers accept and :mod:`sidecar.config.schema` renders as JSON Schema).
+Import the names from here.
 """
 
 from sidecar.config._advice import KNOWN_VARIABLES, Advice, advice
 from sidecar.config._document import config_from_mapping, load_config
 from sidecar.config._env import config_from_env, resolve_config
+from sidecar.config._keys import DOCUMENT_KEYS
 from sidecar.config._model import (
     ASYMMETRIC_ALGORITHMS,
     PROFILE_NAME_PATTERN,
@@ -45,9 +49,11 @@ from sidecar.config._model import (
 )
 from sidecar.config._reader import format_duration, format_size, parse_duration, parse_size
 from sidecar.config._redact import redacted, url_view
+from sidecar.config._spec import Key, KeyTable, NamedTables, Subtable, TomlValue
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
+    "DOCUMENT_KEYS",
     "KNOWN_VARIABLES",
     "PROFILE_NAME_PATTERN",
     "UPSTREAM_NAME_PATTERN",
@@ -61,12 +67,17 @@ __all__ = [
     "EnvSecret",
     "FileSecret",
     "InlineSecret",
+    "Key",
+    "KeyTable",
+    "NamedTables",
     "ProfileConfig",
     "RefreshBefore",
     "RefreshDuration",
     "RefreshShare",
     "SecretRef",
     "ServerConfig",
+    "Subtable",
+    "TomlValue",
     "UpstreamConfig",
     "Verify",
     "advice",
