@@ -1,8 +1,9 @@
-"""The keys of a ``[profiles.NAME]`` table, with its ``backoff``, ``breaker`` and ``subject`` tables.
+"""The keys of ``[profiles.NAME]``, with its ``backoff``, ``breaker`` and ``subject`` tables.
 
 Part of the one list of config keys that :mod:`sidecar.config._keys` opens
 with (read its docstring for how a key is added); :mod:`sidecar.config._profile`
-accepts exactly these keys.
+accepts exactly these keys, and :mod:`sidecar.config._exchange` reads the
+``subject`` table and decides which keys a profile's ``grant`` allows.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ SUBJECT_KEYS = KeyTable(
         Key(
             "issuer",
             Text(),
-            'Expected iss of users\' tokens; default: the profile\'s issuer. Only with "jwks".',
+            "Expected iss of users' tokens; default: the profile's issuer. Only with \"jwks\".",
             default=None,
         ),
         Key(

@@ -228,7 +228,10 @@ class When:
 
 @dataclass(frozen=True)
 class WhenSet:
-    """Rules that apply when ``name`` is set, whatever its value (``persist_file`` needs ``key_file``)."""
+    """Rules that apply when ``name`` is set, whatever its value.
+
+    ``persist_file`` set requires ``key_file``; the TLS files require a ``rediss://`` URL.
+    """
 
     name: str
     then: tuple[Rule, ...]
