@@ -141,11 +141,11 @@ def test_a_key_added_to_the_tables_appears_in_the_schema():
     profiles_key = DOCUMENT_KEYS["profiles"]
     assert isinstance(profiles_key.kind, NamedTables)
     profile = profiles_key.kind.table
-    grant = dataclasses.replace(
+    added = dataclasses.replace(
         profile["scope"],
-        name="grant",
-        description="How the token is obtained (a key of a later version).",
-        default="client_credentials",
+        name="dpop_alg",
+        description="Signing algorithm of DPoP proofs (a key of a later version).",
+        default="ES256",
     )
     document = dataclasses.replace(
         DOCUMENT_KEYS,
@@ -154,7 +154,7 @@ def test_a_key_added_to_the_tables_appears_in_the_schema():
                 key,
                 kind=dataclasses.replace(
                     profiles_key.kind,
-                    table=dataclasses.replace(profile, keys=(*profile.keys, grant)),
+                    table=dataclasses.replace(profile, keys=(*profile.keys, added)),
                 ),
             )
             if key is profiles_key
@@ -162,10 +162,10 @@ def test_a_key_added_to_the_tables_appears_in_the_schema():
             for key in DOCUMENT_KEYS.keys
         ),
     )
-    rendered = key_schema(config_schema(document), ("profiles", ANY_NAME, "grant"))
-    assert rendered["description"] == "How the token is obtained (a key of a later version)."
-    assert rendered["default"] == "client_credentials"
-    assert "grant" not in key_schema(config_schema(), ("profiles", ANY_NAME))["properties"]
+    rendered = key_schema(config_schema(document), ("profiles", ANY_NAME, "dpop_alg"))
+    assert rendered["description"] == "Signing algorithm of DPoP proofs (a key of a later version)."
+    assert rendered["default"] == "ES256"
+    assert "dpop_alg" not in key_schema(config_schema(), ("profiles", ANY_NAME))["properties"]
 
 
 # --------------------------------------------------------------------------- defaults and types
@@ -232,6 +232,20 @@ def test_a_value_of_the_wrong_type_is_refused_by_both(declared: DeclaredKey):
 PROFILE = '[profiles.api]\nauth0_domain = "example.us.auth0.com"\nclient_id = "abc"\n'
 SECRET = 'client_secret_file = "/run/secrets/client_secret"\n'
 IDP = 'token_url = "https://idp.example.com/oauth/token"\nclient_id = "abc"\n'
+EXCHANGE = (
+    '[profiles.user]\ngrant = "token_exchange"\nauth0_domain = "example.us.auth0.com"\n'
+    'client_id = "abc"\n' + SECRET + 'audience = "https://api.example.com/"\n'
+)
+SUBJECT = '[profiles.user.subject]\naudience = "https://mcp.example.com/"\n'
+OBO = (
+    '[profiles.graph]\ngrant = "jwt_bearer"\n'
+    + IDP
+    + SECRET
+    + 'jwks_url = "https://idp.example.com/keys"\nissuer = "https://idp.example.com/"\n'
+)
+OBO_SCOPE = 'scope = "https://api.example.com/.default"\n'
+OBO_SUBJECT = '[profiles.graph.subject]\naudience = "api://mcp"\n'
+REDISS = '[cache]\nbackend = "redis"\nurl = "rediss://redis.example.com:6380/0"\n'
 
 GOOD = [
     pytest.param(PROFILE + SECRET, id="minimal"),
@@ -296,6 +310,41 @@ GOOD = [
         '[upstreams.local]\nbase_url = "http://127.0.0.1:8800"\nprofile = "api"\n'
         "allow_http = true\nallow_private = true\n",
         id="upstreams",
+    ),
+    pytest.param(
+        REDISS + 'username = "token-sidecar"\npassword_file = "/run/secrets/redis/password"\n'
+        'ssl_ca_file = "/etc/redis-ca/ca.crt"\nssl_certfile = "/tls/tls.crt"\n'
+        'ssl_keyfile = "/tls/tls.key"\nkey_file = "/run/secrets/cache-key"\n' + PROFILE + SECRET,
+        id="managed Redis",
+    ),
+    pytest.param(
+        '[cache]\nkey_file = "/run/secrets/cache-key"\npersist_file = "/tmp/tokens"\n'
+        + PROFILE
+        + SECRET,
+        id="cold-start cache",
+    ),
+    pytest.param(
+        EXCHANGE
+        + 'scope = "read:things"\nsubject_token_type = "urn:ietf:params:oauth:token-type:jwt"\n'
+        'requested_token_type = "urn:ietf:params:oauth:token-type:access_token"\n'
+        'cache_max_entries = 1000000\nnegative_ttl = 0\nmin_ttl = "1m"\n'
+        '[profiles.user.subject]\nverify = "jwks"\nissuer = "https://users.example.com/"\n'
+        'jwks_url = "https://users.example.com/jwks.json"\naudience = "https://mcp.example.com/"\n'
+        'leeway = "5m"\n',
+        id="token exchange",
+    ),
+    pytest.param(
+        OBO + OBO_SCOPE + 'negative_ttl = "1h"\n' + OBO_SUBJECT + "leeway = 0\n",
+        id="jwt_bearer",
+    ),
+    pytest.param(
+        EXCHANGE + '[profiles.user.subject]\nverify = "none"\n',
+        id="exchange with an unchecked subject",
+    ),
+    pytest.param(
+        PROFILE + SECRET + 'grant = "client_credentials"\nrefresh_before = "25%"\n'
+        "required = false\n",
+        id="client_credentials written out",
     ),
 ]
 
@@ -466,6 +515,121 @@ BAD = [
         "upstreams.b.exchange",
         id="exchange is reserved",
     ),
+    pytest.param(
+        PROFILE + SECRET + 'grant = "password"\n', "profiles.api.grant", id="unknown grant"
+    ),
+    pytest.param(
+        PROFILE + SECRET + "cache_max_entries = 10\n",
+        "profiles.api.cache_max_entries",
+        id="exchange key with client_credentials",
+    ),
+    pytest.param(
+        PROFILE + SECRET + 'subject_token_type = "urn:x"\n',
+        "profiles.api.subject_token_type",
+        id="token type with client_credentials",
+    ),
+    pytest.param(
+        PROFILE + SECRET + '[profiles.api.subject]\naudience = "x"\n',
+        "profiles.api.subject",
+        id="subject with client_credentials",
+    ),
+    pytest.param(
+        EXCHANGE + 'refresh_before = "10m"\n' + SUBJECT,
+        "profiles.user.refresh_before",
+        id="refresh_before with token_exchange",
+    ),
+    pytest.param(
+        EXCHANGE + "required = true\n" + SUBJECT,
+        "profiles.user.required",
+        id="required with token_exchange",
+    ),
+    pytest.param(
+        EXCHANGE + SUBJECT + "[profiles.user.backoff]\nbase = 1\n",
+        "profiles.user.backoff",
+        id="backoff with token_exchange",
+    ),
+    pytest.param(EXCHANGE, "profiles.user.subject.audience", id="exchange without a subject"),
+    pytest.param(
+        EXCHANGE + "[profiles.user.subject]\nleeway = 1\n",
+        "profiles.user.subject.audience",
+        id="subject without an audience",
+    ),
+    pytest.param(
+        EXCHANGE + SUBJECT + 'verify = "none"\n',
+        "profiles.user.subject.audience",
+        id="audience with an unchecked subject",
+    ),
+    pytest.param(
+        EXCHANGE + SUBJECT + 'verify = "claims"\n',
+        "profiles.user.subject.verify",
+        id="unknown subject verify",
+    ),
+    pytest.param(
+        EXCHANGE + SUBJECT + 'colour = "red"\n',
+        "profiles.user.subject.colour",
+        id="unknown subject key",
+    ),
+    pytest.param(
+        EXCHANGE + SUBJECT + 'jwks_url = "http://users.example.com/jwks.json"\n',
+        "profiles.user.subject.jwks_url",
+        id="subject JWKS over plain http",
+    ),
+    pytest.param(
+        EXCHANGE + "cache_max_entries = 0\n" + SUBJECT,
+        "profiles.user.cache_max_entries",
+        id="cache_max_entries 0",
+    ),
+    pytest.param(
+        EXCHANGE + "cache_max_entries = 1000001\n" + SUBJECT,
+        "profiles.user.cache_max_entries",
+        id="cache_max_entries above the limit",
+    ),
+    pytest.param(
+        EXCHANGE + "negative_ttl = -1\n" + SUBJECT,
+        "profiles.user.negative_ttl",
+        id="negative negative_ttl",
+    ),
+    pytest.param(
+        EXCHANGE + 'extra_params = { subject_token = "x" }\n' + SUBJECT,
+        "profiles.user.extra_params.subject_token",
+        id="reserved exchange param",
+    ),
+    pytest.param(OBO + OBO_SUBJECT, "profiles.graph.scope", id="jwt_bearer without a scope"),
+    pytest.param(
+        OBO + OBO_SCOPE + 'resource = "https://api.example.com/"\n' + OBO_SUBJECT,
+        "profiles.graph.resource",
+        id="resource with jwt_bearer",
+    ),
+    pytest.param(
+        OBO + OBO_SCOPE + 'requested_token_type = "urn:x"\n' + OBO_SUBJECT,
+        "profiles.graph.requested_token_type",
+        id="token type with jwt_bearer",
+    ),
+    pytest.param(
+        '[cache]\npersist_file = "/tmp/tokens"\n' + PROFILE + SECRET,
+        "cache.persist_file",
+        id="persist_file without key_file",
+    ),
+    pytest.param(
+        '[cache]\nssl_ca_file = "/etc/redis-ca/ca.crt"\n' + PROFILE + SECRET,
+        "cache.ssl_ca_file",
+        id="TLS file without a URL",
+    ),
+    pytest.param(
+        '[cache]\nurl = "redis://redis:6379"\nssl_certfile = "/c.pem"\nssl_keyfile = "/k.pem"\n'
+        + PROFILE
+        + SECRET,
+        "cache.ssl_certfile",
+        id="TLS files with a redis:// URL",
+    ),
+    pytest.param(
+        REDISS + 'ssl_certfile = "/c.pem"\n' + PROFILE + SECRET,
+        "cache.ssl_keyfile",
+        id="client certificate without its key",
+    ),
+    pytest.param(
+        REDISS + "username = 7\n" + PROFILE + SECRET, "cache.username", id="username not a string"
+    ),
 ]
 
 #: Rules that need more than one value's shape: only the loader (and so `check`) knows them.
@@ -504,6 +668,61 @@ LOADER_ONLY = [
         '[cache]\nbackend = "redis"\n[profiles.api]\n' + IDP + SECRET,
         "profiles.api.verify",
         id="fleet mode without trust",
+    ),
+    pytest.param(
+        PROFILE
+        + SECRET
+        + '[upstreams.b]\nbase_url = "https://b.example.com"\nprofile = "user"\n'
+        + EXCHANGE
+        + SUBJECT,
+        "upstreams.b.profile",
+        id="upstream names an exchange profile",
+    ),
+    pytest.param(
+        EXCHANGE + 'negative_ttl = "2h"\n' + SUBJECT,
+        "profiles.user.negative_ttl",
+        id="negative_ttl above 1h",
+    ),
+    pytest.param(
+        EXCHANGE + SUBJECT + 'leeway = "10m"\n',
+        "profiles.user.subject.leeway",
+        id="leeway above 5m",
+    ),
+    pytest.param(
+        EXCHANGE.replace('auth0_domain = "example.us.auth0.com"', IDP.splitlines()[0])
+        + 'jwks_url = "https://idp.example.com/keys"\n'
+        + SUBJECT,
+        "profiles.user.subject.issuer",
+        id="subject issuer known nowhere",
+    ),
+    pytest.param(
+        '[cache]\nkey_file = "/run/secrets/cache-key"\n'
+        'persist_file = "/nonexistent-token-sidecar/tokens"\n' + PROFILE + SECRET,
+        "cache.persist_file",
+        id="persist_file in a missing directory",
+    ),
+    pytest.param(
+        '[cache]\nkey_file = "/tmp/key"\npersist_file = "/tmp/key"\n' + PROFILE + SECRET,
+        "cache.persist_file",
+        id="persist_file is the key file",
+    ),
+    pytest.param(
+        REDISS + 'username = "token-sidecar"\n' + PROFILE + SECRET,
+        "cache.username",
+        id="Redis user without a password",
+    ),
+    pytest.param(
+        REDISS.replace("rediss://", "rediss://:pw@")
+        + 'password_file = "/run/secrets/pw"\n'
+        + PROFILE
+        + SECRET,
+        "cache.password_file",
+        id="Redis password twice",
+    ),
+    pytest.param(
+        REDISS.replace("6380/0", "6380/0?ssl_cert_reqs=none") + PROFILE + SECRET,
+        "cache.url",
+        id="Redis URL without certificate checks",
     ),
 ]
 

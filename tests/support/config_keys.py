@@ -77,6 +77,33 @@ BASES: tuple[dict[str, Any], ...] = (
             }
         },
     },
+    {
+        "cache": {"url": "rediss://redis.example.com:6380/0"},
+        "profiles": {
+            "x": {
+                "grant": "token_exchange",
+                "auth0_domain": "example.us.auth0.com",
+                **_CLIENT,
+                "audience": "https://api.example.com/",
+                "subject": {"audience": "https://mcp.example.com/"},
+            }
+        },
+    },
+    {
+        "profiles": {
+            "j": {
+                "grant": "jwt_bearer",
+                "token_url": f"{_IDP}/oauth2/v2.0/token",
+                "jwks_url": f"{_IDP}/discovery/v2.0/keys",
+                "issuer": f"{_IDP}/v2.0",
+                "client_id": "abc",
+                "client_auth": "private_key_jwt",
+                "private_key_file": "/run/secrets/key.pem",
+                "scope": "https://api.example.com/.default",
+                "subject": {"verify": "none"},
+            }
+        }
+    },
 )
 
 
