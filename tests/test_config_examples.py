@@ -1,8 +1,9 @@
 """Every TOML config example the project shows validates against docs/config.schema.json.
 
 Examples are the ```toml blocks of README.md, docs/*.md and the READMEs under
-examples/ and deploy/, the *.toml files there, and the config.toml of the
-Kubernetes ConfigMap. A block with a ``[profiles.NAME]`` table is a whole
+examples/ and deploy/ (indented ones in list items too; a block opening with
+``# fly.toml`` is Fly's file, not a config), the *.toml files there, and the
+config.toml of the Kubernetes ConfigMap. A block with a ``[profiles.NAME]`` table is a whole
 config file: it starts with the ``#:schema`` line TOML editors read, and the
 loader must accept it too. Other blocks are fragments (a ``[cache]`` table
 alone, an upstream): they are checked against the schema without its
@@ -32,7 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / "docs" / "config.schema.json"
 #: The #:schema line; its path is relative to the config file, so it may differ.
 _DIRECTIVE = re.compile(r"#:schema (\S*config\.schema\.json)")
-_BLOCK = re.compile(r"^```toml\n(.*?)^```", re.DOTALL | re.MULTILINE)
+#: A ```toml block, also one indented in a list item (its indent is removed).
+_BLOCK = re.compile(r"^( *)```toml\n(.*?)^\1```", re.DOTALL | re.MULTILINE)
+#: The first line of a block that shows another program's TOML file, not a config.
+_OTHER_FILES = ("# fly.toml",)
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,20 @@ def _markdown_files() -> list[Path]:
     return found
 
 
+def _dedent(block: str, indent: str) -> str:
+    return "".join(line.removeprefix(indent) for line in block.splitlines(keepends=True))
+
+
 def _examples() -> list[Example]:
     examples = []
     for path in _markdown_files():
         text = path.read_text(encoding="utf-8")
         for match in _BLOCK.finditer(text):
+            block = _dedent(match.group(2), match.group(1))
+            if block.startswith(_OTHER_FILES):
+                continue
             line = text.count("\n", 0, match.start()) + 1
-            examples.append(Example(f"{path.relative_to(ROOT)}:{line}", match.group(1)))
+            examples.append(Example(f"{path.relative_to(ROOT)}:{line}", block))
     examples += [
         Example(str(path.relative_to(ROOT)), path.read_text(encoding="utf-8"))
         for folder in ("examples", "deploy")
@@ -107,6 +118,9 @@ def test_the_examples_are_found():
     } <= (places)
     assert len(MARKDOWN_WHOLE) >= 3
     assert FRAGMENTS
+    indented = [example for example in EXAMPLES if example.where.startswith("docs/deploy.md:")]
+    assert any("rediss://" in example.text for example in indented)  # in a numbered step
+    assert not any("[[files]]" in example.text for example in EXAMPLES)  # fly.toml is skipped
 
 
 @pytest.mark.parametrize("example", WHOLE, ids=where)
