@@ -601,6 +601,25 @@ async def test_secret_rotation_switches_secrets_at_once(client, idp):
     assert (await post(client, data=form(client_secret="fresh-secret")))[0] == 200
 
 
+async def test_a_file_backed_secret_is_read_at_each_request(client, idp, tmp_path):
+    """With secret_file the IdP accepts what the file holds now: rewriting it rotates the secret."""
+    secret_file = tmp_path / "client_secret"
+    secret_file.write_text("first-secret\n")
+    idp.add_client(DevClient("filed", audiences={API: SCOPES}, secret_file=secret_file))
+    filed = form(client_id="filed", client_secret="first-secret")
+    assert (await post(client, data=filed))[0] == 200
+    secret_file.write_text("second-secret")
+    assert (await post(client, data=filed))[0] == 401
+    assert (await post(client, data={**filed, "client_secret": "second-secret"}))[0] == 200
+    secret_file.unlink()
+    assert (await post(client, data={**filed, "client_secret": "second-secret"}))[0] == 401
+    assert repr(idp.clients["filed"]) == (
+        "DevClient(client_id='filed', client_secret=None, public_key_pem=None, "
+        "audiences=['https://api.example.com/'], grant_types=('client_credentials',), "
+        f"secret_file={str(secret_file)!r})"
+    )
+
+
 async def test_openid_configuration_points_at_the_endpoints(client, idp):
     """Discovery names the issuer, token endpoint and JWKS URI."""
     async with client.get("/.well-known/openid-configuration") as response:

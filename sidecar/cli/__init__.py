@@ -24,11 +24,12 @@ import functools
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from sidecar._version import __version__
 from sidecar.cli._exit import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, fail
 from sidecar.cli.check import run_check
-from sidecar.cli.dev import run_dev
+from sidecar.cli.dev import IDP_ONLY_PORT, run_dev, run_idp_only
 from sidecar.cli.status import DEFAULT_OPS_URL, run_status
 from sidecar.cli.token import run_token
 from sidecar.config import resolve_config
@@ -63,10 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8700, help="token API port on 127.0.0.1")
     dev.add_argument("--ops-port", type=int, default=9700, help="ops API port on 127.0.0.1")
     dev.add_argument(
-        "--idp-port", type=int, default=0, help="dev IdP port on 127.0.0.1 (default: any free one)"
+        "--idp-port",
+        type=int,
+        default=None,
+        help=f"dev IdP port on 127.0.0.1 (default: any free one; {IDP_ONLY_PORT} with --idp-only)",
     )
     dev.add_argument(
         "--token-lifetime", type=int, default=3600, help="seconds each dev token lives"
+    )
+    dev.add_argument(
+        "--idp-only",
+        action="store_true",
+        help="run the dev IdP alone and write a config for `serve` (--port, --ops-port go there)",
+    )
+    dev.add_argument(
+        "--dir",
+        type=Path,
+        help="with --idp-only: where the client secret and the config go (default: a temp dir)",
     )
 
     token = add(
@@ -143,18 +157,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def _dev(args: argparse.Namespace) -> int:
+    if args.dir is not None and not args.idp_only:
+        fail("--dir is only used with --idp-only")
+        return EXIT_CONFIG
+    if args.idp_only:
+        return asyncio.run(
+            run_idp_only(
+                idp_port=IDP_ONLY_PORT if args.idp_port is None else args.idp_port,
+                port=args.port,
+                ops_port=args.ops_port,
+                token_lifetime=args.token_lifetime,
+                directory=args.dir,
+            )
+        )
+    return asyncio.run(
+        run_dev(
+            port=args.port,
+            ops_port=args.ops_port,
+            idp_port=args.idp_port or 0,
+            token_lifetime=args.token_lifetime,
+        )
+    )
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return serve(args.config)
     if args.command == "dev":
-        return asyncio.run(
-            run_dev(
-                port=args.port,
-                ops_port=args.ops_port,
-                idp_port=args.idp_port,
-                token_lifetime=args.token_lifetime,
-            )
-        )
+        return _dev(args)
     if args.command == "token":
         return run_token(
             args.profile,

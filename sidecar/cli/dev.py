@@ -1,21 +1,34 @@
-"""``token-sidecar dev``: the development IdP and a sidecar wired to it, in one process.
+"""``token-sidecar dev``: the development IdP and a sidecar wired to it, or the IdP alone.
 
-Needs no config and no network: the IdP is the embedded Auth0-compatible
-:mod:`sidecar.devidp` on an ephemeral loopback port, with a generated client
-secret that exists only in this process. Besides the ``demo`` profile
-(client credentials) it runs ``demo-user``, a token exchange profile, and
-prints a user's token the dev IdP issued, ready to exchange.
+Needs no config and no network. Plain ``dev`` runs the embedded
+Auth0-compatible :mod:`sidecar.devidp` on an ephemeral loopback port, with a
+generated client secret that exists only in this process, and a sidecar wired
+to it: besides the ``demo`` profile (client credentials) it runs
+``demo-user``, a token exchange profile, and prints a user's token the dev
+IdP issued, ready to exchange. ``dev --idp-only`` runs the IdP alone on a
+fixed port with a fixed client id and a secret in a file, and writes (and
+prints) a config that points ``serve`` at it, so ``serve``, ``check --probe``,
+SIGHUP and secret rotation can be tried without an IdP tenant.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
+import json
+import os
 import secrets
+import shutil
+import signal
 import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 from sidecar.config import Config, InlineSecret, ProfileConfig, ServerConfig, SubjectConfig
+from sidecar.config.schema import schema_text
 from sidecar.daemon import Daemon
 from sidecar.devidp import TOKEN_EXCHANGE_GRANT, DevClient, DevIdP
 from sidecar.errors import ListenError
@@ -29,6 +42,9 @@ DEMO_AUDIENCE = "https://api.example.com/"
 DEMO_MCP_AUDIENCE = "https://mcp.example.com/"
 DEMO_USER = "alice"
 DEMO_SCOPE = "read:tools"
+DEMO_GRANTED_SCOPES = ("read:tools", "write:tools")
+#: ``dev --idp-only`` listens here unless told otherwise, so its printed config stays valid.
+IDP_ONLY_PORT = 8600
 
 
 def demo_config(idp: DevIdP, secret: str, *, port: int, ops_port: int) -> Config:
@@ -106,7 +122,7 @@ async def run_dev(*, port: int, ops_port: int, token_lifetime: int, idp_port: in
         DevClient(
             client_id=DEMO_CLIENT_ID,
             client_secret=secret,
-            audiences={DEMO_AUDIENCE: ("read:tools", "write:tools")},
+            audiences={DEMO_AUDIENCE: DEMO_GRANTED_SCOPES},
             grant_types=("client_credentials", TOKEN_EXCHANGE_GRANT),
             subject_audiences=(DEMO_MCP_AUDIENCE,),
         )
@@ -126,3 +142,132 @@ async def run_dev(*, port: int, ops_port: int, token_lifetime: int, idp_port: in
     finally:
         await idp.stop()
     return 0
+
+
+# --------------------------------------------------------------------------- dev --idp-only
+
+
+@dataclass(frozen=True)
+class IdPOnlyFiles:
+    """The files ``dev --idp-only`` keeps in its directory: what a ``serve`` config needs."""
+
+    directory: Path
+
+    @property
+    def secret(self) -> Path:
+        """The client secret: the IdP accepts what this file holds at each request."""
+        return self.directory / "client_secret"
+
+    @property
+    def config(self) -> Path:
+        """A config that points ``serve`` at the IdP."""
+        return self.directory / "config.toml"
+
+    @property
+    def schema(self) -> Path:
+        """The config's JSON Schema, named by its ``#:schema`` line for editors."""
+        return self.directory / "config.schema.json"
+
+    def ensure_secret(self) -> None:
+        """Keep the secret the file holds (a restart changes nothing), else write a new one."""
+        try:
+            if self.secret.read_text(encoding="utf-8").strip():
+                return
+        except FileNotFoundError:
+            pass
+        fd = os.open(self.secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+
+
+def _toml_string(value: str) -> str:
+    # A JSON string without ASCII escaping is a valid TOML basic string.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def idp_only_config(idp: DevIdP, files: IdPOnlyFiles, *, port: int, ops_port: int) -> str:
+    """The TOML config that points ``serve`` at ``idp`` with the client of ``files``."""
+    base = idp.base_url
+    return (
+        "#:schema ./config.schema.json\n"
+        "# Written by `token-sidecar dev --idp-only`: a profile against its development IdP.\n"
+        "[server]\n"
+        f'listen = "127.0.0.1:{port}"\n'
+        f'ops_listen = "127.0.0.1:{ops_port}"\n'
+        "\n"
+        f"[profiles.{DEMO_PROFILE}]\n"
+        f'token_url = "{base}/oauth/token"\n'
+        f'issuer = "{idp.issuer}"\n'
+        f'jwks_url = "{base}/.well-known/jwks.json"\n'
+        f'client_id = "{DEMO_CLIENT_ID}"\n'
+        f"client_secret_file = {_toml_string(str(files.secret))}\n"
+        f'audience = "{DEMO_AUDIENCE}"\n'
+        f'scope = "{DEMO_SCOPE}"\n'
+    )
+
+
+def _announce_idp_only(idp: DevIdP, files: IdPOnlyFiles, config: str, port: int) -> None:
+    path = files.config
+    sys.stdout.write(
+        f"token-sidecar dev --idp-only: a development IdP at {idp.issuer}\n"
+        f"Client id: {DEMO_CLIENT_ID}   Client secret: in {files.secret}\n"
+        f"Audience: {DEMO_AUDIENCE}   Scopes granted: {' '.join(DEMO_GRANTED_SCOPES)}\n"
+        f"\nA config for serve, written to {path}:\n\n{config}\n"
+        "Try it:\n\n"
+        f"  token-sidecar check --config {path} --probe\n"
+        f"  token-sidecar serve --config {path}\n"
+        f"  token-sidecar token {DEMO_PROFILE} --url http://127.0.0.1:{port}\n\n"
+        "Edit the config and send serve a SIGHUP to reload it. Rotate the secret by writing\n"
+        f"a new one to {files.secret}: the IdP accepts only what the file holds, and serve\n"
+        "re-reads it within 10 s.\n"
+        "Stop with Ctrl-C.\n"
+    )
+    sys.stdout.flush()
+
+
+async def run_idp_only(
+    *, idp_port: int, port: int, ops_port: int, token_lifetime: int, directory: Path | None
+) -> int:
+    """Run the development IdP alone until SIGINT/SIGTERM; write its client's files first."""
+    created = directory is None
+    folder = Path(tempfile.mkdtemp(prefix="token-sidecar-dev-")) if directory is None else directory
+    folder.mkdir(parents=True, exist_ok=True)
+    files = IdPOnlyFiles(folder.resolve())
+    files.ensure_secret()
+    idp = DevIdP(audience=DEMO_AUDIENCE, token_lifetime=token_lifetime)
+    idp.add_client(
+        DevClient(
+            client_id=DEMO_CLIENT_ID,
+            audiences={DEMO_AUDIENCE: DEMO_GRANTED_SCOPES},
+            secret_file=files.secret,
+        )
+    )
+    try:
+        await idp.start(port=idp_port)
+    except OSError as exc:
+        sys.stderr.write(f"token-sidecar: dev IdP cannot listen: {exc.strerror} (try --idp-port)\n")
+        return 1
+    try:
+        config = idp_only_config(idp, files, port=port, ops_port=ops_port)
+        files.config.write_text(config, encoding="utf-8")
+        files.schema.write_text(schema_text(), encoding="utf-8")
+        _announce_idp_only(idp, files, config, port)
+        await _until_stopped()
+    finally:
+        await idp.stop()
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+async def _until_stopped() -> None:
+    """Return at SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -13,16 +13,20 @@ the value parsers), ``_document`` (a TOML file, the top-level keys,
 ``[server]``), ``_cache`` (``[cache]``: the backend and how to reach Redis),
 ``_profile`` (one ``[profiles.NAME]`` table), ``_exchange`` (what a
 profile's ``grant`` allows, and the keys of token exchange profiles with
-their ``subject`` table), ``_upstream`` (one
-``[upstreams.NAME]`` table of proxy mode), ``_env`` (choosing the source,
-and the env-only profile) and ``_redact`` (the redacted view
-``token-sidecar check`` prints). Import the names from here.
+their ``subject`` table), ``_upstream`` (one ``[upstreams.NAME]`` table of
+proxy mode), ``_env`` (choosing the source, and the env-only profile),
+``_redact`` (the redacted view ``token-sidecar check`` prints), ``_spec``,
+``_keys`` and ``_profile_keys`` (every key a file may contain, with its kind,
+default and description: the tables the readers accept and
+:mod:`sidecar.config.schema` renders as JSON Schema). Import the names from
+here.
 """
 
 from sidecar.config._advice import KNOWN_VARIABLES, Advice, advice
 from sidecar.config._cache import UrlCredentials, url_credentials
 from sidecar.config._document import config_from_mapping, load_config
 from sidecar.config._env import config_from_env, resolve_config
+from sidecar.config._keys import DOCUMENT_KEYS
 from sidecar.config._model import (
     ACCESS_TOKEN_TYPE,
     ASYMMETRIC_ALGORITHMS,
@@ -53,10 +57,12 @@ from sidecar.config._model import (
 )
 from sidecar.config._reader import format_duration, format_size, parse_duration, parse_size
 from sidecar.config._redact import redacted, url_view
+from sidecar.config._spec import Key, KeyTable, NamedTables, Subtable, TomlValue
 
 __all__ = [
     "ACCESS_TOKEN_TYPE",
     "ASYMMETRIC_ALGORITHMS",
+    "DOCUMENT_KEYS",
     "KNOWN_VARIABLES",
     "PROFILE_NAME_PATTERN",
     "UPSTREAM_NAME_PATTERN",
@@ -71,6 +77,9 @@ __all__ = [
     "FileSecret",
     "Grant",
     "InlineSecret",
+    "Key",
+    "KeyTable",
+    "NamedTables",
     "ProfileConfig",
     "RefreshBefore",
     "RefreshDuration",
@@ -79,6 +88,8 @@ __all__ = [
     "ServerConfig",
     "SubjectConfig",
     "SubjectVerify",
+    "Subtable",
+    "TomlValue",
     "UpstreamConfig",
     "UrlCredentials",
     "Verify",

@@ -1,5 +1,6 @@
 """The ``[cache]`` table: the backend, the Redis URL, and how to reach a managed Redis.
 
+The table's keys are declared in :mod:`sidecar.config._keys` (``CACHE_KEYS``).
 Rules checked here, from the table alone (files are read later, when a
 Redis backend is built: :mod:`sidecar.fleet`):
 
@@ -22,18 +23,13 @@ from pathlib import Path
 from typing import cast, get_args
 from urllib.parse import parse_qs, urlsplit
 
+from sidecar.config._keys import NAMESPACE_PATTERN, REDIS_TLS_KEYS
 from sidecar.config._model import CacheBackend, CacheConfig
 from sidecar.config._reader import Table
 
-CACHE_KEYS = (
-    *("backend", "url", "namespace", "key_file"),
-    *("username", "password_file", "ssl_ca_file", "ssl_certfile", "ssl_keyfile"),
-    "persist_file",
-)
 _BACKENDS: tuple[str, ...] = get_args(CacheBackend)
 _SCHEMES = ("redis", "rediss", "unix")
-_TLS_KEYS = ("ssl_ca_file", "ssl_certfile", "ssl_keyfile")
-_NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]+")
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
 #: Query values redis-py reads as "do not check the server's certificate".
 _NO_VERIFY = {
     "ssl_cert_reqs": {"none", "optional"},
@@ -136,7 +132,7 @@ def _url(t: Table) -> str:
 
 def _check_tls(t: Table, config: CacheConfig) -> None:
     if not config.url.startswith("rediss://"):
-        for key in _TLS_KEYS:
+        for key in REDIS_TLS_KEYS:
             if getattr(config, key) is not None:
                 raise t.error(key, "TLS files need a rediss:// URL (cache.url is not TLS)")
     if (config.ssl_certfile is None) != (config.ssl_keyfile is None):

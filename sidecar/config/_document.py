@@ -16,27 +16,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sidecar.config._cache import CACHE_KEYS, read_cache
+from sidecar.config._cache import read_cache
+from sidecar.config._keys import CACHE_KEYS, DOCUMENT_KEYS, OCTAL_MODE_PATTERN, SERVER_KEYS
 from sidecar.config._model import Config, ServerConfig, is_loopback_host
 from sidecar.config._profile import read_profiles
 from sidecar.config._reader import Table, read_address
 from sidecar.config._upstream import read_upstreams
 from sidecar.errors import ConfigError
 
-_TOP_KEYS = ("server", "cache", "profiles", "upstreams")
-_SERVER_KEYS = (
-    "listen",
-    "socket",
-    "socket_mode",
-    "allow_uids",
-    "ops_listen",
-    "allow_non_loopback",
-    "access_log",
-    "max_connections",
-    "header_timeout",
-    "keepalive_timeout",
-)
-_SOCKET_MODE = re.compile(r"[0-7]{3,4}")
+_SOCKET_MODE = re.compile(OCTAL_MODE_PATTERN)
 
 
 # --------------------------------------------------------------------------- sections
@@ -76,7 +64,7 @@ def _socket_mode(t: Table) -> int:
     if value == "":
         return ServerConfig.socket_mode
     # A TOML integer is refused on purpose: `socket_mode = 660` would be decimal.
-    if not isinstance(value, str) or not _SOCKET_MODE.fullmatch(value) or int(value, 8) > 0o777:
+    if not isinstance(value, str) or not _SOCKET_MODE.fullmatch(value):
         raise t.error("socket_mode", 'expected a string of octal digits, like "0660"')
     return int(value, 8)
 
@@ -87,12 +75,12 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str) -> Config:
     Raises:
         ConfigError: naming ``source``, the key path and the problem.
     """
-    root = Table(data, source=source, path="", allowed=_TOP_KEYS)
+    root = Table(data, source=source, path="", allowed=DOCUMENT_KEYS.names)
     profiles = read_profiles(root)
     config = Config(
         profiles=profiles,
-        server=_server(root.table("server", _SERVER_KEYS)),
-        cache=read_cache(root.table("cache", CACHE_KEYS)),
+        server=_server(root.table("server", SERVER_KEYS.names)),
+        cache=read_cache(root.table("cache", CACHE_KEYS.names)),
         source=source,
         upstreams=read_upstreams(root, profiles),
     )

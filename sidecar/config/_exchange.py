@@ -6,7 +6,8 @@ profiles hold one token and refresh it (``refresh_before``, ``required``,
 tokens per request and hold a per-user cache (``cache_max_entries``,
 ``negative_ttl``) and the local subject check (``[profiles.NAME.subject]``).
 A key of the other kind is refused, naming the grant it belongs to, so a
-config never carries a setting that silently does nothing.
+config never carries a setting that silently does nothing. The keys are
+declared in :mod:`sidecar.config._profile_keys`.
 :func:`read_grant` and :func:`read_exchange` are called by
 :mod:`sidecar.config._profile`.
 """
@@ -21,26 +22,17 @@ from sidecar.config._model import (
     SubjectConfig,
     SubjectVerify,
 )
+from sidecar.config._profile_keys import (
+    CLIENT_CREDENTIALS_KEYS,
+    EXCHANGE_KEYS,
+    MAX_CACHE_ENTRIES,
+    SUBJECT_KEYS,
+    TOKEN_EXCHANGE_KEYS,
+)
 from sidecar.config._reader import Table, format_duration, read_http_url
 
 _GRANTS: tuple[str, ...] = get_args(Grant)
 _SUBJECT_VERIFY: tuple[str, ...] = get_args(SubjectVerify)
-_SUBJECT_KEYS = ("verify", "issuer", "jwks_url", "audience", "leeway")
-#: Keys only a ``token_exchange`` or ``jwt_bearer`` profile reads.
-EXCHANGE_KEYS = ("cache_max_entries", "negative_ttl", "subject")
-#: Keys only a ``token_exchange`` profile reads (RFC 8693 form fields).
-TOKEN_EXCHANGE_KEYS = ("subject_token_type", "requested_token_type")
-#: Keys only a ``client_credentials`` profile reads: per-user tokens are never refreshed.
-CLIENT_CREDENTIALS_KEYS = ("refresh_before", "required", "backoff")
-#: Form fields of the exchange grants; ``extra_params`` may not override them.
-EXCHANGE_PARAMS = frozenset(
-    {
-        *("subject_token", "subject_token_type", "requested_token_type"),
-        *("actor_token", "actor_token_type", "assertion", "requested_token_use"),
-    }
-)
-#: The largest cache an exchange profile may ask for (entries are a few hundred bytes each).
-MAX_CACHE_ENTRIES = 1_000_000
 #: How long a rejection may be remembered at most: longer would lock a user out for long.
 MAX_NEGATIVE_TTL = 3600.0
 #: The most clock skew granted on a subject token's ``exp``.
@@ -108,7 +100,7 @@ def read_exchange(
             maximum=MAX_CACHE_ENTRIES,
         ),
         negative_ttl=negative_ttl,
-        subject=_subject(t.table("subject", _SUBJECT_KEYS), issuer=issuer, jwks_url=jwks_url),
+        subject=_subject(t.table("subject", SUBJECT_KEYS.names), issuer=issuer, jwks_url=jwks_url),
     )
 
 

@@ -16,14 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple, cast, get_args
 
-from sidecar.config._exchange import (
-    CLIENT_CREDENTIALS_KEYS,
-    EXCHANGE_KEYS,
-    EXCHANGE_PARAMS,
-    TOKEN_EXCHANGE_KEYS,
-    read_exchange,
-    read_grant,
-)
+from sidecar.config._exchange import read_exchange, read_grant
 from sidecar.config._model import (
     ASYMMETRIC_ALGORITHMS,
     PROFILE_NAME_PATTERN,
@@ -40,38 +33,17 @@ from sidecar.config._model import (
     SecretRef,
     Verify,
 )
+from sidecar.config._profile_keys import (
+    ASSERTION_KEYS,
+    AUTH0_DOMAIN_PATTERN,
+    BACKOFF_KEYS,
+    BREAKER_KEYS,
+    CLIENT_SECRET_KEYS,
+    PROFILE_KEYS,
+    RESERVED_PARAMS,
+)
 from sidecar.config._reader import Table, format_duration, one_of, read_http_url
 
-_BACKOFF_KEYS = ("base", "cap")
-_BREAKER_KEYS = ("failures", "reset")
-_ASSERTION_KEYS = ("private_key_file", "private_key_kid", "assertion_alg", "assertion_audience")
-_PROFILE_KEYS = (
-    *("auth0_domain", "token_url", "issuer", "jwks_url"),
-    *("client_id", "client_id_file", "client_id_env"),
-    *("client_secret", "client_secret_file", "client_secret_env", "client_auth"),
-    *_ASSERTION_KEYS,
-    *("audience", "resource", "scope", "extra_params"),
-    *("refresh_before", "min_ttl", "wait_timeout", "verify", "allow_uids"),
-    *("connect_timeout", "timeout", "breaker", "grant"),
-    *CLIENT_CREDENTIALS_KEYS,
-    *EXCHANGE_KEYS,
-    *TOKEN_EXCHANGE_KEYS,
-)
-# Form fields the sidecar sends itself; letting extra_params override them
-# would silently change the grant or leak a second credential.
-_RESERVED_PARAMS = frozenset(
-    {
-        "grant_type",
-        "client_id",
-        "client_secret",
-        "client_assertion",
-        "client_assertion_type",
-        "audience",
-        "resource",
-        "scope",
-        *EXCHANGE_PARAMS,
-    }
-)
 _CLIENT_AUTHS: tuple[str, ...] = get_args(ClientAuth)
 _VERIFY_MODES: tuple[str, ...] = get_args(Verify)
 
@@ -86,15 +58,14 @@ def read_profiles(root: Table) -> MappingProxyType[str, ProfileConfig]:
             "profiles", "at least one profile is required: add a [profiles.NAME] table"
         )
     tables = root.named_tables(
-        "profiles", kind="profile", pattern=PROFILE_NAME_PATTERN, allowed=_PROFILE_KEYS
+        "profiles", kind="profile", pattern=PROFILE_NAME_PATTERN, allowed=PROFILE_KEYS.names
     )
     return MappingProxyType({name: _profile(name, table) for name, table in tables})
 
 
 # --------------------------------------------------------------------------- profiles
 
-_SECRET_KEYS = ("client_secret", "client_secret_file", "client_secret_env")
-_AUTH0_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+_AUTH0_DOMAIN = re.compile(AUTH0_DOMAIN_PATTERN)
 
 
 class _Endpoint(NamedTuple):
@@ -146,8 +117,8 @@ def _profile(name: str, t: Table) -> ProfileConfig:
         allow_uids=t.uids("allow_uids"),
         connect_timeout=connect_timeout,
         timeout=timeout,
-        backoff=_backoff(t.table("backoff", _BACKOFF_KEYS)),
-        breaker=_breaker(t.table("breaker", _BREAKER_KEYS)),
+        backoff=_backoff(t.table("backoff", BACKOFF_KEYS.names)),
+        breaker=_breaker(t.table("breaker", BREAKER_KEYS.names)),
         grant=grant,
         subject_token_type=exchange.subject_token_type,
         requested_token_type=exchange.requested_token_type,
@@ -202,14 +173,14 @@ def _client_authentication(t: Table) -> _ClientAuthentication:
     if method == "private_key_jwt":
         if secret is not None:
             raise t.error(
-                next(name for name in _SECRET_KEYS if t.has(name)),
+                next(name for name in CLIENT_SECRET_KEYS if t.has(name)),
                 "client_auth = 'private_key_jwt' authenticates with a signed assertion; "
                 "remove the client secret: never send two client authentication methods",
             )
         if not t.has("private_key_file"):
             raise t.error("private_key_file", "required by client_auth = 'private_key_jwt'")
     else:
-        for name in _ASSERTION_KEYS:
+        for name in ASSERTION_KEYS:
             if t.has(name):
                 raise t.error(name, "only used with client_auth = 'private_key_jwt'")
         if secret is None:
@@ -234,7 +205,7 @@ def _client_authentication(t: Table) -> _ClientAuthentication:
 def _extra_params(t: Table) -> MappingProxyType[str, str]:
     params = dict(t.mapping("extra_params"))
     for name, value in params.items():
-        if name in _RESERVED_PARAMS:
+        if name in RESERVED_PARAMS:
             raise t.error(f"extra_params.{name}", "the sidecar sets this field itself")
         if not isinstance(value, str):
             raise t.error(f"extra_params.{name}", "expected a string")

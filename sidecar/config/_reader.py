@@ -23,11 +23,15 @@ from urllib.parse import urlsplit
 from sidecar.config._model import is_loopback_host
 from sidecar.errors import ConfigError
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
+#: The patterns values are matched with whole; the JSON Schema uses them too.
+ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
+DURATION_PATTERN = r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+"
+SIZE_PATTERN = r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?"
+_ENV_NAME = re.compile(ENV_NAME_PATTERN)
+_DURATION = re.compile(DURATION_PATTERN)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?")
+_SIZE = re.compile(SIZE_PATTERN)
 _UNIT_BYTES = {
     None: 1,
     "B": 1,

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from sidecar.config._keys import HEADER_NAME_PATTERN, UPSTREAM_KEYS
 from sidecar.config._model import (
     UPSTREAM_NAME_PATTERN,
     ProfileConfig,
@@ -25,14 +26,7 @@ from sidecar.config._model import (
 )
 from sidecar.config._reader import Table, format_size
 
-_UPSTREAM_KEYS = (
-    *("base_url", "profile", "exchange", "header", "set_headers"),
-    *("connect_timeout", "response_timeout", "idle_timeout"),
-    *("retry_on_401", "retry_body_limit"),
-    *("ca_file", "client_cert_file", "client_key_file", "allow_private", "allow_http"),
-)
-#: RFC 9110 5.6.2 ``token``: what a header field name may be made of.
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
 #: Header names the proxy sets or strips itself, so config may not set them (lowercase).
 _OWNED_HEADERS = frozenset(
     {
@@ -50,7 +44,7 @@ def read_upstreams(
 ) -> MappingProxyType[str, UpstreamConfig]:
     """Every ``[upstreams.NAME]`` table of the document, validated against ``profiles``."""
     tables = root.named_tables(
-        "upstreams", kind="upstream", pattern=UPSTREAM_NAME_PATTERN, allowed=_UPSTREAM_KEYS
+        "upstreams", kind="upstream", pattern=UPSTREAM_NAME_PATTERN, allowed=UPSTREAM_KEYS.names
     )
     return MappingProxyType({name: _upstream(name, table, profiles) for name, table in tables})
 

@@ -61,7 +61,7 @@ class ClientAuthenticator:
             client_id, secret = fields.get("client_id", ""), fields.get("client_secret")
         record.client_id = client_id or None
         client = self._state.clients.get(client_id)
-        if client is None or secret is None or not secret_matches(secret, client.client_secret):
+        if client is None or secret is None or not secret_matches(secret, client.expected_secret()):
             raise unauthorized()
         return client
 

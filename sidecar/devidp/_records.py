@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(repr=False)
@@ -18,8 +19,11 @@ class DevClient:
     there (Auth0 "client grants"); an audience not in it is refused.
     ``subject_audiences`` are the APIs whose users' tokens the client may
     exchange (its own API identifier, as Auth0's "Custom API client" has it);
-    the exchange grants are allowed only when named in ``grant_types``. The
-    repr never shows the secret or the key.
+    the exchange grants are allowed only when named in ``grant_types``. With
+    ``secret_file``, the secret is whatever that file holds at each request
+    (``token-sidecar dev --idp-only`` shares it with the sidecar's config, so
+    writing a new secret to it is a rotation). The repr never shows the secret
+    or the key.
     """
 
     client_id: str
@@ -28,14 +32,25 @@ class DevClient:
     audiences: dict[str, tuple[str, ...]] = field(default_factory=dict)
     grant_types: tuple[str, ...] = ("client_credentials",)
     subject_audiences: tuple[str, ...] = ()
+    secret_file: Path | None = None
+
+    def expected_secret(self) -> str | None:
+        """The secret a request must present now; None accepts no secret at all."""
+        if self.secret_file is None:
+            return self.client_secret
+        try:
+            return self.secret_file.read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None  # a missing or unreadable file accepts no secret
 
     def __repr__(self) -> str:
         secret = "[secure]" if self.client_secret is not None else None
         key = "[set]" if self.public_key_pem is not None else None
+        file = "" if self.secret_file is None else f", secret_file={str(self.secret_file)!r}"
         return (
             f"DevClient(client_id={self.client_id!r}, client_secret={secret}, "
             f"public_key_pem={key}, audiences={sorted(self.audiences)!r}, "
-            f"grant_types={self.grant_types!r})"
+            f"grant_types={self.grant_types!r}{file})"
         )
 
 
