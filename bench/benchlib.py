@@ -369,6 +369,15 @@ def request_bytes(path: str, host: str = "127.0.0.1") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\nToken-Sidecar: 1\r\n\r\n".encode()
 
 
+def post_bytes(path: str, body: bytes, host: str = "127.0.0.1") -> bytes:
+    """A guarded ``POST path`` with a JSON ``body``, as one HTTP/1.1 keep-alive request."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nToken-Sidecar: 1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection sending the same request, one at a time, until told to stop."""
 
@@ -434,15 +443,19 @@ async def run_load(
     port: int | None = None,
     unix: Path | None = None,
     max_requests: int = 10_000_000,
+    body: bytes | None = None,
 ) -> LoadResult:
     """Closed-loop load: ``connections`` keep-alive connections, each one request at a time.
 
-    Stops at ``duration`` seconds or ``max_requests`` requests, whichever comes first.
+    Each request is ``GET path``, or with ``body`` a ``POST path`` carrying it
+    (JSON). Stops at ``duration`` seconds or ``max_requests`` requests,
+    whichever comes first.
     """
     loop = asyncio.get_running_loop()
     result = LoadResult()
     budget = [max_requests]
-    request = request_bytes(path, "localhost" if unix is not None else "127.0.0.1")
+    host = "localhost" if unix is not None else "127.0.0.1"
+    request = request_bytes(path, host) if body is None else post_bytes(path, body, host)
     start = time.perf_counter()
     deadline = start + duration
     conns: list[_Connection] = []

@@ -214,6 +214,12 @@ class Metrics:
             ["profile"],
             registry=r,
         )
+        self.exchange_cache_capacity = Gauge(
+            "token_sidecar_exchange_cache_capacity",
+            "The per-user cache's bound (cache_max_entries) of an exchange profile.",
+            ["profile"],
+            registry=r,
+        )
         self.exchange_duration = Histogram(
             "token_sidecar_exchange_duration_seconds",
             "Time spent on one exchange at the IdP, including verification of the issued token.",
@@ -254,14 +260,20 @@ class Metrics:
         for result in PERSIST_WRITE_RESULTS:
             self.persist_writes.labels(result)
 
-    def add_exchange_profile(self, profile: str, entries: Callable[[], float]) -> None:
-        """Create an exchange profile's series at zero; ``entries`` is read at every scrape."""
+    def add_exchange_profile(
+        self, profile: str, entries: Callable[[], float], capacity: int
+    ) -> None:
+        """Create an exchange profile's series at zero; ``entries`` is read at every scrape.
+
+        ``capacity`` is the cache's bound, exported so alerts can compare the two.
+        """
         for result in EXCHANGE_RESULTS:
             self.exchange_total.labels(profile, result)
         for outcome in EXCHANGE_CACHE_OUTCOMES:
             self.exchange_cache_total.labels(profile, outcome)
         self.exchange_duration.labels(profile)
         self.exchange_cache_entries.labels(profile).set_function(entries)
+        self.exchange_cache_capacity.labels(profile).set(capacity)
 
     def remove_exchange_profile(self, profile: str) -> None:
         """Drop an exchange profile's series (after a reload removed or changed it)."""
@@ -271,6 +283,7 @@ class Metrics:
             self.exchange_cache_total.remove(profile, outcome)
         self.exchange_duration.remove(profile)
         self.exchange_cache_entries.remove(profile)
+        self.exchange_cache_capacity.remove(profile)
         try:
             self.circuit_state.remove(profile)
         except KeyError:

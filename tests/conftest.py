@@ -38,6 +38,7 @@ from tests.support.builders import (
 )
 from tests.support.clientstack import client_stack
 from tests.support.e2e import e2e_idp
+from tests.support.oidc import ExchangeIdP, require_node, start_exchange_idp
 from tests.support.redis import (
     SHARED_URL,
     ManagedRedis,
@@ -255,6 +256,21 @@ async def real_idp(leaks) -> AsyncIterator[DevIdP]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def exchange_idp(
+    tmp_path: Path, http: aiohttp.ClientSession, leaks: LeakRegistry
+) -> AsyncIterator[ExchangeIdP]:
+    """npm's oidc-provider with the token-exchange grant and one client per auth method.
+
+    Every client secret, minted user token and issued token goes to the leak
+    registry, so ``sidecar_factory``'s stderr scan looks for each. Skips
+    without Node and oidc-provider, fails instead under ``CI=true``.
+    """
+    require_node()
+    async with start_exchange_idp(http, tmp_path, on_secret=leaks.add) as idp:
+        yield idp
 
 
 # -- fleet mode on the shared Redis --------------------------------------------

@@ -37,6 +37,8 @@ import yaml
 from sidecar._version import __version__
 from sidecar.config import FileSecret, config_from_env, load_config
 from sidecar.metrics import (
+    EXCHANGE_CACHE_OUTCOMES,
+    EXCHANGE_RESULTS,
     FALLBACK_REASONS,
     REFRESH_RESULTS,
     REQUEST_OUTCOMES,
@@ -58,6 +60,9 @@ ALERTS = {
     "TokenSidecarServingStale",
     "TokenSidecarNotReady",
     "TokenSidecarRateLimited",
+    "TokenSidecarExchangeFailing",
+    "TokenSidecarExchangeCacheNearFull",
+    "TokenSidecarExchangeSubjectsRefused",
 }
 FAKE_SECRET = "fly-secret-LEAKCANARY-91c2"
 
@@ -419,19 +424,23 @@ def test_rules_name_only_exported_metrics_and_labels():
     samples = {s.name for m in registry.collect() for s in m.samples}
     # Counters are collected under their name without _total.
     known = families | samples | {f"{f}_total" for f in families}
+    # The label values each metric has, by the metric a selector names.
     label_values = {
-        "result": set(REFRESH_RESULTS),
-        "outcome": set(REQUEST_OUTCOMES),
-        "reason": set(FALLBACK_REASONS),
+        "token_sidecar_refresh_total": {"result": set(REFRESH_RESULTS)},
+        "token_sidecar_token_requests_total": {"outcome": set(REQUEST_OUTCOMES)},
+        "token_sidecar_fallback_total": {"reason": set(FALLBACK_REASONS)},
+        "token_sidecar_exchange_total": {"result": set(EXCHANGE_RESULTS)},
+        "token_sidecar_exchange_cache_total": {"outcome": set(EXCHANGE_CACHE_OUTCOMES)},
     }
     rules = _alert_rules()
     assert {r["alert"] for r in rules} == ALERTS
     for rule in rules:
         for name in re.findall(r"token_sidecar_\w+", rule["expr"]):
             assert name in known, f"{rule['alert']}: unknown metric {name}"
-        for label, value in re.findall(r'(\w+)\s*!?=~?\s*"([^"]*)"', rule["expr"]):
-            for part in value.split("|"):
-                assert part in label_values[label], f"{rule['alert']}: {label}={part}"
+        for name, selector in re.findall(r"(token_sidecar_\w+)\{([^}]*)\}", rule["expr"]):
+            for label, value in re.findall(r'(\w+)\s*!?=~?\s*"([^"]*)"', selector):
+                for part in value.split("|"):
+                    assert part in label_values[name][label], f"{rule['alert']}: {label}={part}"
         assert rule["labels"]["severity"] in {"warning", "critical"}
         anchor = rule["annotations"]["runbook_url"].partition("#")[2]
         assert anchor == rule["alert"].lower()
@@ -487,7 +496,7 @@ def test_metrics_reference_names_every_metric_and_label_value():
     reference = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
     metrics = Metrics()
     metrics.add_profile("p")
-    metrics.add_exchange_profile("x", lambda: 0.0)
+    metrics.add_exchange_profile("x", lambda: 0.0, 100)
     values: set[str] = set()
     for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")

@@ -372,6 +372,8 @@ async def test_cache_is_bounded_and_evicts_the_least_recently_used(idp, exchange
     exchanger = service.exchangers["user-api"]
     assert len(exchanger.cache) == 100
     assert entries(metrics) == 100
+    # The bound is exported next to the entries, for the cache-near-full alert.
+    assert sample(metrics, "token_sidecar_exchange_cache_capacity", profile="user-api") == 100
     assert exchanger.cache.evictions == 900
     assert (await service.exchange("user-api", busy)).cached is True  # recently used: kept
     assert (await service.exchange("user-api", users[-1])).cached is True
@@ -562,6 +564,13 @@ async def test_reload_keeps_unchanged_caches_and_switches_kinds(idp, make_servic
         )
         is None
     )
+    assert (
+        metrics.registry.get_sample_value(
+            "token_sidecar_exchange_cache_capacity", {"profile": "change"}
+        )
+        is None
+    )
+    assert sample(metrics, "token_sidecar_exchange_cache_capacity", profile="keep") == 10000
     assert (await service.get("flip")).token.value
     assert sample(metrics, "token_sidecar_circuit_state", profile="flip") == 0
 

@@ -1,12 +1,12 @@
 """Interop: RFC 8693 token exchange against npm's oidc-provider, with each client auth method.
 
 ``interop/oidc/server.js`` registers the token-exchange grant on oidc-provider
-(``provider.registerGrantType``); the fixture :func:`exchange_idp` starts it
-with one client per authentication method (see
+(``provider.registerGrantType``); the fixture ``exchange_idp`` (tests/conftest.py)
+starts it with one client per authentication method (see
 :func:`tests.support.oidc.start_exchange_idp`). These tests drive it with plain
 aiohttp and check the issued tokens with PyJWT against the provider's JWKS, so
-the sidecar's exchange profiles can later be run against a grant that is known
-to behave as RFC 8693 and Auth0 do.
+the grant is known to behave as RFC 8693 and Auth0 do;
+tests/test_exchange_interop_e2e.py runs the daemon's exchange profiles against it.
 
 Without Node or the installed provider these tests skip locally with the reason;
 under ``CI=true`` they fail instead, so CI can never pass by skipping them.
@@ -15,7 +15,6 @@ under ``CI=true`` they fail instead, so CI can never pass by skipping them.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +33,10 @@ from tests.support.oidc import (
     ExchangeClient,
     ExchangeIdP,
     exchange_profile_toml,
-    require_node,
     rsa_client_key,
-    start_exchange_idp,
 )
 
 pytestmark = pytest.mark.slow
-
-
-# -- the fixture: oidc-provider with the exchange grant ---------------------------------
-
-
-@pytest.fixture
-async def exchange_idp(tmp_path, http, leaks) -> AsyncIterator[ExchangeIdP]:
-    """oidc-provider with the token-exchange grant and one client per auth method.
-
-    Every client secret, minted user token and issued token goes to the leak
-    registry, so ``sidecar_factory``'s stderr scan looks for each.
-    """
-    require_node()
-    async with start_exchange_idp(http, tmp_path, on_secret=leaks.add) as idp:
-        yield idp
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -364,3 +346,13 @@ def test_the_exchange_profile_is_designs_shape(tmp_path):
             }
         }
     }
+    opaque = exchange_profile_toml(
+        "user-api",
+        client=client,
+        token_url="http://127.0.0.1:1/token",
+        issuer="http://127.0.0.1:1",
+        jwks_url="http://127.0.0.1:1/jwks",
+        subject_verify="none",
+    )
+    # verify = "none": nothing checks issuer, JWKS or audience, so they are not written.
+    assert tomllib.loads(opaque)["profiles"]["user-api"]["subject"] == {"verify": "none"}

@@ -69,7 +69,9 @@ class ExchangeService:
             metrics=self._metrics,
             clock=self._clock,
         )
-        self._metrics.add_exchange_profile(profile.name, exchanger.entries)
+        self._metrics.add_exchange_profile(
+            profile.name, exchanger.entries, profile.cache_max_entries
+        )
         self._metrics.circuit_state.labels(profile.name).set(minter.breaker.state.gauge)
         return exchanger
 

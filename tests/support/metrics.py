@@ -24,5 +24,6 @@ METRIC_NAMES = (
     "token_sidecar_exchange_total",
     "token_sidecar_exchange_cache_total",
     "token_sidecar_exchange_cache_entries",
+    "token_sidecar_exchange_cache_capacity",
     "token_sidecar_exchange_duration_seconds",
 )

@@ -273,11 +273,13 @@ def exchange_profile_toml(
     audience: str = UPSTREAM,
     scope: str = "read:things",
     subject_audience: str = MCP_AUDIENCE,
+    subject_verify: str = "jwks",
 ) -> str:
     """A ``grant = "token_exchange"`` profile for the sidecar, as DESIGN.md spells it.
 
     The subject check uses the same IdP's issuer and JWKS: the users' tokens
-    come from the same provider as the exchanged ones.
+    come from the same provider as the exchanged ones. ``subject_verify =
+    "none"`` leaves the judgement to the IdP (only a JWT's ``exp`` is read).
     """
     keys = {
         "grant": '"token_exchange"',
@@ -290,12 +292,11 @@ def exchange_profile_toml(
         "subject_token_type": f'"{ACCESS_TOKEN_TYPE}"',
         "timeout": '"3s"',
     }
-    subject = {
-        "verify": '"jwks"',
-        "issuer": f'"{issuer}"',
-        "jwks_url": f'"{jwks_url}"',
-        "audience": f'"{subject_audience}"',
-    }
+    subject = {"verify": f'"{subject_verify}"'}
+    if subject_verify == "jwks":  # the other keys are config errors when nothing checks them
+        subject.update(
+            issuer=f'"{issuer}"', jwks_url=f'"{jwks_url}"', audience=f'"{subject_audience}"'
+        )
     lines = [f"[profiles.{name}]", *(f"{k} = {v}" for k, v in keys.items()), ""]
     lines += [f"[profiles.{name}.subject]", *(f"{k} = {v}" for k, v in subject.items())]
     return "\n".join(lines) + "\n"
@@ -396,6 +397,7 @@ class ExchangeIdP:
             audience=overrides.get("audience", self.audience),
             scope=overrides.get("scope", "read:things"),
             subject_audience=overrides.get("subject_audience", self.subject_audience),
+            subject_verify=overrides.get("subject_verify", "jwks"),
         )
 
 
