@@ -37,7 +37,7 @@ from sidecar.idp import MAX_LIFETIME
 from sidecar.listeners import GuardedRequestHandler, Peer, peer_of
 from sidecar.proxy import GUARDED_PROFILE, ProxyRoute
 from sidecar.refresher import ProfileRefresher
-from sidecar.responses import JSON_NO_STORE, bytes_response, error_response
+from sidecar.responses import JSON_NO_STORE, bytes_response, error_response, exchange_refusal
 from sidecar.service import TokenService
 from sidecar.token import ServedToken, fingerprint
 
@@ -140,7 +140,7 @@ class TokenApi:
         if isinstance(exc, UnknownProfileError):
             return error_response(_unknown_profile(exc.profile, self.service))
         if isinstance(exc, ExchangeError):
-            return error_response(_exchange_refusal(exc))
+            return error_response(exchange_refusal(exc))
         if isinstance(exc, TokenUnavailableError):
             self.service.metrics.count_request(exc.profile, "unavailable")
             return error_response(
@@ -501,31 +501,6 @@ def _exchange_body(profile: str, answer: ExchangeAnswer) -> bytes:
             "profile": profile,
             "cached": answer.cached,
         }
-    )
-
-
-def _exchange_refusal(exc: ExchangeError) -> ApiError:
-    """The answer to a refused exchange; the IdP's own words go in an ``idp`` object.
-
-    The body's ``error`` is the sidecar's code, so the IdP's ``error``,
-    ``error_description`` and (Entra) ``claims`` challenge are nested:
-    ``{"error": "exchange_denied", ..., "idp": {"error": "interaction_required", ...}}``.
-    """
-    fields: dict[str, object] = {}
-    if exc.status in (401, 403) and exc.error is not None:
-        idp: dict[str, str] = {"error": exc.error}
-        if exc.description is not None:
-            idp["error_description"] = exc.description
-        if exc.claims is not None:
-            idp["claims"] = exc.claims
-        fields["idp"] = idp
-    return ApiError(
-        exc.status,
-        exc.code,
-        exc.message,
-        profile=exc.profile,
-        retry_after=exc.retry_after if exc.status == 503 else None,
-        fields=fields,
     )
 
 

@@ -202,9 +202,7 @@ BAD_UPSTREAMS = [
         "upstreams.billing.profile",
         "unknown profile 'nope'; configured: go-api, user-api",
     ),
-    pytest.param(
-        upstream(exchange='"user-api"'), "upstreams.billing.exchange", "either profile"
-    ),
+    pytest.param(upstream(exchange='"user-api"'), "upstreams.billing.exchange", "either profile"),
     pytest.param(
         upstream(profile=None, exchange='"nope"'),
         "upstreams.billing.exchange",
