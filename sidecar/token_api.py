@@ -286,7 +286,10 @@ class TokenApi:
                 )
             raise UnknownProfileError(name)
         body = await _read_body(request, name, self.server.header_timeout, limit=MAX_EXCHANGE_BODY)
-        subject_token, scope, min_ttl = _exchange_request(body, name)
+        subject_token, scope, min_ttl, rejected = _exchange_request(body, name)
+        if rejected is not None:
+            # The caller's API refused this user's token: forget it, if it is still the one held.
+            exchanger.drop(subject_token, scope, fingerprint=rejected)
         answer = await exchanger.exchange(subject_token, scope=scope, min_ttl=min_ttl)
         return bytes_response(_exchange_body(name, answer), status=200)
 
@@ -459,8 +462,14 @@ def _token_body(profile: str, served: ServedToken, result: str | None = None) ->
     return orjson.dumps(body)
 
 
-def _exchange_request(body: bytes, profile: str) -> tuple[str, str | None, float | None]:
-    """``subject_token``, ``scope`` and ``min_ttl`` of an exchange body; other keys are ignored."""
+def _exchange_request(
+    body: bytes, profile: str
+) -> tuple[str, str | None, float | None, str | None]:
+    """``subject_token``, ``scope``, ``min_ttl`` and ``rejected`` of an exchange body.
+
+    Other keys are ignored. ``rejected`` is the fingerprint of a per-user
+    token the caller's API answered 401: it is dropped before the exchange.
+    """
     shape = (
         'the body must be JSON {"subject_token": "...", "scope": "...", "min_ttl": SECONDS} '
         "(scope and min_ttl optional)"
@@ -484,7 +493,14 @@ def _exchange_request(body: bytes, profile: str) -> tuple[str, str | None, float
         or not 0 <= min_ttl <= MAX_LIFETIME
     ):
         raise _bad_request("min_ttl must be a number of seconds from 0 to one year", profile)
-    return subject_token, scope, None if min_ttl is None else float(min_ttl)
+    rejected = data.get("rejected")
+    if rejected is not None and not (
+        isinstance(rejected, str) and _FINGERPRINT.fullmatch(rejected)
+    ):
+        raise _bad_request(
+            "rejected must be a token fingerprint (12 lower-case hex digits)", profile
+        )
+    return subject_token, scope, None if min_ttl is None else float(min_ttl), rejected
 
 
 def _exchange_body(profile: str, answer: ExchangeAnswer) -> bytes:
