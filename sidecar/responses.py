@@ -16,7 +16,7 @@ import orjson
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from sidecar.errors import ApiError
+from sidecar.errors import ApiError, ExchangeError
 
 #: Headers of every answer: tokens and status must never sit in a cache.
 NO_STORE: Final[Mapping[str, str]] = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -78,3 +78,28 @@ def edge_error_response(status: int) -> web.Response:
     response = error_response(exc)
     response.headers[ERROR_HEADER] = exc.code
     return response
+
+
+def exchange_refusal(exc: ExchangeError) -> ApiError:
+    """The answer to a refused exchange; the IdP's own words go in an ``idp`` object.
+
+    The body's ``error`` is the sidecar's code, so the IdP's ``error``,
+    ``error_description`` and (Entra) ``claims`` challenge are nested:
+    ``{"error": "exchange_denied", ..., "idp": {"error": "interaction_required", ...}}``.
+    """
+    fields: dict[str, object] = {}
+    if exc.status in (401, 403) and exc.error is not None:
+        idp: dict[str, str] = {"error": exc.error}
+        if exc.description is not None:
+            idp["error_description"] = exc.description
+        if exc.claims is not None:
+            idp["claims"] = exc.claims
+        fields["idp"] = idp
+    return ApiError(
+        exc.status,
+        exc.code,
+        exc.message,
+        profile=exc.profile,
+        retry_after=exc.retry_after if exc.status == 503 else None,
+        fields=fields,
+    )

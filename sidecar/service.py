@@ -94,6 +94,7 @@ class TokenService:
         self.upstreams = Upstreams(
             config.upstreams,
             refresher_for=self.refresher_for,
+            exchanges=self.exchanges,
             metrics=self.metrics,
             clock=clock,
             resolver=upstream_resolver,

@@ -37,7 +37,7 @@ from sidecar.idp import MAX_LIFETIME
 from sidecar.listeners import GuardedRequestHandler, Peer, peer_of
 from sidecar.proxy import GUARDED_PROFILE, ProxyRoute
 from sidecar.refresher import ProfileRefresher
-from sidecar.responses import JSON_NO_STORE, bytes_response, error_response
+from sidecar.responses import JSON_NO_STORE, bytes_response, error_response, exchange_refusal
 from sidecar.service import TokenService
 from sidecar.token import ServedToken, fingerprint
 
@@ -140,7 +140,7 @@ class TokenApi:
         if isinstance(exc, UnknownProfileError):
             return error_response(_unknown_profile(exc.profile, self.service))
         if isinstance(exc, ExchangeError):
-            return error_response(_exchange_refusal(exc))
+            return error_response(exchange_refusal(exc))
         if isinstance(exc, TokenUnavailableError):
             self.service.metrics.count_request(exc.profile, "unavailable")
             return error_response(
@@ -286,7 +286,10 @@ class TokenApi:
                 )
             raise UnknownProfileError(name)
         body = await _read_body(request, name, self.server.header_timeout, limit=MAX_EXCHANGE_BODY)
-        subject_token, scope, min_ttl = _exchange_request(body, name)
+        subject_token, scope, min_ttl, rejected = _exchange_request(body, name)
+        if rejected is not None:
+            # The caller's API refused this user's token: forget it, if it is still the one held.
+            exchanger.drop(subject_token, scope, fingerprint=rejected)
         answer = await exchanger.exchange(subject_token, scope=scope, min_ttl=min_ttl)
         return bytes_response(_exchange_body(name, answer), status=200)
 
@@ -459,8 +462,14 @@ def _token_body(profile: str, served: ServedToken, result: str | None = None) ->
     return orjson.dumps(body)
 
 
-def _exchange_request(body: bytes, profile: str) -> tuple[str, str | None, float | None]:
-    """``subject_token``, ``scope`` and ``min_ttl`` of an exchange body; other keys are ignored."""
+def _exchange_request(
+    body: bytes, profile: str
+) -> tuple[str, str | None, float | None, str | None]:
+    """``subject_token``, ``scope``, ``min_ttl`` and ``rejected`` of an exchange body.
+
+    Other keys are ignored. ``rejected`` is the fingerprint of a per-user
+    token the caller's API answered 401: it is dropped before the exchange.
+    """
     shape = (
         'the body must be JSON {"subject_token": "...", "scope": "...", "min_ttl": SECONDS} '
         "(scope and min_ttl optional)"
@@ -484,7 +493,14 @@ def _exchange_request(body: bytes, profile: str) -> tuple[str, str | None, float
         or not 0 <= min_ttl <= MAX_LIFETIME
     ):
         raise _bad_request("min_ttl must be a number of seconds from 0 to one year", profile)
-    return subject_token, scope, None if min_ttl is None else float(min_ttl)
+    rejected = data.get("rejected")
+    if rejected is not None and not (
+        isinstance(rejected, str) and _FINGERPRINT.fullmatch(rejected)
+    ):
+        raise _bad_request(
+            "rejected must be a token fingerprint (12 lower-case hex digits)", profile
+        )
+    return subject_token, scope, None if min_ttl is None else float(min_ttl), rejected
 
 
 def _exchange_body(profile: str, answer: ExchangeAnswer) -> bytes:
@@ -501,31 +517,6 @@ def _exchange_body(profile: str, answer: ExchangeAnswer) -> bytes:
             "profile": profile,
             "cached": answer.cached,
         }
-    )
-
-
-def _exchange_refusal(exc: ExchangeError) -> ApiError:
-    """The answer to a refused exchange; the IdP's own words go in an ``idp`` object.
-
-    The body's ``error`` is the sidecar's code, so the IdP's ``error``,
-    ``error_description`` and (Entra) ``claims`` challenge are nested:
-    ``{"error": "exchange_denied", ..., "idp": {"error": "interaction_required", ...}}``.
-    """
-    fields: dict[str, object] = {}
-    if exc.status in (401, 403) and exc.error is not None:
-        idp: dict[str, str] = {"error": exc.error}
-        if exc.description is not None:
-            idp["error_description"] = exc.description
-        if exc.claims is not None:
-            idp["claims"] = exc.claims
-        fields["idp"] = idp
-    return ApiError(
-        exc.status,
-        exc.code,
-        exc.message,
-        profile=exc.profile,
-        retry_after=exc.retry_after if exc.status == 503 else None,
-        fields=fields,
     )
 
 

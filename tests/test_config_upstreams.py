@@ -44,7 +44,7 @@ def upstream(**fields: str | None) -> str:
     """A ``[upstreams.billing]`` table: a valid base plus ``fields`` (None drops a key)."""
     values = {"base_url": '"https://billing.example.com/api/v2"', "profile": '"go-api"', **fields}
     lines = [f"{k} = {v}" for k, v in values.items() if v is not None]
-    return PROFILE + "[upstreams.billing]\n" + "\n".join(lines) + "\n"
+    return PROFILE + EXCHANGE_PROFILE + "[upstreams.billing]\n" + "\n".join(lines) + "\n"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -107,6 +107,30 @@ def test_every_key_is_read(tmp_path):
         allow_private=True,
         allow_http=True,
     )
+
+
+EXCHANGE_PROFILE = """
+[profiles.user-api]
+grant = "token_exchange"
+auth0_domain = "example.us.auth0.com"
+client_id = "abc"
+client_secret_file = "/var/run/secrets/auth0/client_secret"
+audience = "https://api.example.com/"
+[profiles.user-api.subject]
+audience = "https://mcp.example.com/"
+"""
+
+
+def test_exchange_names_a_token_exchange_profile(tmp_path):
+    """exchange = PROFILE (instead of profile): per-user tokens of that exchange profile."""
+    text = upstream(profile=None, exchange='"user-api"')
+    up = load_config(write(tmp_path, text)).upstreams["billing"]
+    assert (up.profile, up.exchange) == ("user-api", True)
+    assert redacted(load_config(write(tmp_path, text)))["upstreams"]["billing"]["exchange"] == (
+        "user-api"
+    )
+    plain = load_config(write(tmp_path, upstream())).upstreams["billing"]  # positive control
+    assert (plain.profile, plain.exchange) == ("go-api", False)
 
 
 BAD_UPSTREAMS = [
@@ -176,11 +200,20 @@ BAD_UPSTREAMS = [
     pytest.param(
         upstream(profile='"nope"'),
         "upstreams.billing.profile",
-        "unknown profile 'nope'; configured: go-api",
+        "unknown profile 'nope'; configured: go-api, user-api",
+    ),
+    pytest.param(upstream(exchange='"user-api"'), "upstreams.billing.exchange", "either profile"),
+    pytest.param(
+        upstream(profile=None, exchange='"nope"'),
+        "upstreams.billing.exchange",
+        "unknown profile 'nope'",
     ),
     pytest.param(
-        upstream(profile=None, exchange='"user-api"'), "upstreams.billing.exchange", "not supported"
+        upstream(profile=None, exchange='"go-api"'),
+        "upstreams.billing.exchange",
+        "not a token exchange profile (grant = 'client_credentials')",
     ),
+    pytest.param(upstream(profile=None, exchange="3"), "upstreams.billing.exchange", "string"),
     pytest.param(upstream(header='"Bad Header"'), "upstreams.billing.header", "header name"),
     pytest.param(upstream(header='"Host"'), "upstreams.billing.header", "by the proxy itself"),
     pytest.param(
@@ -342,3 +375,16 @@ async def test_check_prints_upstreams_and_exits_2_on_a_bad_one(tmp_path):
     code, _, err = await run_cli("check", "--config", str(bad))
     assert code == 2
     assert f"{bad}: upstreams.billing.profile: unknown profile 'nope'" in err
+
+
+async def test_check_exits_2_on_an_exchange_upstream_naming_a_plain_profile(tmp_path):
+    """exchange = a client-credentials profile: exit 2 with file, key and problem; valid: 0."""
+    good = write(tmp_path, upstream(profile=None, exchange='"user-api"'))
+    code, out, _ = await run_cli("check", "--config", str(good))
+    assert code == 0, out
+    assert '"exchange": "user-api"' in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(upstream(profile=None, exchange='"go-api"'), encoding="utf-8")
+    code, _, err = await run_cli("check", "--config", str(bad))
+    assert code == 2
+    assert f"{bad}: upstreams.billing.exchange: profile 'go-api' is not a token exchange" in err

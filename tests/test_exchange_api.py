@@ -17,6 +17,7 @@ from sidecar.config import ServerConfig
 from sidecar.devidp import ACCESS_TOKEN_TYPE
 from sidecar.listeners import LimitedRunner, ListenerLimits
 from sidecar.responses import edge_error_response
+from sidecar.token import fingerprint
 from sidecar.token_api import MAX_EXCHANGE_BODY, make_token_app
 from tests.support.builders import AUDIENCE, MCP_AUDIENCE, make_exchange_profile, make_profile
 
@@ -271,3 +272,30 @@ async def test_unix_socket_and_per_profile_allow_uids(unix_api, idp, leaks):
     resp = await session.post(url + "mine", json={"subject_token": user}, headers=HEADERS)
     assert resp.status == 200
     assert exchanges_sent(idp) == 1
+
+
+async def test_rejected_drops_the_users_token_once(api, idp, leaks):
+    """rejected = the fingerprint held: dropped, exchanged anew; an older fingerprint: cached."""
+    _service, client = await api()
+    user = idp.issue_user_token("alice", MCP_AUDIENCE, expires_in=3600)
+    first = await (await client.post(PATH, json={"subject_token": user}, headers=HEADERS)).json()
+    stale = fingerprint(first["access_token"])
+    other = "0123456789ab"
+    resp = await client.post(PATH, json={"subject_token": user, "rejected": other}, headers=HEADERS)
+    kept = await resp.json()
+    assert (kept["access_token"], kept["cached"]) == (first["access_token"], True)  # control
+    resp = await client.post(PATH, json={"subject_token": user, "rejected": stale}, headers=HEADERS)
+    fresh = await resp.json()
+    assert fresh["cached"] is False
+    assert fresh["access_token"] != first["access_token"]
+    assert exchanges_sent(idp) == 2
+    resp = await client.post(  # a late report of the old token keeps the new one
+        PATH, json={"subject_token": user, "rejected": stale}, headers=HEADERS
+    )
+    assert (await resp.json())["access_token"] == fresh["access_token"]
+    assert exchanges_sent(idp) == 2
+    for bad in ("ABCDEF012345", "short", 12):
+        resp = await client.post(
+            PATH, json={"subject_token": user, "rejected": bad}, headers=HEADERS
+        )
+        await refusal(resp, 400, "bad_request", leaks)

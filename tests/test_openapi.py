@@ -396,8 +396,17 @@ async def test_proxy_refusals_match_the_document(idp, make_service, http):
         allow_http=True,
         allow_private=True,
     )
-    service = make_service(make_profile(idp), upstreams=[closed])
+    users = UpstreamConfig(
+        name="users",
+        base_url="http://127.0.0.1:9",
+        profile="user-api",
+        exchange=True,
+        allow_http=True,
+        allow_private=True,
+    )
+    service = make_service(make_profile(idp), make_exchange_profile(idp), upstreams=[closed, users])
     await service.get("api")
+    expired = idp.issue_user_token("u", MCP_AUDIENCE, expires_in=-5)
     runner = web.AppRunner(make_token_app(service, ServerConfig()), access_log=None)
     await runner.setup()
     try:
@@ -410,6 +419,8 @@ async def test_proxy_refusals_match_the_document(idp, make_service, http):
             ("GET", "/v1/proxy/other/x", HEADERS),
             ("TRACE", "/v1/proxy/api/x", HEADERS),
             ("POST", "/v1/proxy/api/x", HEADERS),
+            ("GET", "/v1/proxy/users/x", HEADERS),
+            ("GET", "/v1/proxy/users/x", {**HEADERS, "Token-Sidecar-Subject": expired}),
         ]
         seen = set()
         for method, path, headers in cases:
@@ -422,7 +433,7 @@ async def test_proxy_refusals_match_the_document(idp, make_service, http):
                 seen.add(resp.status)
     finally:
         await runner.cleanup()
-    assert seen == {400, 403, 404, 405, 502}
+    assert seen == {400, 401, 403, 404, 405, 502}
 
 
 #: Exchange bodies at the edges of the document's schema; it must accept exactly those served.

@@ -12,13 +12,17 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import hdrs
 
-from ._core import TokenClient, bearer
+from ._core import Token, TokenClient, bearer
 from ._origin import Origin
-from ._retry import retry_token
+from ._retry import Subject, retry_exchanged, retry_token, subject_of
 
 
 def sidecar_middleware(
-    client: TokenClient, profile: str | None = None, *, origin: str | None = None
+    client: TokenClient,
+    profile: str | None = None,
+    *,
+    origin: str | None = None,
+    subject: Subject | None = None,
 ) -> aiohttp.ClientMiddlewareType:
     """An aiohttp client middleware: the Bearer token for one origin, one retry after a 401.
 
@@ -27,6 +31,10 @@ def sidecar_middleware(
         profile: the sidecar profile; default: the client's.
         origin: the only origin (``scheme://host[:port]``) that gets the token;
             default: the origin of the first request through the middleware.
+        subject: for per-user tokens (``profile`` an exchange profile): the
+            user's token, or a function giving it per request (a contextvar's
+            ``get``). For one request, pass a middleware of its own:
+            ``session.get(url, middlewares=(sidecar_middleware(c, p, subject=t),))``.
     """
     pinned = Origin(origin)
 
@@ -35,10 +43,21 @@ def sidecar_middleware(
     ) -> aiohttp.ClientResponse:
         if not pinned.admits(str(request.url)):
             return await handler(request)
-        token = await client.get_token(profile)
+        user = None if subject is None else subject_of(subject)
+        token: Token
+        if user is None:
+            token = await client.get_token(profile)
+        else:
+            token = await client.exchange(user, profile)
         request.headers[hdrs.AUTHORIZATION] = bearer(token)
         response = await handler(request)
-        retry = await retry_token(client, token, profile, response.status, _replayable(request))
+        replayable = _replayable(request)
+        if user is None:
+            retry = await retry_token(client, token, profile, response.status, replayable)
+        else:
+            retry = await retry_exchanged(
+                client, token, profile, response.status, replayable, subject_token=user
+            )
         if retry is None:
             return response
         response.release()

@@ -9,6 +9,10 @@ without the client's event loop); both share one token cache, one timeout,
 one way of reading the sidecar's answer and one mapping of failures to
 :class:`SidecarError`.
 
+:meth:`TokenClient.exchange` trades a user's token for a per-user token of
+an exchange profile, with its own small cache (``_exchange.py``): keyed by a
+hash of the user's token, LRU-bounded, one request per user at a time.
+
 What the HTTP-library adapters do with a token (which origin gets it, when a
 401 earns a retry) is written once, in ``_origin.py`` and ``_retry.py``.
 """
@@ -31,6 +35,7 @@ from urllib.parse import quote
 import aiohttp
 
 from ._blocking import TRANSPORT_ERRORS, BlockingConnection
+from ._exchange import DEFAULT_MAX_ENTRIES, SubjectTokens, subject_key
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 GUARD_HEADERS: Mapping[str, str] = {"Token-Sidecar": "1"}
@@ -57,19 +62,30 @@ class SidecarError(Exception):
     """The sidecar could not hand out a token; ``code`` is its error code.
 
     ``code`` is one of the token API codes (``token_unavailable``,
-    ``misconfigured``, ``unknown_profile``, ...) or ``unreachable`` when the
+    ``misconfigured``, ``unknown_profile``, ...), of the exchange endpoint
+    (``invalid_subject``, ``subject_rejected``, ``exchange_denied``, with
+    the IdP's words in ``idp``), ``missing_subject`` when an adapter was
+    given no user's token, or ``unreachable`` when the
     sidecar itself could not be reached; ``status`` is the HTTP status (0 when
     unreachable); ``retry_after`` is the sidecar's hint in seconds, if any.
     """
 
     def __init__(
-        self, code: str, message: str, *, status: int = 0, retry_after: float | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int = 0,
+        retry_after: float | None = None,
+        idp: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        #: The IdP's ``error``, ``error_description`` and ``claims`` of a refused exchange.
+        self.idp = dict(idp) if idp else None
         self.retryable = code in {"token_unavailable", "unreachable"}
 
 
@@ -103,8 +119,8 @@ def bearer(token: Token) -> str:
     return f"Bearer {token.access_token}"
 
 
-def parse_answer(status: int, body: bytes, retry_after: str | None) -> Token:
-    """Turn one token API answer into a :class:`Token` or raise :class:`SidecarError`."""
+def _payload(status: int, body: bytes, retry_after: str | None) -> dict[str, object]:
+    """The JSON object of a 200 answer; :class:`SidecarError` for anything else."""
     try:
         payload = json.loads(body)
     except ValueError:  # JSONDecodeError, or bytes that are not text at all
@@ -114,22 +130,51 @@ def parse_answer(status: int, body: bytes, retry_after: str | None) -> Token:
             "bad_answer", f"unexpected answer from the sidecar ({status})", status=status
         )
     if status != 200:
+        idp = payload.get("idp")
         raise SidecarError(
             str(payload.get("error", "error")),
             str(payload.get("message", "")),
             status=status,
             retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+            idp={str(k): str(v) for k, v in idp.items()} if isinstance(idp, dict) else None,
         )
+    return payload
+
+
+def parse_answer(status: int, body: bytes, retry_after: str | None) -> Token:
+    """Turn one token API answer into a :class:`Token` or raise :class:`SidecarError`."""
+    payload = _payload(status, body, retry_after)
     try:
         return Token(
             access_token=str(payload["access_token"]),
-            expires_at=float(payload["expires_at"]),
+            expires_at=float(payload["expires_at"]),  # type: ignore[arg-type]
             stale=bool(payload["stale"]),
             profile=str(payload["profile"]),
-            scope=payload.get("scope"),
+            scope=payload.get("scope"),  # type: ignore[arg-type]
         )
     except (KeyError, TypeError, ValueError):
         raise SidecarError("bad_answer", "token answer is missing fields", status=status) from None
+
+
+def parse_exchange_answer(status: int, body: bytes, retry_after: str | None) -> Token:
+    """Turn one ``POST /v1/exchange`` answer into a :class:`Token` or raise :class:`SidecarError`.
+
+    A per-user token is never stale (the sidecar has no fallback for them).
+    """
+    payload = _payload(status, body, retry_after)
+    try:
+        return Token(
+            access_token=str(payload["access_token"]),
+            expires_at=float(payload["expires_at"]),  # type: ignore[arg-type]
+            stale=False,
+            profile=str(payload["profile"]),
+            scope=payload.get("scope"),  # type: ignore[arg-type]
+            token_type=str(payload.get("token_type") or "Bearer"),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise SidecarError(
+            "bad_answer", "exchange answer is missing fields", status=status
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -165,9 +210,24 @@ class Endpoint:
         """``POST`` URL that reports ``profile``'s token as rejected downstream."""
         return f"{self.token_url(profile)}/invalidate"
 
+    def exchange_url(self, profile: str) -> str:
+        """``POST`` URL that exchanges a user's token for one of ``profile``."""
+        return f"{self.url}/v1/exchange/{quote(profile, safe='')}"
+
 
 def _invalidate_body(token: Token) -> bytes:
     return json.dumps({"fingerprint": token.fingerprint}).encode()
+
+
+def _exchange_body(
+    subject_token: str, scope: str | None, min_ttl: float, rejected: Token | None = None
+) -> bytes:
+    body: dict[str, object] = {"subject_token": subject_token, "min_ttl": min_ttl}
+    if scope is not None:
+        body["scope"] = scope
+    if rejected is not None:
+        body["rejected"] = rejected.fingerprint
+    return json.dumps(body).encode()
 
 
 class TokenClient:
@@ -193,6 +253,7 @@ class TokenClient:
         timeout: float = 15.0,
         clock: WallClock | None = None,
         environ: Mapping[str, str] | None = None,
+        max_exchanged: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         env = os.environ if environ is None else environ
         self.endpoint = Endpoint.resolve(url, socket, env)
@@ -205,6 +266,9 @@ class TokenClient:
         self._session: aiohttp.ClientSession | None = None
         self._cache: dict[str, Token] = {}
         self._inflight: dict[str, asyncio.Future[Token]] = {}
+        # Per-user tokens (exchange): keyed by a hash of the user's token, never by it.
+        self._exchanged = SubjectTokens(max_exchanged)
+        self._exchanging: dict[bytes, asyncio.Future[Token]] = {}
         # The blocking path: one persistent connection, one request at a time.
         self._sync_lock = threading.Lock()
         self._connection = BlockingConnection(
@@ -273,16 +337,155 @@ class TokenClient:
             "POST", self.endpoint.invalidate_url(name), _invalidate_body(token)
         )
 
-    async def _request(self, method: str, url: str, body: bytes | None = None) -> Token:
+    async def _request(
+        self, method: str, url: str, body: bytes | None = None, *, exchange: bool = False
+    ) -> Token:
+        """One request; a profile's token is kept in the cache, a per-user one is not."""
         session = self._session_for_loop()
         headers = JSON_HEADERS if body is not None else None
+        parse = parse_exchange_answer if exchange else parse_answer
         try:
             async with session.request(method, url, data=body, headers=headers) as resp:
                 data = await resp.read()
-                token = parse_answer(resp.status, data, resp.headers.get("Retry-After"))
+                token = parse(resp.status, data, resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._unreachable() from exc
-        return self._keep(token)
+        return token if exchange else self._keep(token)
+
+    # -- per-user tokens (token exchange) --------------------------------------------
+
+    def cached_exchange(
+        self,
+        subject_token: str,
+        profile: str | None = None,
+        *,
+        scope: str | None = None,
+        min_ttl: float | None = None,
+    ) -> Token | None:
+        """The in-process per-user token of this user, if it has more than ``min_ttl`` left."""
+        return self._held(subject_key(self._profile(profile), scope, subject_token), min_ttl)
+
+    def _held(self, key: bytes, min_ttl: float | None) -> Token | None:
+        token = self._exchanged.get(key)
+        return token if self.usable(token, min_ttl) else None
+
+    async def exchange(
+        self,
+        subject_token: str,
+        profile: str | None = None,
+        *,
+        scope: str | None = None,
+        min_ttl: float | None = None,
+    ) -> Token:
+        """A token of the exchange ``profile`` issued to the user of ``subject_token``.
+
+        Cached in-process per user (by a hash of ``subject_token``) until
+        ``min_ttl`` before it expires; one request per user at a time.
+
+        Args:
+            subject_token: the user's token, as the MCP server received it
+                (without ``Bearer ``).
+            profile: an exchange profile; default: the client's.
+            scope: a narrower scope than the profile's.
+            min_ttl: seconds the token must still live; default: the client's.
+
+        Raises:
+            SidecarError: ``invalid_subject``, ``subject_rejected``,
+                ``exchange_denied`` (``idp`` holds the IdP's words),
+                ``token_unavailable``, ``unreachable``, ...
+        """
+        name = self._profile(profile)
+        need = self.min_ttl if min_ttl is None else min_ttl
+        key = subject_key(name, scope, subject_token)
+        token = self._held(key, need)
+        if token is not None:
+            return token
+        pending = self._exchanging.get(key)
+        if pending is not None:
+            token = await asyncio.shield(pending)
+            if self.usable(token, need):
+                return token
+        body = _exchange_body(subject_token, scope, need)
+        return await self._exchange_once(key, name, body)
+
+    async def invalidate_exchange(
+        self,
+        token: Token,
+        subject_token: str,
+        profile: str | None = None,
+        *,
+        scope: str | None = None,
+    ) -> Token:
+        """Report a per-user ``token`` rejected downstream; returns the user's next token.
+
+        The token is dropped here and, while it is still the one held, at the
+        sidecar, which then exchanges the user's token anew.
+        """
+        name = profile or token.profile
+        key = subject_key(name, scope, subject_token)
+        self._exchanged.drop(key, token)
+        body = _exchange_body(subject_token, scope, self.min_ttl, rejected=token)
+        return await self._exchange_once(key, name, body)
+
+    async def _exchange_once(self, key: bytes, profile: str, body: bytes) -> Token:
+        pending = asyncio.ensure_future(
+            self._request("POST", self.endpoint.exchange_url(profile), body, exchange=True)
+        )
+        self._exchanging[key] = pending
+        pending.add_done_callback(functools.partial(self._landed, key))
+        return await asyncio.shield(pending)
+
+    def _landed(self, key: bytes, done: asyncio.Future[Token]) -> None:
+        if self._exchanging.get(key) is done:
+            del self._exchanging[key]
+        if not done.cancelled() and done.exception() is None:
+            self._exchanged.put(key, done.result())
+
+    def exchange_sync(
+        self,
+        subject_token: str,
+        profile: str | None = None,
+        *,
+        scope: str | None = None,
+        min_ttl: float | None = None,
+    ) -> Token:
+        """Blocking :meth:`exchange`, for a thread that does not run the client's loop."""
+        name = self._profile(profile)
+        need = self.min_ttl if min_ttl is None else min_ttl
+        key = subject_key(name, scope, subject_token)
+        token = self._held(key, need)
+        if token is not None:
+            return token
+        with self._sync_lock:
+            token = self._held(key, need)  # another thread may have fetched it meanwhile
+            if token is not None:
+                return token
+            body = _exchange_body(subject_token, scope, need)
+            token = self._request_sync(
+                "POST", self.endpoint.exchange_url(name), body, exchange=True
+            )
+        self._exchanged.put(key, token)
+        return token
+
+    def invalidate_exchange_sync(
+        self,
+        token: Token,
+        subject_token: str,
+        profile: str | None = None,
+        *,
+        scope: str | None = None,
+    ) -> Token:
+        """Blocking :meth:`invalidate_exchange`."""
+        name = profile or token.profile
+        key = subject_key(name, scope, subject_token)
+        self._exchanged.drop(key, token)
+        body = _exchange_body(subject_token, scope, self.min_ttl, rejected=token)
+        with self._sync_lock:
+            fresh = self._request_sync(
+                "POST", self.endpoint.exchange_url(name), body, exchange=True
+            )
+        self._exchanged.put(key, fresh)
+        return fresh
 
     def get_token_sync(self, profile: str | None = None, *, min_ttl: float | None = None) -> Token:
         """Blocking :meth:`get_token`, for a thread that does not run the client's loop."""
@@ -307,12 +510,16 @@ class TokenClient:
                 "POST", self.endpoint.invalidate_url(name), _invalidate_body(token)
             )
 
-    def _request_sync(self, method: str, url: str, body: bytes | None = None) -> Token:
+    def _request_sync(
+        self, method: str, url: str, body: bytes | None = None, *, exchange: bool = False
+    ) -> Token:
         headers = JSON_HEADERS if body is not None else None
         try:
             answer = self._connection.request(method, url, body, headers)
         except TRANSPORT_ERRORS as exc:
             raise self._unreachable() from exc
+        if exchange:
+            return parse_exchange_answer(answer.status, answer.body, answer.retry_after)
         return self._keep(parse_answer(answer.status, answer.body, answer.retry_after))
 
     def _unreachable(self) -> SidecarError:
@@ -325,6 +532,7 @@ class TokenClient:
     async def aclose(self) -> None:
         """Close the connections; cached tokens are forgotten."""
         self._cache.clear()
+        self._exchanged.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -345,6 +553,7 @@ class TokenClient:
         if self._session is not None and not self._session.closed:
             raise RuntimeError("TokenClient was used from async code: close it with aclose()")
         self._cache.clear()
+        self._exchanged.clear()
         self._close_sync()
 
     def __enter__(self) -> Self:

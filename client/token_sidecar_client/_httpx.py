@@ -23,7 +23,17 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._core import Token, TokenClient, bearer
 from ._origin import Origin
-from ._retry import retry_token, retry_token_sync
+from ._retry import (
+    Subject,
+    retry_exchanged,
+    retry_exchanged_sync,
+    retry_token,
+    retry_token_sync,
+    subject_of,
+)
+
+#: The request extension that names a request's user (its token), for per-user tokens.
+SUBJECT_EXTENSION = "token_sidecar_subject"
 
 #: The HTTP libraries SidecarAuth serves, in the order their bases are taken.
 LIBRARIES = ("httpx2", "httpx")
@@ -59,6 +69,8 @@ class _Request(Protocol):
     def headers(self) -> MutableMapping[str, str]: ...
     @property
     def stream(self) -> object: ...
+    @property
+    def extensions(self) -> MutableMapping[str, Any]: ...
 
 
 class _Response(Protocol):
@@ -75,7 +87,12 @@ class _BearerFlows:
     """The sync and async auth flows, written against the API httpx and httpx2 share."""
 
     def __init__(
-        self, client: TokenClient, profile: str | None = None, *, origin: str | None = None
+        self,
+        client: TokenClient,
+        profile: str | None = None,
+        *,
+        origin: str | None = None,
+        subject: Subject | None = None,
     ) -> None:
         if not AUTH_BASES:  # pragma: no cover - tests/test_client_dist.py, in a bare venv
             raise ImportError(
@@ -84,10 +101,33 @@ class _BearerFlows:
         self._client = client
         self._profile = profile
         self._origin = Origin(origin)
+        self._subject = subject
+
+    def _user(self, request: _Request) -> str | None:
+        """The user's token of this request (per-request extension, else ``subject``), or None."""
+        given = request.extensions.get(SUBJECT_EXTENSION)
+        if given is not None:
+            return subject_of(given)
+        return None if self._subject is None else subject_of(self._subject)
 
     async def async_auth_flow(self, request: RequestT) -> AsyncGenerator[RequestT, _Response]:
         if not self._origin.admits(str(request.url)):
             yield request
+            return
+        user = self._user(request)
+        if user is not None:
+            token = await self._client.exchange(user, self._profile)
+            response = yield _authorized(request, token)
+            retry = await retry_exchanged(
+                self._client,
+                token,
+                self._profile,
+                response.status_code,
+                self._may_retry(response),
+                subject_token=user,
+            )
+            if retry is not None:
+                yield _authorized(request, retry)
             return
         token = await self._client.get_token(self._profile)
         response = yield _authorized(request, token)
@@ -100,6 +140,21 @@ class _BearerFlows:
     def sync_auth_flow(self, request: RequestT) -> Generator[RequestT, _Response]:
         if not self._origin.admits(str(request.url)):
             yield request
+            return
+        user = self._user(request)
+        if user is not None:
+            token = self._client.exchange_sync(user, self._profile)
+            response = yield _authorized(request, token)
+            retry = retry_exchanged_sync(
+                self._client,
+                token,
+                self._profile,
+                response.status_code,
+                self._may_retry(response),
+                subject_token=user,
+            )
+            if retry is not None:
+                yield _authorized(request, retry)
             return
         token = self._client.get_token_sync(self._profile)
         response = yield _authorized(request, token)
@@ -119,9 +174,10 @@ class _BearerFlows:
         return isinstance(final.stream, _BYTE_STREAMS) and self._origin.admits(str(final.url))
 
     def __repr__(self) -> str:
+        per_user = ", subject=[per-user]" if self._subject is not None else ""
         return (
             f"SidecarAuth({self._client!r}, profile={self._profile!r}, "
-            f"origin={self._origin.pinned!r})"
+            f"origin={self._origin.pinned!r}{per_user})"
         )
 
 
@@ -143,6 +199,13 @@ _DOC = """An ``Auth`` for httpx2 and httpx clients, sync and async.
         profile: the sidecar profile; default: the client's.
         origin: the only origin (``scheme://host[:port]``) that gets the
             token; default: the origin of the first request.
+        subject: for per-user tokens (``profile`` an exchange profile): the
+            user's token, or a function giving it per request (a
+            contextvar's ``get``); each request then carries that user's
+            exchanged token (:meth:`TokenClient.exchange`), and a 401 drops
+            it and exchanges once more. A request may instead name its user
+            with the extension ``token_sidecar_subject``:
+            ``http.get(url, extensions={"token_sidecar_subject": user_token})``.
     """
 
 if TYPE_CHECKING:

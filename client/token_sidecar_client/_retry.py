@@ -12,9 +12,15 @@ request, so a request is sent at most twice. The rule:
 - only with a different token: when the sidecar answers the reported token
   itself, a retry would only earn the same 401 again, so the answer is a
   :class:`SidecarError` instead (see :func:`replacement`).
+
+For a per-user token (an adapter given a ``subject``), the report is
+:meth:`TokenClient.invalidate_exchange`: the user's token is dropped in the
+process and at the sidecar, and exchanged once more (:func:`retry_exchanged`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from ._core import SidecarError, Token, TokenClient
 
@@ -72,3 +78,53 @@ def retry_token_sync(
     if not should_retry(status, replayable):
         return None
     return replacement(token, client.invalidate_sync(token, profile))
+
+
+# -- per-user tokens (token exchange) ------------------------------------------------
+
+#: A user's token for an adapter: fixed, or looked up per request (a contextvar's ``get``).
+Subject = str | Callable[[], str | None]
+
+
+def subject_of(subject: Subject) -> str:
+    """The user's token an adapter sends a request for.
+
+    Raises:
+        SidecarError: ``missing_subject`` when the lookup gives none.
+    """
+    value = subject() if callable(subject) else subject
+    if not value:
+        raise SidecarError(
+            "missing_subject", "no user's token for this request: the adapter's subject gave none"
+        )
+    return value
+
+
+async def retry_exchanged(
+    client: TokenClient,
+    token: Token,
+    profile: str | None,
+    status: int,
+    replayable: bool,
+    *,
+    subject_token: str,
+) -> Token | None:
+    """:func:`retry_token` for a per-user token: drop it here and at the sidecar, exchange anew."""
+    if not should_retry(status, replayable):
+        return None
+    return replacement(token, await client.invalidate_exchange(token, subject_token, profile))
+
+
+def retry_exchanged_sync(
+    client: TokenClient,
+    token: Token,
+    profile: str | None,
+    status: int,
+    replayable: bool,
+    *,
+    subject_token: str,
+) -> Token | None:
+    """:func:`retry_exchanged` for sync code, on the client's blocking path."""
+    if not should_retry(status, replayable):
+        return None
+    return replacement(token, client.invalidate_exchange_sync(token, subject_token, profile))

@@ -278,11 +278,16 @@ class UpstreamConfig:
 
     ``base_url`` has no trailing slash, no query, no fragment and no user
     info; a request for ``/v1/proxy/NAME/PATH`` goes to ``base_url + "/" + PATH``.
+    With ``exchange``, ``profile`` is a token exchange profile (the config's
+    ``exchange = "PROFILE"``): each request carries its user's token in
+    ``Token-Sidecar-Subject`` and goes out with that user's exchanged token.
     """
 
     name: str
     base_url: str
     profile: str
+    #: ``profile`` exchanges users' tokens: per-user tokens from ``Token-Sidecar-Subject``.
+    exchange: bool = False
     header: str = "Authorization"
     set_headers: MappingProxyType[str, str] = field(default_factory=lambda: _EMPTY)
     connect_timeout: float = 5.0

@@ -74,7 +74,7 @@ def _upstream_view(u: UpstreamConfig) -> dict[str, Any]:
     """
     return {
         "base_url": url_view(u.base_url),
-        "profile": u.profile,
+        ("exchange" if u.exchange else "profile"): u.profile,
         "header": u.header,
         "set_headers": dict.fromkeys(u.set_headers, _REDACTED),
         "connect_timeout": format_duration(u.connect_timeout),

@@ -4,7 +4,9 @@ Every rule DESIGN.md "Proxy mode" states about an upstream is enforced here:
 ``base_url`` is https unless ``allow_http`` says otherwise, carries no user
 info, query or fragment, and names no literal private address unless
 ``allow_private`` is set (a host name is checked at connect time, by the
-proxy); ``profile`` names a configured profile; header names are HTTP tokens
+proxy); exactly one of ``profile`` (a client-credentials profile) and
+``exchange`` (a token exchange profile: per-user tokens) names a configured
+profile; header names are HTTP tokens
 the sidecar does not own. :func:`read_upstreams` is called by
 :mod:`sidecar.config._document` once the profiles are read.
 """
@@ -64,10 +66,12 @@ def _upstream(name: str, t: Table, profiles: Mapping[str, ProfileConfig]) -> Ups
     if (cert is None) != (key is None):
         missing = "client_key_file" if key is None else "client_cert_file"
         raise t.error(missing, "set client_cert_file and client_key_file together")
+    profile, exchange = _profile(t, profiles)
     return UpstreamConfig(
         name=name,
         base_url=_base_url(t, allow_http=allow_http, allow_private=allow_private),
-        profile=_profile(t, profiles),
+        profile=profile,
+        exchange=exchange,
         header=header,
         set_headers=_set_headers(t, header),
         connect_timeout=t.duration("connect_timeout", default=UpstreamConfig.connect_timeout),
@@ -116,25 +120,44 @@ def _base_url(t: Table, *, allow_http: bool, allow_private: bool) -> str:
     return value.rstrip("/")
 
 
-def _profile(t: Table, profiles: Mapping[str, ProfileConfig]) -> str:
+def _profile(t: Table, profiles: Mapping[str, ProfileConfig]) -> tuple[str, bool]:
+    """The profile whose tokens the upstream carries, and whether it exchanges users' tokens."""
+    configured = ", ".join(sorted(profiles)) or "none"
     if t.has("exchange"):
-        raise t.error(
-            "exchange",
-            "token exchange profiles are not supported by this version; use profile",
-        )
+        if t.has("profile"):
+            raise t.error(
+                "exchange",
+                "set either profile (one token for every caller) or exchange "
+                "(a per-user token), not both",
+            )
+        name = t.string("exchange")
+        if name is None:
+            raise t.error("exchange", "expected the name of a token exchange profile")
+        if name not in profiles:
+            raise t.error("exchange", f"unknown profile {name!r}; configured: {configured}")
+        if not profiles[name].exchanges:
+            raise t.error(
+                "exchange",
+                f"profile {name!r} is not a token exchange profile "
+                f"(grant = {profiles[name].grant!r}); use profile = {name!r}",
+            )
+        return name, True
     name = t.string("profile")
     if name is None:
-        raise t.error("profile", "required: the profile whose token is attached")
+        raise t.error(
+            "profile",
+            "required: the profile whose token is attached "
+            "(or exchange = a token exchange profile, for per-user tokens)",
+        )
     if name not in profiles:
-        configured = ", ".join(sorted(profiles)) or "none"
         raise t.error("profile", f"unknown profile {name!r}; configured: {configured}")
     if profiles[name].exchanges:
         raise t.error(
             "profile",
             f"profile {name!r} exchanges users' tokens (grant = {profiles[name].grant!r}); "
-            "the proxy attaches client-credentials tokens only",
+            f"use exchange = {name!r} for per-user tokens",
         )
-    return name
+    return name, False
 
 
 def _header_name(t: Table, key: str, name: str) -> str:

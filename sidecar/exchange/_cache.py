@@ -172,8 +172,18 @@ class SubjectCache:
         while len(self._rejections) > self.max_entries:
             self._rejections.popitem(last=False)
 
-    def drop(self, key: bytes) -> bool:
-        """Forget ``key`` (token and rejection); whether there was anything to forget."""
+    def drop(self, key: bytes, fingerprint: str | None = None) -> bool:
+        """Forget ``key`` (token and rejection); whether there was anything to forget.
+
+        With ``fingerprint``, only the token of that fingerprint is forgotten
+        (one that replaced it meanwhile, and any rejection, are kept).
+        """
+        if fingerprint is not None:
+            held = self._tokens.get(key)
+            if held is None or held.fingerprint != fingerprint:
+                return False
+            del self._tokens[key]
+            return True
         had_token = self._tokens.pop(key, None) is not None
         return self._rejections.pop(key, None) is not None or had_token
 

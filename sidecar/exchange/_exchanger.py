@@ -119,14 +119,18 @@ class ProfileExchanger:
         token = await self._wait(flight)
         return self._answer(token, need, cached=not leader)
 
-    def drop(self, subject_token: str, scope: str | None = None) -> bool:
+    def drop(
+        self, subject_token: str, scope: str | None = None, *, fingerprint: str | None = None
+    ) -> bool:
         """Forget the cached token (and rejection) of this user and scope; whether one was held.
 
         Proxy mode calls this when an upstream answers 401 to an exchanged
-        token, before it exchanges once more.
+        token, before it exchanges once more; it passes the ``fingerprint``
+        of the token it sent, so a token another request already got in its
+        place is kept.
         """
         _, key_scope = self.effective_scope(scope)
-        return self.cache.drop(cache_key(self.name, key_scope, subject_token))
+        return self.cache.drop(cache_key(self.name, key_scope, subject_token), fingerprint)
 
     def effective_scope(self, scope: str | None) -> tuple[str | None, str]:
         """The scope to send (None: none) and its normalized form for the key.

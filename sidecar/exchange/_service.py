@@ -106,9 +106,19 @@ class ExchangeService:
             subject_token, scope=scope, min_ttl=min_ttl
         )
 
-    def drop(self, profile: str, subject_token: str, scope: str | None = None) -> bool:
-        """Forget one user's cached token of ``profile`` (proxy mode's 401 rule)."""
-        return self.exchanger_for(profile).drop(subject_token, scope)
+    def drop(
+        self,
+        profile: str,
+        subject_token: str,
+        scope: str | None = None,
+        *,
+        fingerprint: str | None = None,
+    ) -> bool:
+        """Forget one user's cached token of ``profile`` (proxy mode's 401 rule).
+
+        With ``fingerprint``, only while the cached token is still that one.
+        """
+        return self.exchanger_for(profile).drop(subject_token, scope, fingerprint=fingerprint)
 
     async def reload(self, profiles: Mapping[str, ProfileConfig]) -> None:
         """Apply new profiles: unchanged ones keep their caches, changed ones start empty."""

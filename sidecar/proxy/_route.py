@@ -7,6 +7,14 @@ credential the caller sent, and its answer streams back chunk by chunk.
 After an upstream 401 the replay rule of :mod:`sidecar.proxy._replay`
 decides whether it goes out once more. Every answer the sidecar makes itself
 carries ``Token-Sidecar-Error`` and DESIGN's JSON error body.
+
+An upstream with ``exchange = "PROFILE"`` carries per-user tokens: the
+caller names its user with ``Token-Sidecar-Subject`` (the user's token,
+never forwarded: the header rules strip every ``Token-Sidecar*``), and the
+request goes out with that user's exchanged token from the
+:class:`~sidecar.exchange.ExchangeService` (its cache, single flight and
+negative cache apply). Its 401 rule drops that user's cached token and
+exchanges once more.
 """
 
 from __future__ import annotations
@@ -14,14 +22,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, NamedTuple, Protocol
 
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from sidecar.config import UPSTREAM_NAME_PATTERN, UpstreamConfig
-from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
+from sidecar.errors import ApiError, ExchangeError, TokenUnavailableError, UnknownProfileError
 from sidecar.listeners import cancel_on_disconnect
 from sidecar.logs import ACCESS_UPSTREAM
 from sidecar.proxy._client import UpstreamClient
@@ -34,8 +42,8 @@ from sidecar.proxy._headers import (
 from sidecar.proxy._paths import PathRefusedError, check_path, split_target
 from sidecar.proxy._replay import RequestBody, read_body, retry_result
 from sidecar.proxy._upstreams import UpstreamInstruments, Upstreams
-from sidecar.responses import ERROR_HEADER, error_response
-from sidecar.token import HeldToken, ServedToken
+from sidecar.responses import ERROR_HEADER, error_response, exchange_refusal
+from sidecar.token import ServedToken
 
 #: The token API's guards: raise ApiError to refuse a request.
 Guard = Callable[[web.Request], None]
@@ -45,6 +53,27 @@ GUARDED_PROFILE: Final = web.RequestKey("guarded_profile", str)
 _REFUSED_METHODS: Final = frozenset({hdrs.METH_TRACE, hdrs.METH_CONNECT})
 _ALLOWED_METHODS: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _UPSTREAM_NAME = re.compile(UPSTREAM_NAME_PATTERN)
+#: The request header that carries the user's token to an ``exchange`` upstream.
+SUBJECT_HEADER: Final = "Token-Sidecar-Subject"
+_BEARER = "bearer"
+
+
+class Credential(Protocol):
+    """What a request goes out with: a profile's token, or a user's exchanged token."""
+
+    @property
+    def value(self) -> str: ...
+    @property
+    def token_type(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+
+
+class Sending(NamedTuple):
+    """The credential a request is sent with, and whether it is a stale one."""
+
+    token: Credential
+    stale: bool
 
 
 def proxy_error_response(exc: ApiError) -> web.Response:
@@ -77,6 +106,8 @@ class ProxyRoute:
             return await self._forward(request, client, instruments, target, started)
         except ApiError as exc:
             return self._refused(exc, instruments)
+        except ExchangeError as exc:
+            return self._refused(exchange_refusal(exc), instruments)
         except TokenUnavailableError as exc:
             return self._refused(
                 ApiError(503, exc.code, str(exc), profile=exc.profile, retry_after=exc.retry_after),
@@ -116,8 +147,8 @@ class ProxyRoute:
         started: float,
     ) -> web.StreamResponse:
         config = client.config
-        refresher = self._upstreams.refresher_for(config.profile)
-        served = refresher.serve_now() or await refresher.get()
+        subject = _subject(request, config) if config.exchange else None
+        first = await self._credential(config, subject)
         # From here on the request holds upstream resources: a caller that goes
         # away cancels it rather than leaving it to run until a timeout.
         cancel_on_disconnect(request)
@@ -128,14 +159,20 @@ class ProxyRoute:
         try:
             with client.in_use():
                 send = _sender(request.method, client, target, headers, body)
-                upstream = await send(served.token)
+                sending = first
+                upstream = await send(sending.token)
                 retried = False
                 if upstream.status == 401 and config.retry_on_401:
-                    again = await self._after_401(config, instruments, served.token, body)
+                    if subject is None:
+                        again = await self._after_401(config, instruments, sending.token, body)
+                    else:
+                        again = await self._after_401_for_user(
+                            config, instruments, sending.token, subject, body
+                        )
                     if again is not None:
                         upstream.release()
-                        served, retried = again, True
-                        upstream = await send(served.token)
+                        sending, retried = again, True
+                        upstream = await send(sending.token)
                 if upstream.status == 101:
                     raise ApiError(
                         502,
@@ -145,20 +182,33 @@ class ProxyRoute:
                     )
                 instruments.answered(upstream.status, asyncio.get_running_loop().time() - started)
                 return await _stream_back(
-                    request, upstream, config, instruments, stale=served.stale, retried=retried
+                    request, upstream, config, instruments, stale=sending.stale, retried=retried
                 )
         finally:
             if upstream is not None:
                 upstream.close()  # nothing once released; cancelled or failed: not pooled again
             instruments.finished()
 
+    async def _credential(self, config: UpstreamConfig, subject: str | None) -> Sending:
+        """The profile's servable token, or (``exchange`` upstreams) the user's exchanged one.
+
+        Raises:
+            TokenUnavailableError, ExchangeError: no token: the request is not sent.
+        """
+        if subject is None:
+            refresher = self._upstreams.refresher_for(config.profile)
+            served = refresher.serve_now() or await refresher.get()
+            return Sending(served.token, served.stale)
+        answer = await self._upstreams.exchanges.exchange(config.profile, subject)
+        return Sending(answer.token, stale=False)
+
     async def _after_401(
         self,
         config: UpstreamConfig,
         instruments: UpstreamInstruments,
-        sent: HeldToken,
+        sent: Credential,
         body: RequestBody,
-    ) -> ServedToken | None:
+    ) -> Sending | None:
         """The token to send once more after a 401 for ``sent``, or None: pass the 401 back.
 
         A rejected current token is reported (the throttled, single-flight
@@ -184,7 +234,68 @@ class ProxyRoute:
             offered=offered.token.fingerprint if offered is not None else None,
         )
         instruments.retry(result, sent.fingerprint)
-        return offered if result == "retried" else None
+        if result != "retried" or offered is None:
+            return None
+        return Sending(offered.token, offered.stale)
+
+    async def _after_401_for_user(
+        self,
+        config: UpstreamConfig,
+        instruments: UpstreamInstruments,
+        sent: Credential,
+        subject: str,
+        body: RequestBody,
+    ) -> Sending | None:
+        """The 401 rule of an ``exchange`` upstream: drop the user's token, exchange once more.
+
+        The user's cached token is dropped only while it is still the one
+        sent (a concurrent request may already have replaced it); then, for a
+        replayable body, the user's token is exchanged again (or the newer
+        one served) and the request goes out once more. A refused exchange
+        passes the upstream's 401 back.
+        """
+        exchanges = self._upstreams.exchanges
+        exchanges.drop(config.profile, subject, fingerprint=sent.fingerprint)
+        offered: Credential | None = None
+        if body.replayable:
+            try:
+                offered = (await exchanges.exchange(config.profile, subject)).token
+            except ExchangeError:
+                offered = None
+        result = retry_result(
+            replayable=body.replayable,
+            sent=sent.fingerprint,
+            offered=offered.fingerprint if offered is not None else None,
+        )
+        instruments.retry(result, sent.fingerprint)
+        if result != "retried" or offered is None:
+            return None
+        return Sending(offered, stale=False)
+
+
+def _subject(request: web.Request, config: UpstreamConfig) -> str:
+    """The user's token from ``Token-Sidecar-Subject`` (a ``Bearer`` prefix is allowed)."""
+    values = request.headers.getall(SUBJECT_HEADER, ())
+    if len(values) > 1:
+        raise ApiError(
+            400,
+            "bad_request",
+            f"send one {SUBJECT_HEADER} header, not {len(values)}",
+            profile=config.profile,
+        )
+    value = values[0].strip() if values else ""
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() == _BEARER:
+        value = rest.strip()
+    if not value:
+        raise ApiError(
+            400,
+            "missing_subject",
+            f"upstream {config.name!r} sends per-user tokens: "
+            f"the header {SUBJECT_HEADER} must carry the user's token",
+            profile=config.profile,
+        )
+    return value
 
 
 def _admitted(method: str, tail: str, config: UpstreamConfig) -> str:
@@ -227,10 +338,10 @@ def _sender(
     target: str,
     headers: CIMultiDict[str],
     body: RequestBody,
-) -> Callable[[HeldToken], Awaitable[aiohttp.ClientResponse]]:
+) -> Callable[[Credential], Awaitable[aiohttp.ClientResponse]]:
     """Send the request with a given token: the credential header is replaced, never added."""
 
-    async def send(token: HeldToken) -> aiohttp.ClientResponse:
+    async def send(token: Credential) -> aiohttp.ClientResponse:
         with_token = headers.copy()
         with_token[client.config.header] = f"{token.token_type} {token.value}"
         return await client.send(method, target, with_token, body)

@@ -20,6 +20,7 @@ from typing import Any
 from sidecar.clock import Clock, cancel_and_wait
 from sidecar.config import UpstreamConfig, url_view
 from sidecar.errors import ApiError
+from sidecar.exchange import ExchangeService
 from sidecar.metrics import Metrics
 from sidecar.proxy._client import ResolverFactory, UpstreamClient
 from sidecar.proxy._replay import RetryResult
@@ -105,6 +106,7 @@ class UpstreamInstruments:
         return {
             "base_url": url_view(upstream.base_url),
             "profile": upstream.profile,
+            "exchange": upstream.exchange,
             "requests": self.requests,
             "active": self.active,
             "last_error": self.last_error.as_dict() if self.last_error else None,
@@ -119,11 +121,14 @@ class Upstreams:
         upstreams: Mapping[str, UpstreamConfig],
         *,
         refresher_for: Callable[[str], ProfileRefresher],
+        exchanges: ExchangeService,
         metrics: Metrics,
         clock: Clock,
         resolver: ResolverFactory | None = None,
     ) -> None:
         self.refresher_for = refresher_for
+        #: Where ``exchange`` upstreams get their users' tokens.
+        self.exchanges = exchanges
         self._metrics = metrics
         self._clock = clock
         self._resolver = resolver
