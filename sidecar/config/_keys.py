@@ -26,6 +26,7 @@ from sidecar.config._spec import (
     Address,
     Choice,
     Duration,
+    ExactlyOne,
     FilePath,
     Flag,
     Integer,
@@ -34,7 +35,6 @@ from sidecar.config._spec import (
     Matches,
     NamedTables,
     OctalMode,
-    Refused,
     Required,
     Size,
     StringTable,
@@ -241,11 +241,17 @@ UPSTREAM_KEYS = KeyTable(
             "fragment; a literal private address needs allow_private = true.",
             default=None,
         ),
-        Key("profile", Text(), "The configured profile whose token is attached.", default=None),
+        Key(
+            "profile",
+            Text(),
+            "The client-credentials profile whose token is attached (or set exchange).",
+            default=None,
+        ),
         Key(
             "exchange",
-            Refused(),
-            "Reserved for per-user token exchange; refused by this version (use profile).",
+            Text(),
+            "A token exchange profile: each request's Token-Sidecar-Subject is exchanged "
+            "for a per-user token, which is attached (instead of profile).",
             default=None,
         ),
         Key(
@@ -327,7 +333,8 @@ UPSTREAM_KEYS = KeyTable(
         ),
     ),
     rules=(
-        Required(("base_url", "profile")),
+        Required(("base_url",)),
+        ExactlyOne(("profile", "exchange")),
         Together(("client_cert_file", "client_key_file")),
         When("allow_http", value=False, then=(Matches("base_url", r"https://.*"),)),
     ),
