@@ -10,8 +10,10 @@ Timeouts: ``connect_timeout`` covers DNS, the wait for a pooled connection,
 TCP and TLS; ``response_timeout`` runs from the end of the request body until
 the status line and headers; while a request body streams, no chunk may take
 longer than ``idle_timeout``. One :class:`asyncio.Timeout` per request is moved
-along as the request advances (:class:`ResponseDeadline`). Reading the answer
-is bounded per chunk by the caller of :meth:`UpstreamClient.send`.
+along as the request advances (:class:`ResponseDeadline`); the client's
+connector tells it when the connection is ready, the moment the request line
+and headers go out. Reading the answer is bounded per chunk by the caller of
+:meth:`UpstreamClient.send`.
 
 :func:`upstream_errors` turns every aiohttp, TLS and timeout failure into the
 :class:`~sidecar.errors.ApiError` of DESIGN (502 ``upstream_unreachable``,
@@ -25,11 +27,14 @@ import contextlib
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from types import SimpleNamespace
+from contextvars import ContextVar
 from typing import Final
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -65,7 +70,8 @@ class ResponseDeadline:
     def attach(self, timeout: asyncio.Timeout | None) -> None:
         self._timeout = timeout
 
-    def headers_sent(self) -> None:
+    def connected(self) -> None:
+        """The connection is ready: the request line and headers go out now."""
         if self._streamed:
             self.chunk_moved()
         else:
@@ -92,18 +98,27 @@ async def _moving(chunks: AsyncIterator[bytes], deadline: ResponseDeadline) -> A
     deadline.body_sent()
 
 
-async def _on_headers_sent(
-    _session: aiohttp.ClientSession, context: SimpleNamespace, _params: object
-) -> None:
-    deadline = context.trace_request_ctx
-    if isinstance(deadline, ResponseDeadline):
-        deadline.headers_sent()
+#: The deadline of the upstream request the current task is sending, for the connector.
+_SENDING: ContextVar[ResponseDeadline | None] = ContextVar("sending", default=None)
 
 
-def _trace() -> aiohttp.TraceConfig:
-    trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(_on_headers_sent)
-    return trace
+class _Connector(aiohttp.TCPConnector):
+    """A TCPConnector that tells the request being sent when its connection is ready.
+
+    aiohttp writes the request line and headers right after :meth:`connect`
+    returns, with nothing awaited in between: the same moment a trace
+    config's ``on_request_headers_sent`` reports, without the trace objects
+    aiohttp builds for every request when a trace config is set.
+    """
+
+    async def connect(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> Connection:
+        connection = await super().connect(req, traces, timeout)
+        deadline = _SENDING.get()
+        if deadline is not None:
+            deadline.connected()
+        return connection
 
 
 class UpstreamClient:
@@ -163,7 +178,7 @@ class UpstreamClient:
                     profile=self.config.profile,
                 ) from exc
             resolver = self._resolver()
-            connector = aiohttp.TCPConnector(
+            connector = _Connector(
                 limit=POOL_LIMIT,
                 ssl=tls if tls is not None else True,
                 resolver=resolver if self.config.allow_private else GuardedResolver(resolver),
@@ -178,7 +193,6 @@ class UpstreamClient:
                     connect=self.config.connect_timeout,
                     sock_connect=self.config.connect_timeout,
                 ),
-                trace_configs=[_trace()],
             )
         return self._session
 
@@ -199,6 +213,7 @@ class UpstreamClient:
         with upstream_errors(self.config, deadline):
             async with asyncio.timeout(None) as timeout:
                 deadline.attach(timeout)
+                sending = _SENDING.set(deadline)
                 try:
                     answer = await session.request(
                         method,
@@ -207,11 +222,11 @@ class UpstreamClient:
                         data=data,
                         allow_redirects=False,
                         skip_auto_headers=_NO_AUTO_HEADERS,
-                        trace_request_ctx=deadline,
                     )
                     self._answers.add(answer)
                     return answer
                 finally:
+                    _SENDING.reset(sending)
                     # A streamed body may still be going out: it no longer moves this deadline.
                     deadline.attach(None)
 
