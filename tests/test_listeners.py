@@ -14,7 +14,7 @@ import time
 import orjson
 import pytest
 
-from sidecar.listeners import HeadDeadlines, ListenerLimits, ThrottledLog
+from sidecar.listeners import ListenerLimits, ThrottledLog
 from tests.support.e2e import profile_toml
 
 pytestmark = pytest.mark.slow
@@ -95,34 +95,6 @@ def test_throttled_log_reports_what_it_left_out(caplog):
             now[0] = t
             throttled.emit({"n": t})
     assert [(r.n, r.suppressed) for r in caplog.records] == [(0.0, 0), (1.0, 3), (2.2, 1)]
-
-
-async def test_head_deadlines_expire_in_order_and_rearm():
-    """Deadlines fire in start order, one timer at a time; a stopped one never fires."""
-    expired: list[str] = []
-    done = asyncio.Event()
-
-    def on_expiry(name: str) -> None:
-        expired.append(name)
-        if len(expired) == 3:
-            done.set()
-
-    deadlines: HeadDeadlines[str] = HeadDeadlines(0.05, on_expiry)
-    deadlines.start("first")
-    deadlines.start("served")
-    await asyncio.sleep(0.02)
-    deadlines.start("second")
-    deadlines.start("third")
-    deadlines.stop("served")  # its head completed in time
-    assert len(deadlines) == 3
-    await asyncio.wait_for(done.wait(), 2.0)
-    assert expired == ["first", "second", "third"]
-    assert len(deadlines) == 0
-    # After the last one the timer is not re-armed; a new start arms it again.
-    deadlines.start("late")
-    deadlines.close()
-    await asyncio.sleep(0.08)
-    assert expired == ["first", "second", "third"]
 
 
 async def test_caller_served_while_2000_connections_idle_or_half_sent(real_idp, sidecar_factory):

@@ -9,8 +9,9 @@ redirects followed and no decompression (bodies pass through as sent).
 Timeouts: ``connect_timeout`` covers DNS, the wait for a pooled connection,
 TCP and TLS; ``response_timeout`` runs from the end of the request body until
 the status line and headers; while a request body streams, no chunk may take
-longer than ``idle_timeout``. One :class:`asyncio.Timeout` per request is moved
-along as the request advances (:class:`ResponseDeadline`); the client's
+longer than ``idle_timeout``. One :class:`~sidecar.deadlines.MovingTimeout`
+per request is moved along as the request advances (:class:`ResponseDeadline`),
+on the client's own :class:`~sidecar.deadlines.Deadlines` of each length; the client's
 connector tells it when the connection is ready, the moment the request line
 and headers go out. Reading the answer is bounded per chunk by the caller of
 :meth:`UpstreamClient.send`.
@@ -39,6 +40,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.config import UpstreamConfig
+from sidecar.deadlines import Deadlines, MovingTimeout, timeouts
 from sidecar.errors import ApiError
 from sidecar.proxy._addresses import AddressDeniedError, GuardedResolver
 from sidecar.proxy._replay import RequestBody
@@ -59,15 +61,21 @@ class ResponseDeadline:
     is complete, ``response_timeout`` runs until the answer's headers.
     """
 
-    def __init__(self, upstream: UpstreamConfig, *, streamed: bool) -> None:
-        self._upstream = upstream
+    def __init__(
+        self,
+        idle: Deadlines[MovingTimeout],
+        response: Deadlines[MovingTimeout],
+        *,
+        streamed: bool,
+    ) -> None:
+        self._idle = idle
+        self._response = response
         self._streamed = streamed
-        self._loop = asyncio.get_running_loop()
-        self._timeout: asyncio.Timeout | None = None
+        self._timeout: MovingTimeout | None = None
         #: What was being waited for: "connect", "request_body" or "response".
         self.phase = "connect"
 
-    def attach(self, timeout: asyncio.Timeout | None) -> None:
+    def attach(self, timeout: MovingTimeout | None) -> None:
         self._timeout = timeout
 
     def connected(self) -> None:
@@ -79,15 +87,13 @@ class ResponseDeadline:
 
     def chunk_moved(self) -> None:
         self.phase = "request_body"
-        self._move(self._upstream.idle_timeout)
+        if self._timeout is not None:
+            self._timeout.restart(self._idle)
 
     def body_sent(self) -> None:
         self.phase = "response"
-        self._move(self._upstream.response_timeout)
-
-    def _move(self, seconds: float) -> None:
-        if self._timeout is not None and not self._timeout.expired():
-            self._timeout.reschedule(self._loop.time() + seconds)
+        if self._timeout is not None:
+            self._timeout.restart(self._response)
 
 
 async def _moving(chunks: AsyncIterator[bytes], deadline: ResponseDeadline) -> AsyncIterator[bytes]:
@@ -136,6 +142,9 @@ class UpstreamClient:
         # Answers being read: closing the session does not end their reads, closing them does.
         self._answers: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
         self._closed = False
+        #: The deadlines of answer chunks (read by the route) and of the request's own steps.
+        self.idle_deadlines = timeouts(config.idle_timeout)
+        self._response_deadlines = timeouts(config.response_timeout)
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -207,28 +216,31 @@ class UpstreamClient:
         session = self._open()
         url = URL(f"{self.config.base_url}/{target}", encoded=True)
         data = body.data
-        deadline = ResponseDeadline(self.config, streamed=not isinstance(data, bytes | None))
+        deadline = ResponseDeadline(
+            self.idle_deadlines,
+            self._response_deadlines,
+            streamed=not isinstance(data, bytes | None),
+        )
         if not isinstance(data, bytes | None):
             data = _moving(data, deadline)
-        with upstream_errors(self.config, deadline):
-            async with asyncio.timeout(None) as timeout:
-                deadline.attach(timeout)
-                sending = _SENDING.set(deadline)
-                try:
-                    answer = await session.request(
-                        method,
-                        url,
-                        headers=headers,
-                        data=data,
-                        allow_redirects=False,
-                        skip_auto_headers=_NO_AUTO_HEADERS,
-                    )
-                    self._answers.add(answer)
-                    return answer
-                finally:
-                    _SENDING.reset(sending)
-                    # A streamed body may still be going out: it no longer moves this deadline.
-                    deadline.attach(None)
+        with upstream_errors(self.config, deadline), MovingTimeout() as timeout:
+            deadline.attach(timeout)
+            sending = _SENDING.set(deadline)
+            try:
+                answer = await session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    skip_auto_headers=_NO_AUTO_HEADERS,
+                )
+                self._answers.add(answer)
+                return answer
+            finally:
+                _SENDING.reset(sending)
+                # A streamed body may still be going out: it no longer moves this deadline.
+                deadline.attach(None)
 
     async def aclose_when_idle(self) -> None:
         """Close once every request in progress has finished (a reload retired this client)."""
@@ -243,6 +255,8 @@ class UpstreamClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        self.idle_deadlines.close()
+        self._response_deadlines.close()
 
     def __repr__(self) -> str:
         return f"UpstreamClient(name={self.config.name!r}, active={self._active})"

@@ -21,6 +21,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from sidecar.config import UPSTREAM_NAME_PATTERN, UpstreamConfig
+from sidecar.deadlines import Deadlines, MovingTimeout
 from sidecar.errors import ApiError, TokenUnavailableError, UnknownProfileError
 from sidecar.listeners import cancel_on_disconnect
 from sidecar.logs import ACCESS_UPSTREAM
@@ -145,7 +146,12 @@ class ProxyRoute:
                     )
                 instruments.answered(upstream.status, asyncio.get_running_loop().time() - started)
                 return await _stream_back(
-                    request, upstream, config, instruments, stale=served.stale, retried=retried
+                    request,
+                    upstream,
+                    client.idle_deadlines,
+                    instruments,
+                    stale=served.stale,
+                    retried=retried,
                 )
         finally:
             if upstream is not None:
@@ -241,7 +247,7 @@ def _sender(
 async def _stream_back(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
-    config: UpstreamConfig,
+    idle: Deadlines[MovingTimeout],
     instruments: UpstreamInstruments,
     *,
     stale: bool,
@@ -255,11 +261,11 @@ async def _stream_back(
         answer.headers[STALE_HEADER] = "1"
     if retried:
         answer.headers[RETRIED_HEADER] = "1"
-    loop = asyncio.get_running_loop()
     broke: str | None = None
     try:
         await answer.prepare(request)
-        async with asyncio.timeout(config.idle_timeout) as idle:
+        with MovingTimeout() as timeout:
+            timeout.restart(idle)
             while True:
                 try:
                     chunk = await upstream.content.readany()
@@ -269,9 +275,9 @@ async def _stream_back(
                 if not chunk:
                     break
                 await answer.write(chunk)
-                idle.reschedule(loop.time() + config.idle_timeout)
+                timeout.restart(idle)
     except TimeoutError:
-        broke = f"no body data within idle_timeout ({config.idle_timeout:g}s)"
+        broke = f"no body data within idle_timeout ({idle.seconds:g}s)"
     except ConnectionError:  # the caller went away: nobody is left to answer
         upstream.close()
         return answer
