@@ -87,7 +87,7 @@ class MovingTimeout:
 
     No deadline runs until the first :meth:`restart`; each restart replaces
     the previous deadline. Once one has passed, later restarts do nothing and
-    the block ends with ``TimeoutError``.
+    the block ends with ``TimeoutError``; after the block they do nothing either.
     """
 
     __slots__ = ("_cancelling", "_expired", "_on", "_task")
@@ -112,12 +112,13 @@ class MovingTimeout:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        task, self._task = self._task, None  # restarts after the block do nothing
         self.stop()
         # As asyncio.timeout: only our own cancellation becomes a TimeoutError.
         if (
             self._expired
-            and self._task is not None
-            and self._task.uncancel() <= self._cancelling
+            and task is not None
+            and task.uncancel() <= self._cancelling
             and exc_type is asyncio.CancelledError
         ):
             raise TimeoutError from exc

@@ -165,3 +165,14 @@ async def test_moving_timeout_needs_a_task():
 
     loop.call_soon(callback)
     assert "inside a task" in str(await outcome)
+
+
+async def test_restart_after_the_block_does_nothing():
+    """A restart once the block has ended (a body still going out) starts no deadline."""
+    deadlines = timeouts(0.02)
+    with MovingTimeout() as timeout:
+        timeout.restart(deadlines)
+    timeout.restart(deadlines)
+    assert len(deadlines) == 0
+    await asyncio.sleep(0.05)  # past the deadline: this task is not cancelled
+    assert not timeout.expired

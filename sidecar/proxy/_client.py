@@ -53,13 +53,17 @@ _NO_AUTO_HEADERS: Final = frozenset({"User-Agent", "Accept", "Accept-Encoding", 
 ResolverFactory = Callable[[], AbstractResolver]
 
 
-class ResponseDeadline:
+class ResponseDeadline(MovingTimeout):
     """The deadline of one upstream request, moved along as it advances.
 
     Before the request is written only ``connect_timeout`` applies (aiohttp's);
     while a body streams each chunk allows ``idle_timeout`` more; once the body
-    is complete, ``response_timeout`` runs until the answer's headers.
+    is complete, ``response_timeout`` runs until the answer's headers. It is
+    the timeout of the block that waits for those headers: a body still going
+    out after that block no longer moves it.
     """
+
+    __slots__ = ("_idle", "_response", "_streamed", "phase")
 
     def __init__(
         self,
@@ -68,15 +72,12 @@ class ResponseDeadline:
         *,
         streamed: bool,
     ) -> None:
+        super().__init__()
         self._idle = idle
         self._response = response
         self._streamed = streamed
-        self._timeout: MovingTimeout | None = None
         #: What was being waited for: "connect", "request_body" or "response".
         self.phase = "connect"
-
-    def attach(self, timeout: MovingTimeout | None) -> None:
-        self._timeout = timeout
 
     def connected(self) -> None:
         """The connection is ready: the request line and headers go out now."""
@@ -87,13 +88,11 @@ class ResponseDeadline:
 
     def chunk_moved(self) -> None:
         self.phase = "request_body"
-        if self._timeout is not None:
-            self._timeout.restart(self._idle)
+        self.restart(self._idle)
 
     def body_sent(self) -> None:
         self.phase = "response"
-        if self._timeout is not None:
-            self._timeout.restart(self._response)
+        self.restart(self._response)
 
 
 async def _moving(chunks: AsyncIterator[bytes], deadline: ResponseDeadline) -> AsyncIterator[bytes]:
@@ -127,6 +126,31 @@ class _Connector(aiohttp.TCPConnector):
         return connection
 
 
+class Usage:
+    """How many requests a client has in progress (``with usage:`` counts one); a wait for none."""
+
+    __slots__ = ("_none_left", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._none_left: asyncio.Event | None = None  # made by the first none_left()
+
+    def __enter__(self) -> None:
+        self.count += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        self.count -= 1
+        if self.count == 0 and self._none_left is not None:
+            self._none_left.set()
+
+    async def none_left(self) -> None:
+        """Return once no request is in progress (at once when none is)."""
+        while self.count:
+            if self._none_left is None or self._none_left.is_set():
+                self._none_left = asyncio.Event()  # shared by every waiter until it is set
+            await self._none_left.wait()
+
+
 class UpstreamClient:
     """The pooled client of one upstream config; built lazily, closed once drained.
 
@@ -145,26 +169,16 @@ class UpstreamClient:
         #: The deadlines of answer chunks (read by the route) and of the request's own steps.
         self.idle_deadlines = timeouts(config.idle_timeout)
         self._response_deadlines = timeouts(config.response_timeout)
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._usage = Usage()
 
     @property
     def active(self) -> int:
         """Requests in progress through this client."""
-        return self._active
+        return self._usage.count
 
-    @contextlib.contextmanager
-    def in_use(self) -> Iterator[None]:
-        """Count one request (and its answer's stream) against this client."""
-        self._active += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
+    def in_use(self) -> Usage:
+        """``with client.in_use():`` counts one request (and its answer's stream) against it."""
+        return self._usage
 
     def _open(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -197,6 +211,7 @@ class UpstreamClient:
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 trust_env=False,
+                skip_auto_headers=_NO_AUTO_HEADERS,
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     connect=self.config.connect_timeout,
@@ -223,28 +238,25 @@ class UpstreamClient:
         )
         if not isinstance(data, bytes | None):
             data = _moving(data, deadline)
-        with upstream_errors(self.config, deadline), MovingTimeout() as timeout:
-            deadline.attach(timeout)
-            sending = _SENDING.set(deadline)
-            try:
-                answer = await session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    skip_auto_headers=_NO_AUTO_HEADERS,
-                )
-                self._answers.add(answer)
-                return answer
-            finally:
-                _SENDING.reset(sending)
-                # A streamed body may still be going out: it no longer moves this deadline.
-                deadline.attach(None)
+        try:
+            with deadline:
+                sending = _SENDING.set(deadline)
+                try:
+                    answer = await session.request(
+                        method, url, headers=headers, data=data, allow_redirects=False
+                    )
+                finally:
+                    _SENDING.reset(sending)
+            self._answers.add(answer)
+        except Exception:
+            # The error boundary, entered only on the way out of a failure.
+            with upstream_errors(self.config, deadline):
+                raise
+        return answer
 
     async def aclose_when_idle(self) -> None:
         """Close once every request in progress has finished (a reload retired this client)."""
-        await self._idle.wait()
+        await self._usage.none_left()
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -259,7 +271,7 @@ class UpstreamClient:
         self._response_deadlines.close()
 
     def __repr__(self) -> str:
-        return f"UpstreamClient(name={self.config.name!r}, active={self._active})"
+        return f"UpstreamClient(name={self.config.name!r}, active={self.active})"
 
 
 def tls_context(upstream: UpstreamConfig) -> ssl.SSLContext:

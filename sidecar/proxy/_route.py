@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final
 
 import aiohttp
@@ -29,11 +29,11 @@ from sidecar.proxy._client import UpstreamClient
 from sidecar.proxy._headers import (
     RETRIED_HEADER,
     STALE_HEADER,
-    answer_headers,
+    dropped_from_answer,
     upstream_headers,
 )
 from sidecar.proxy._paths import PathRefusedError, check_path, split_target
-from sidecar.proxy._replay import RequestBody, read_body, retry_result
+from sidecar.proxy._replay import NO_BODY, RequestBody, read_body, retry_result
 from sidecar.proxy._upstreams import UpstreamInstruments, Upstreams
 from sidecar.responses import ERROR_HEADER, error_response
 from sidecar.token import HeldToken, ServedToken
@@ -122,21 +122,23 @@ class ProxyRoute:
         # From here on the request holds upstream resources: a caller that goes
         # away cancels it rather than leaving it to run until a timeout.
         cancel_on_disconnect(request)
-        body = await _caller_body(request, config)
+        body = await _caller_body(request, config) if request.body_exists else NO_BODY
         headers = upstream_headers(request.headers, config)
+        method = request.method
         instruments.started()
         upstream: aiohttp.ClientResponse | None = None
         try:
             with client.in_use():
-                send = _sender(request.method, client, target, headers, body)
-                upstream = await send(served.token)
+                upstream = await client.send(method, target, _with(headers, config, served), body)
                 retried = False
                 if upstream.status == 401 and config.retry_on_401:
                     again = await self._after_401(config, instruments, served.token, body)
                     if again is not None:
                         upstream.release()
                         served, retried = again, True
-                        upstream = await send(served.token)
+                        upstream = await client.send(
+                            method, target, _with(headers, config, served), body
+                        )
                 if upstream.status == 101:
                     raise ApiError(
                         502,
@@ -227,21 +229,32 @@ async def _caller_body(request: web.Request, config: UpstreamConfig) -> RequestB
         ) from None
 
 
-def _sender(
-    method: str,
-    client: UpstreamClient,
-    target: str,
-    headers: CIMultiDict[str],
-    body: RequestBody,
-) -> Callable[[HeldToken], Awaitable[aiohttp.ClientResponse]]:
-    """Send the request with a given token: the credential header is replaced, never added."""
+def _with(
+    headers: CIMultiDict[str], config: UpstreamConfig, served: ServedToken
+) -> CIMultiDict[str]:
+    """``headers`` carrying ``served``'s token: the credential header is replaced, never added.
 
-    async def send(token: HeldToken) -> aiohttp.ClientResponse:
-        with_token = headers.copy()
-        with_token[client.config.header] = f"{token.token_type} {token.value}"
-        return await client.send(method, target, with_token, body)
+    aiohttp copies the headers it is given, so one dictionary serves a retry too.
+    """
+    token = served.token
+    headers[config.header] = f"{token.token_type} {token.value}"
+    return headers
 
-    return send
+
+def _answer_to(
+    upstream: aiohttp.ClientResponse, *, stale: bool, retried: bool
+) -> web.StreamResponse:
+    """The caller's answer: the upstream's status and headers, less those that stay behind."""
+    answer = web.StreamResponse(
+        status=upstream.status, reason=upstream.reason, headers=upstream.headers
+    )
+    for name in dropped_from_answer(upstream.headers):
+        answer.headers.popall(name, None)
+    if stale:
+        answer.headers[STALE_HEADER] = "1"
+    if retried:
+        answer.headers[RETRIED_HEADER] = "1"
+    return answer
 
 
 async def _stream_back(
@@ -254,13 +267,7 @@ async def _stream_back(
     retried: bool,
 ) -> web.StreamResponse:
     """Pass the upstream's answer on, each chunk as it arrives; cut the connection if it breaks."""
-    answer = web.StreamResponse(
-        status=upstream.status, reason=upstream.reason, headers=answer_headers(upstream.headers)
-    )
-    if stale:
-        answer.headers[STALE_HEADER] = "1"
-    if retried:
-        answer.headers[RETRIED_HEADER] = "1"
+    answer = _answer_to(upstream, stale=stale, retried=retried)
     broke: str | None = None
     try:
         await answer.prepare(request)
