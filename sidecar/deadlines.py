@@ -59,6 +59,11 @@ class Deadlines(Generic[_Item]):
         """Drop ``item``'s deadline, if it has one."""
         self._due.pop(item, None)
 
+    def restart(self, item: _Item) -> None:
+        """Start ``item``'s deadline again now (whether it had one here or not)."""
+        self._due.pop(item, None)
+        self.start(item)
+
     def close(self) -> None:
         """Drop every deadline and the timer."""
         self._due.clear()
@@ -113,7 +118,9 @@ class MovingTimeout:
         traceback: TracebackType | None,
     ) -> None:
         task, self._task = self._task, None  # restarts after the block do nothing
-        self.stop()
+        if self._on is not None:
+            self._on.stop(self)
+            self._on = None
         # As asyncio.timeout: only our own cancellation becomes a TimeoutError.
         if (
             self._expired
@@ -132,8 +139,12 @@ class MovingTimeout:
         """Be due ``deadlines.seconds`` from now, instead of any earlier deadline."""
         if self._expired or self._task is None:
             return
-        if self._on is not None:
-            self._on.stop(self)
+        on = self._on
+        if on is deadlines:
+            deadlines.restart(self)
+            return
+        if on is not None:
+            on.stop(self)
         self._on = deadlines
         deadlines.start(self)
 

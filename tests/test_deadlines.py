@@ -176,3 +176,23 @@ async def test_restart_after_the_block_does_nothing():
     assert len(deadlines) == 0
     await asyncio.sleep(0.05)  # past the deadline: this task is not cancelled
     assert not timeout.expired
+
+
+async def test_restarted_deadline_moves_behind_later_ones():
+    """A restarted deadline is due a full length from its restart, after the ones set since."""
+    expired: list[str] = []
+    both = asyncio.Event()
+
+    def on_expiry(name: str) -> None:
+        expired.append(name)
+        if len(expired) == 2:
+            both.set()
+
+    deadlines: Deadlines[str] = Deadlines(0.2, on_expiry)
+    deadlines.start("restarted")  # first due at 0.2
+    await asyncio.sleep(0.05)
+    deadlines.start("other")  # due at 0.25
+    await asyncio.sleep(0.05)
+    deadlines.restart("restarted")  # now due at 0.3
+    await asyncio.wait_for(both.wait(), 2.0)
+    assert expired == ["other", "restarted"]

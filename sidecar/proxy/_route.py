@@ -11,8 +11,8 @@ carries ``Token-Sidecar-Error`` and DESIGN's JSON error body.
 
 from __future__ import annotations
 
-import asyncio
 import re
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -63,7 +63,7 @@ class ProxyRoute:
         self._guard = guard
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = asyncio.get_running_loop().time()
+        started = time.monotonic()
         name, tail = split_target(request.raw_path)
         client = self._upstreams.client(name)
         instruments = self._upstreams.instruments(name) if client is not None else None
@@ -146,7 +146,7 @@ class ProxyRoute:
                         f"upstream {config.name!r} switched protocols, which is not proxied",
                         profile=config.profile,
                     )
-                instruments.answered(upstream.status, asyncio.get_running_loop().time() - started)
+                instruments.answered(upstream.status, time.monotonic() - started)
                 return await _stream_back(
                     request,
                     upstream,
