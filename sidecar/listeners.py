@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aiohttp import StreamReader, web
+from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -173,7 +173,7 @@ class GuardedRequestHandler(RequestHandler):
         self.busy = False
         self.peer: Peer | None = None
         self.cancel_on_disconnect = False
-        self._body: StreamReader | None = None
+        self._request: BaseRequest | None = None
         self._head_bytes = 0
         self._head_pending = False
         self._head_complete = False
@@ -197,7 +197,7 @@ class GuardedRequestHandler(RequestHandler):
     @property
     def body_pending(self) -> bool:
         """Whether the request in progress is still waiting for part of its body."""
-        return self.busy and self._body is not None and not self._body.is_eof()
+        return self.busy and self._request is not None and not self._request.content.is_eof()
 
     def data_received(self, data: bytes) -> None:
         if self.busy or self._head_complete:
@@ -227,7 +227,7 @@ class GuardedRequestHandler(RequestHandler):
         # aiohttp's per-request step: a complete head arrived and goes to the app.
         self.busy = True
         self.cancel_on_disconnect = False
-        self._body = request.content
+        self._request = request
         self._head_bytes = 0
         if self._head_pending:
             self._head_pending = False
@@ -238,7 +238,7 @@ class GuardedRequestHandler(RequestHandler):
             return await super()._handle_request(request, start_time, request_handler)
         finally:
             self.busy = False
-            self._body = None
+            self._request = None
             self._head_complete = bool(self._messages)  # a pipelined request is queued
 
     def head_timed_out(self) -> None:

@@ -189,8 +189,10 @@ class ProfileRefresher:
         need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
         if token.expires_at - now <= need:
             return None
-        reported = self._reports.is_reported(token)
-        stale = served_stale(token, now=now, failures=self._failures, reported=reported)
+        # Refreshes succeeding and no report: fresh, without asking (the usual answer).
+        stale = (self._failures > 0 or self._reports.rejected is not None) and served_stale(
+            token, now=now, failures=self._failures, reported=self._reports.is_reported(token)
+        )
         if stale:
             self._report.served_fallback(fallback_reason(self._last_kind))
         if self._context.fleet.cache.state is CacheState.DOWN:
