@@ -13,7 +13,9 @@ Two comparisons (``--what``):
 - ``proxy``: ``GET /v1/proxy/bench/item`` through the sidecar against the
   minimal aiohttp reverse proxy of ``bench/proxy.py --role ceiling`` (adds a
   fixed ``Authorization`` header, streams the answer), both in front of the
-  same upstream (``bench/proxy.py --role upstream``, not instrumented);
+  same upstream (``bench/proxy.py --role upstream``, not instrumented). The
+  ceiling runs twice: with a fixed header as long as the sidecar's real one
+  (``bench/proxy.py``'s default) and with the 24-character one of the first runs;
 - ``token``: a cached ``GET /v1/token/bench`` against ``bench/ceiling.py``
   (a one-line aiohttp handler returning the same bytes).
 
@@ -33,6 +35,7 @@ import asyncio
 import contextlib
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -171,9 +174,33 @@ async def child(
                 await asyncio.wait_for(proc.wait(), 60)
 
 
+@dataclass(frozen=True)
+class Ceiling:
+    """A ceiling server: what it is compared on, its name and how this script starts it."""
+
+    what: str  # "proxy" or "token"
+    name: str
+    argv: tuple[str, ...]
+
+
+def ceilings(args: argparse.Namespace, up_port: int, header: int, body_file: Path) -> list[Ceiling]:
+    """The ceilings to measure: the proxy's (same-length and short header) and the token GET's."""
+    proxy = (str(BENCH / "proxy.py"), "--role", "ceiling", "--upstream-port", str(up_port))
+    found = []
+    if "proxy" in args.what:
+        found.append(Ceiling("proxy", "ceiling", (*proxy, "--fixed-length", str(header))))
+        found.append(Ceiling("proxy", "ceiling, short header", (*proxy, "--fixed-length", "0")))
+    if "token" in args.what:
+        found.append(
+            Ceiling("token", "ceiling", (str(BENCH / "ceiling.py"), "--body-file", str(body_file)))
+        )
+    return found
+
+
 async def measure(args: argparse.Namespace, out_dir: Path) -> list[Measured]:
     results: list[Measured] = []
     up_port = free_port()
+    paths = {"proxy": PROXY_PATH, "token": TOKEN_PATH}
     async with (
         start_idp() as idp,
         aiohttp.ClientSession() as http,
@@ -196,99 +223,75 @@ async def measure(args: argparse.Namespace, out_dir: Path) -> list[Measured]:
             await wait_ready(http, sidecar, START_TIMEOUT)
             async with http.get(f"{sidecar.url}{TOKEN_PATH}", headers=HEADERS) as resp:
                 body = await resp.read()
+                token = await resp.json()
             body_file = out_dir / "token-body.json"
-            body_file.write_bytes(body)
-            ceil_port, token_port = free_port(), free_port()
+            await asyncio.to_thread(body_file.write_bytes, body)
+            header = len(f"{token['token_type']} {token['access_token']}")
+            print(f"Authorization value the sidecar sends: {header} characters", file=sys.stderr)
             async with contextlib.AsyncExitStack() as stack:
-                pids = {"proxy": 0, "token": 0}
-                if not args.sidecar_only and "proxy" in args.what:
+                servers: list[tuple[str, str, int, int]] = [
+                    (what, "sidecar", sidecar.pid, sidecar.port) for what in args.what
+                ]
+                for ceiling in (
+                    [] if args.sidecar_only else ceilings(args, up_port, header, body_file)
+                ):
+                    port = free_port()
                     proc = await stack.enter_async_context(
                         child(
-                            [
-                                str(BENCH / "proxy.py"),
-                                "--role",
-                                "ceiling",
-                                "--port",
-                                str(ceil_port),
-                                "--upstream-port",
-                                str(up_port),
-                            ],
-                            prefix=valgrind_prefix(out_dir, "proxy-ceiling"),
+                            [*ceiling.argv, "--port", str(port)],
+                            prefix=valgrind_prefix(out_dir, f"{ceiling.what}-ceiling"),
                         )
                     )
-                    pids["proxy"] = proc.pid
-                if not args.sidecar_only and "token" in args.what:
-                    proc = await stack.enter_async_context(
-                        child(
-                            [
-                                str(BENCH / "ceiling.py"),
-                                "--port",
-                                str(token_port),
-                                "--body-file",
-                                str(body_file),
-                            ],
-                            prefix=valgrind_prefix(out_dir, "token-ceiling"),
-                        )
-                    )
-                    pids["token"] = proc.pid
-                servers = {
-                    "proxy": [
-                        ("sidecar", sidecar.pid, sidecar.port, PROXY_PATH),
-                        ("ceiling", pids["proxy"], ceil_port, PROXY_PATH),
-                    ],
-                    "token": [
-                        ("sidecar", sidecar.pid, sidecar.port, TOKEN_PATH),
-                        ("ceiling", pids["token"], token_port, TOKEN_PATH),
-                    ],
-                }
+                    servers.append((ceiling.what, ceiling.name, proc.pid, port))
                 for _ in range(args.repeat):
-                    for what in args.what:
-                        for server, pid, port, path in servers[what]:
-                            if not pid:  # --sidecar-only
-                                continue
-                            measured = await instrumented_load(
-                                what=what,
-                                server=server,
-                                pid=pid,
-                                port=port,
-                                path=path,
-                                out_dir=out_dir,
-                                args=args,
-                            )
-                            results.append(measured)
-                            print(
-                                f"{what:5} {server:8} {measured.requests} requests, "
-                                f"{measured.errors} errors, "
-                                f"{measured.per_request:,.0f} instructions/request",
-                                file=sys.stderr,
-                                flush=True,
-                            )
+                    for what, server, pid, port in servers:
+                        measured = await instrumented_load(
+                            what=what,
+                            server=server,
+                            pid=pid,
+                            port=port,
+                            path=paths[what],
+                            out_dir=out_dir,
+                            args=args,
+                        )
+                        results.append(measured)
+                        print(
+                            f"{what:5} {server:22} {measured.requests} requests, "
+                            f"{measured.errors} errors, "
+                            f"{measured.per_request:,.0f} instructions/request",
+                            file=sys.stderr,
+                            flush=True,
+                        )
         finally:
             await sidecar.stop()
     return results
 
 
 def report(results: list[Measured], args: argparse.Namespace) -> None:
+    """Medians over the runs: instructions per request and each ceiling's share of the sidecar's."""
     rows = []
     for what in args.what:
-        for index in range(args.repeat):
-            sidecar = [m for m in results if m.what == what and m.server == "sidecar"][index]
-            ceilings = [m for m in results if m.what == what and m.server == "ceiling"]
-            ceiling = ceilings[index] if ceilings else None
+        mine = statistics.median(
+            m.per_request for m in results if m.what == what and m.server == "sidecar"
+        )
+        names = dict.fromkeys(m.server for m in results if m.what == what)
+        for name in names:
+            runs = [m for m in results if m.what == what and m.server == name]
+            per_request = statistics.median(m.per_request for m in runs)
             rows.append(
                 [
                     what,
-                    index + 1,
-                    round(sidecar.per_request),
-                    round(ceiling.per_request) if ceiling else "-",
-                    ceiling.per_request / sidecar.per_request if ceiling else "-",
-                    sidecar.errors + (ceiling.errors if ceiling else 0),
+                    name,
+                    len(runs),
+                    round(per_request),
+                    "-" if name == "sidecar" else per_request / mine,
+                    sum(m.errors for m in runs),
                 ]
             )
     print_table(
         f"instructions per request under callgrind ({args.requests} requests, "
         f"{args.connections} keep-alive connections, after {args.warmup} warm-up requests)",
-        ["path", "run", "sidecar", "ceiling", "ceiling / sidecar", "errors"],
+        ["path", "server", "runs", "instructions / request", "ceiling / sidecar", "errors"],
         rows,
     )
     uptime = subprocess.run(
