@@ -612,6 +612,27 @@ async def test_401_once_is_retried_with_a_new_token(world, idp):
     )
 
 
+async def test_every_answer_is_given_back(world):
+    """Answers passed on, retried after a 401 or cut off leave nothing behind in the client."""
+    w = await world()
+    client = w.service.upstreams.client("api")
+    assert client is not None
+    w.api.rejected.add(w.current)  # the first answer is a 401, then the retry's 200
+    resp, _ = await w.call("GET", "x")
+    assert resp.headers["Token-Sidecar-Retried"] == "1"
+    async with w.http.get(w.proxied("reset"), headers=HEADERS) as cut:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await cut.read()
+    async with w.http.get(w.proxied("events"), headers=HEADERS) as stream:
+        await w.api.sse.go.put("e0")
+        assert await asyncio.wait_for(stream.content.readline(), 5) == b"data: e0\n"
+        assert client.answers == 1  # the positive control: a stream in progress
+        await w.api.sse.go.put("end")
+        await stream.read()
+    await until(lambda: client.active == 0)
+    assert client.answers == 0
+
+
 async def test_401_on_a_streamed_body_is_passed_back(world, idp):
     """A body over retry_body_limit is not replayable: the 401 comes back, the token is reported."""
     w = await world(retry_body_limit=1024)

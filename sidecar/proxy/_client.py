@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from typing import Final
@@ -164,7 +163,8 @@ class UpstreamClient:
         self._resolver = resolver if resolver is not None else aiohttp.DefaultResolver
         self._session: aiohttp.ClientSession | None = None
         # Answers being read: closing the session does not end their reads, closing them does.
-        self._answers: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
+        # The route hands each back with finish().
+        self._answers: set[aiohttp.ClientResponse] = set()
         self._closed = False
         #: The deadlines of answer chunks (read by the route) and of the request's own steps.
         self.idle_deadlines = timeouts(config.idle_timeout)
@@ -253,6 +253,17 @@ class UpstreamClient:
             with upstream_errors(self.config, deadline):
                 raise
         return answer
+
+    @property
+    def answers(self) -> int:
+        """Answers handed out by :meth:`send` and not yet given back to :meth:`finish`."""
+        return len(self._answers)
+
+    def finish(self, answer: aiohttp.ClientResponse) -> None:
+        """Done with ``answer``: its connection is closed unless it was released to the pool."""
+        self._answers.discard(answer)
+        if not answer.closed:  # cancelled or failed: not pooled again
+            answer.close()
 
     async def aclose_when_idle(self) -> None:
         """Close once every request in progress has finished (a reload retired this client)."""

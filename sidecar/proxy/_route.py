@@ -134,7 +134,8 @@ class ProxyRoute:
                 if upstream.status == 401 and config.retry_on_401:
                     again = await self._after_401(config, instruments, served.token, body)
                     if again is not None:
-                        upstream.release()
+                        upstream.release()  # its connection goes back to the pool
+                        client.finish(upstream)
                         served, retried = again, True
                         upstream = await client.send(
                             method, target, _with(headers, config, served), body
@@ -157,7 +158,7 @@ class ProxyRoute:
                 )
         finally:
             if upstream is not None:
-                upstream.close()  # nothing once released; cancelled or failed: not pooled again
+                client.finish(upstream)
             instruments.finished()
 
     async def _after_401(
@@ -271,18 +272,19 @@ async def _stream_back(
     broke: str | None = None
     try:
         await answer.prepare(request)
+        content = upstream.content
         with MovingTimeout() as timeout:
-            timeout.restart(idle)
-            while True:
+            # at_eof: the whole body has been passed on (no read just to learn that).
+            while not content.at_eof():
+                timeout.restart(idle)
                 try:
-                    chunk = await upstream.content.readany()
+                    chunk = await content.readany()
                 except aiohttp.ClientError as exc:
                     broke = f"the upstream's body broke off ({type(exc).__name__})"
                     break
                 if not chunk:
                     break
                 await answer.write(chunk)
-                timeout.restart(idle)
     except TimeoutError:
         broke = f"no body data within idle_timeout ({idle.seconds:g}s)"
     except ConnectionError:  # the caller went away: nobody is left to answer
