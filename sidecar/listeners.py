@@ -203,17 +203,18 @@ class GuardedRequestHandler(RequestHandler):
         if self.busy or self._head_complete:
             super().data_received(data)  # a request body
             return
-        # Bytes of a new request head: its deadline starts with the first of them.
-        if not self._head_pending:
-            self._head_pending = True
-            self._deadlines.start(self)
         heads = self._request_count
         super().data_received(data)
         if self._request_count != heads:
             # The head is whole (aiohttp counts parsed requests); what follows is
-            # its body, which may arrive before the request's task starts.
+            # its body, which may arrive before the request's task starts. A head
+            # that came whole in one read never needed a deadline.
             self._head_complete = True
             return
+        # Part of a new request head: its deadline starts with the first of its bytes (now).
+        if not self._head_pending:
+            self._head_pending = True
+            self._deadlines.start(self)
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
             self.force_close()

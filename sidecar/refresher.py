@@ -197,7 +197,8 @@ class ProfileRefresher:
             self._report.served_fallback(fallback_reason(self._last_kind))
         if self._context.fleet.cache.state is CacheState.DOWN:
             self._report.served_fallback("cache_backend_down")
-        return ServedToken(token, stale, token.expires_in(now))
+        # Whole seconds left, rounded down (HeldToken.expires_in; positive here, past the check).
+        return ServedToken(token, stale, int(token.expires_at - now))
 
     async def get(self, min_ttl: float | None = None) -> ServedToken:
         """A servable token with at least ``min_ttl`` left, waiting for a refresh if needed."""

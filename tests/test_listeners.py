@@ -180,6 +180,25 @@ async def test_head_deadline_and_keepalive(real_idp, sidecar_factory):
     writer.close()
 
 
+async def test_next_head_on_a_kept_alive_connection_has_a_deadline(real_idp, sidecar_factory):
+    """After an answer, a next head that arrives in pieces is closed past header_timeout too."""
+    sidecar = await sidecar_factory(
+        profile_toml(real_idp), server_extra='header_timeout = "300ms"\nkeepalive_timeout = "30s"'
+    )
+    await sidecar.wait_event("token.refreshed")
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(GOOD_HEAD)  # a whole head in one piece: served (the positive control)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await asyncio.wait_for(reader.readexactly(length), 2.0)
+    started = time.monotonic()
+    writer.write(b"GET /v1/token/api HTTP/1.1\r\n")  # the first piece of the next head
+    assert await closed_by_server(reader, 2.0)
+    assert time.monotonic() - started < 1.5  # header_timeout, not keepalive_timeout
+    writer.close()
+
+
 async def test_oldest_idle_connection_makes_room(real_idp, sidecar_factory):
     """At max_connections the oldest idle connection makes room; the younger ones stay."""
     sidecar = await sidecar_factory(profile_toml(real_idp), server_extra="max_connections = 3")
