@@ -155,6 +155,11 @@ def peer_of(transport: asyncio.BaseTransport | None) -> Peer | None:
     return Peer(unix=True, uid=uid)
 
 
+# aiohttp's own steps, called directly on the two per-request paths (no super object each time).
+_DATA_RECEIVED: Final = RequestHandler.data_received
+_HANDLE_REQUEST: Final = RequestHandler._handle_request  # noqa: SLF001 - the step we extend
+
+
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's connection protocol with a head deadline, a head size bound and a quiet 400.
 
@@ -201,10 +206,10 @@ class GuardedRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         if self.busy or self._head_complete:
-            super().data_received(data)  # a request body
+            _DATA_RECEIVED(self, data)  # a request body
             return
         heads = self._request_count
-        super().data_received(data)
+        _DATA_RECEIVED(self, data)
         if self._request_count != heads:
             # The head is whole (aiohttp counts parsed requests); what follows is
             # its body, which may arrive before the request's task starts. A head
@@ -236,7 +241,7 @@ class GuardedRequestHandler(RequestHandler):
         if not request.raw_path.startswith("/"):
             request_handler = self._limited.answering_unrouted(request_handler)
         try:
-            return await super()._handle_request(request, start_time, request_handler)
+            return await _HANDLE_REQUEST(self, request, start_time, request_handler)
         finally:
             self.busy = False
             self._request = None

@@ -71,7 +71,7 @@ class ResponseDeadline(MovingTimeout):
         *,
         streamed: bool,
     ) -> None:
-        super().__init__()
+        MovingTimeout.__init__(self)  # one per request: no super object
         self._idle = idle
         self._response = response
         self._streamed = streamed
@@ -118,7 +118,7 @@ class _Connector(aiohttp.TCPConnector):
     async def connect(
         self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
     ) -> Connection:
-        connection = await super().connect(req, traces, timeout)
+        connection = await aiohttp.TCPConnector.connect(self, req, traces, timeout)
         deadline = _SENDING.get()
         if deadline is not None:
             deadline.connected()
