@@ -20,6 +20,12 @@ machine); the delay each event needs to reach the caller is measured directly
 and through the sidecar, and the table shows p50/p99 of both and the added
 delay.
 
+The fixed header of the ceiling and nginx is as long as the sidecar's real
+token (``Bearer`` and a JWT of the dev IdP, 740 characters): writing a header
+costs the same per byte whoever sends it, so all three carry the same bytes.
+``--short-fixed-header`` sends ``Bearer bench-fixed-token`` instead (24
+characters; the comparison of the first runs).
+
 Targets (issue 13): sidecar >= 0.9 of the ceiling's req/s, added p50 <= 0.5 ms
 at 1 connection, SSE added p99 < 5 ms; nginx's ratio is reported as it is.
 Usage: ``.venv/bin/python bench/proxy.py [--rounds 5 --duration 10]``;
@@ -63,10 +69,17 @@ from benchlib import (
     workdir,
 )
 
-from sidecar.testing import free_port
+from sidecar.testing import SidecarProcess, free_port
 
 BODY = b'{"id": 42, "name": "invoice", "lines": [1, 2, 3], "status": "paid"}' * 3
-FIXED = "Bearer bench-fixed-token"
+SHORT_FIXED = "Bearer bench-fixed-token"
+
+
+def fixed_header(length: int) -> str:
+    """A fixed ``Authorization`` value of ``length`` characters (at least the short one)."""
+    return SHORT_FIXED + "x" * max(0, length - len(SHORT_FIXED))
+
+
 PREFIX = "/v1/proxy/bench"
 
 
@@ -94,7 +107,7 @@ def upstream_app(interval: float) -> web.Application:
     return app
 
 
-def ceiling_app(upstream_port: int) -> web.Application:
+def ceiling_app(upstream_port: int, fixed: str = SHORT_FIXED) -> web.Application:
     """A minimal streaming reverse proxy adding a fixed header: the aiohttp ceiling."""
     session: dict[str, aiohttp.ClientSession] = {}
 
@@ -105,7 +118,7 @@ def ceiling_app(upstream_port: int) -> web.Application:
 
     async def forward(request: web.Request) -> web.StreamResponse:
         url = f"http://127.0.0.1:{upstream_port}{request.raw_path.removeprefix(PREFIX)}"
-        headers = {"Authorization": FIXED}
+        headers = {"Authorization": fixed}
         async with session["s"].get(url, headers=headers, allow_redirects=False) as up:
             answer = web.StreamResponse(status=up.status, headers=up.headers)
             await answer.prepare(request)
@@ -169,7 +182,9 @@ def ensure_nginx(*, install: bool) -> str | None:
 
 
 @contextlib.contextmanager
-def nginx(binary: str, wd: Path, port: int, upstream_port: int, core: int | None) -> Iterator[None]:
+def nginx(  # noqa: PLR0917 - the places and the header of one server
+    binary: str, wd: Path, port: int, upstream_port: int, core: int | None, fixed: str
+) -> Iterator[None]:
     conf = wd / "nginx.conf"
     conf.write_text(
         f"""
@@ -189,7 +204,7 @@ http {{
       proxy_pass http://api/;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Authorization "{FIXED}";
+      proxy_set_header Authorization "{fixed}";
       proxy_buffering off;
     }}
   }}
@@ -225,6 +240,13 @@ async def sse_delays(url: str, count: int, headers: dict[str, str]) -> list[floa
     return delays[5:]  # the first events include connection set-up
 
 
+async def token_header_length(http: aiohttp.ClientSession, sidecar: SidecarProcess) -> int:
+    """The length of the ``Authorization`` value the sidecar sends (``Bearer`` and its token)."""
+    async with http.get(f"{sidecar.url}/v1/token/bench", headers={"Token-Sidecar": "1"}) as resp:
+        body = await resp.json()
+    return len(f"{body['token_type']} {body['access_token']}")
+
+
 async def measure(args: argparse.Namespace) -> None:
     print_machine()
     server_core, load_core = cores()
@@ -232,14 +254,7 @@ async def measure(args: argparse.Namespace) -> None:
     nginx_bin = None if args.no_nginx else ensure_nginx(install=not args.no_install)
     up_port, ceil_port, nginx_port = free_port(), free_port(), free_port()
     interval = str(args.sse_interval)
-    with (
-        workdir() as wd,
-        child("upstream", up_port, "--sse-interval", interval, core=load_core),
-        child("ceiling", ceil_port, "--upstream-port", str(up_port), core=server_core),
-        nginx(nginx_bin, wd, nginx_port, up_port, server_core)
-        if nginx_bin
-        else contextlib.nullcontext(),
-    ):
+    with workdir() as wd, child("upstream", up_port, "--sse-interval", interval, core=load_core):
         async with start_idp() as idp, aiohttp.ClientSession() as http:
             upstream = (
                 f'[upstreams.bench]\nbase_url = "http://127.0.0.1:{up_port}"\n'
@@ -249,33 +264,53 @@ async def measure(args: argparse.Namespace) -> None:
             await sidecar.start()
             try:
                 await wait_ready(http, sidecar, 30)
-                targets = {
-                    "direct": (up_port, "/item"),
-                    "ceiling": (ceil_port, f"{PREFIX}/item"),
-                    "sidecar": (sidecar.port, f"{PREFIX}/item"),
-                }
-                if nginx_bin:
-                    targets["nginx"] = (nginx_port, f"{PREFIX}/item")
-                await throughput(targets, args)
-                direct = await sse_delays(f"http://127.0.0.1:{up_port}/events", args.sse_events, {})
-                proxied = await sse_delays(
-                    f"{sidecar.url}{PREFIX}/events", args.sse_events, {"Token-Sidecar": "1"}
-                )
-                rows = [
-                    [name, len(d), percentile(d, 50) * 1e3, percentile(d, 99) * 1e3]
-                    for name, d in (("direct", direct), ("sidecar", proxied))
-                ]
-                added = [
-                    "added",
-                    "",
-                    (percentile(proxied, 50) - percentile(direct, 50)) * 1e3,
-                    (percentile(proxied, 99) - percentile(direct, 99)) * 1e3,
-                ]
-                print_table(
-                    "SSE event delay (ms)", ["path", "events", "p50", "p99"], [*rows, added]
-                )
+                length = 0 if args.short_fixed_header else await token_header_length(http, sidecar)
+                fixed = fixed_header(length)
+                print(f"fixed Authorization header of ceiling and nginx: {len(fixed)} characters")
+                with (
+                    child(
+                        "ceiling",
+                        ceil_port,
+                        "--upstream-port",
+                        str(up_port),
+                        "--fixed-length",
+                        str(len(fixed)),
+                        core=server_core,
+                    ),
+                    nginx(nginx_bin, wd, nginx_port, up_port, server_core, fixed)
+                    if nginx_bin
+                    else contextlib.nullcontext(),
+                ):
+                    targets = {
+                        "direct": (up_port, "/item"),
+                        "ceiling": (ceil_port, f"{PREFIX}/item"),
+                        "sidecar": (sidecar.port, f"{PREFIX}/item"),
+                    }
+                    if nginx_bin:
+                        targets["nginx"] = (nginx_port, f"{PREFIX}/item")
+                    await throughput(targets, args)
+                await sse(up_port, sidecar, args)
             finally:
                 await sidecar.stop()
+
+
+async def sse(up_port: int, sidecar: SidecarProcess, args: argparse.Namespace) -> None:
+    """The delay the sidecar adds to each SSE event: p50 and p99, direct and through it."""
+    direct = await sse_delays(f"http://127.0.0.1:{up_port}/events", args.sse_events, {})
+    proxied = await sse_delays(
+        f"{sidecar.url}{PREFIX}/events", args.sse_events, {"Token-Sidecar": "1"}
+    )
+    rows = [
+        [name, len(d), percentile(d, 50) * 1e3, percentile(d, 99) * 1e3]
+        for name, d in (("direct", direct), ("sidecar", proxied))
+    ]
+    added = [
+        "added",
+        "",
+        (percentile(proxied, 50) - percentile(direct, 50)) * 1e3,
+        (percentile(proxied, 99) - percentile(direct, 99)) * 1e3,
+    ]
+    print_table("SSE event delay (ms)", ["path", "events", "p50", "p99"], [*rows, added])
 
 
 async def throughput(targets: dict[str, tuple[int, str]], args: argparse.Namespace) -> None:
@@ -329,6 +364,12 @@ def main() -> int:
     parser.add_argument("--role", choices=("bench", "upstream", "ceiling"), default="bench")
     parser.add_argument("--port", type=int)
     parser.add_argument("--upstream-port", type=int)
+    parser.add_argument("--fixed-length", type=int, default=0, help="ceiling role: header length")
+    parser.add_argument(
+        "--short-fixed-header",
+        action="store_true",
+        help="ceiling and nginx send the 24-character fixed header, not one as long as the token",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 16, 64])
@@ -341,7 +382,8 @@ def main() -> int:
     if args.role == "upstream":
         asyncio.run(serve_role(upstream_app(args.sse_interval), args.port))
     elif args.role == "ceiling":
-        asyncio.run(serve_role(ceiling_app(args.upstream_port), args.port))
+        fixed = fixed_header(args.fixed_length)
+        asyncio.run(serve_role(ceiling_app(args.upstream_port, fixed), args.port))
     else:
         if args.quick:
             args.rounds, args.duration, args.sse_events = 1, 1.0, 100

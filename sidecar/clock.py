@@ -32,13 +32,10 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clocks of the machine."""
+    """The real clocks of the machine (read directly: the token API reads one per request)."""
 
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))

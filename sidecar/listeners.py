@@ -17,9 +17,9 @@ subclasses wired in by :class:`LimitedRunner` (used instead of ``web.AppRunner``
   line and headers must arrive within ``header_timeout`` of the accept, or of
   the first byte after a response. It also bounds the bytes a request head may
   take (:data:`MAX_HEAD_BYTES`), so many half-sent heads cannot exhaust memory.
-  The deadlines live in :class:`HeadDeadlines`, one per listener server: a
-  dictionary in deadline order and one timer for the earliest, so a request
-  costs two dictionary operations instead of arming and cancelling a timer.
+  The deadlines live in one :class:`~sidecar.deadlines.Deadlines` per listener
+  server: a dictionary in deadline order and one timer for the earliest, so a
+  request costs two dictionary operations instead of arming and cancelling a timer.
   A malformed request gets a fixed JSON 400 and one throttled ``warning``
   without the raw bytes. A route may ask (:func:`cancel_on_disconnect`) that
   its handler be cancelled when the caller goes away, so a proxied request
@@ -38,13 +38,15 @@ import logging
 import resource
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
-from aiohttp import StreamReader, web
+from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+
+from sidecar.deadlines import Deadlines
 
 log = logging.getLogger("sidecar.listeners")
 
@@ -55,7 +57,6 @@ RESERVED_DESCRIPTORS: Final = 64
 #: Connections one accept burst may admit before closed ones release their descriptors.
 ACCEPT_BURST: Final = 128
 
-_Conn = TypeVar("_Conn", bound=Hashable)
 #: Builds the JSON answer to a request that failed below the app: (status) -> response.
 ErrorAnswer = Callable[[int], web.StreamResponse]
 Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
@@ -154,51 +155,9 @@ def peer_of(transport: asyncio.BaseTransport | None) -> Peer | None:
     return Peer(unix=True, uid=uid)
 
 
-class HeadDeadlines(Generic[_Conn]):
-    """The head deadlines of one server's connections, with one timer for the earliest.
-
-    Every deadline is ``header_timeout`` after the moment it is set, so the
-    insertion order of the dictionary is deadline order: the timer fires at
-    the first entry's deadline, closes what is due, and re-arms for the next.
-    """
-
-    def __init__(self, timeout: float, on_expiry: Callable[[_Conn], None]) -> None:
-        self._timeout = timeout
-        self._on_expiry = on_expiry
-        self._loop = asyncio.get_running_loop()
-        self._due: dict[_Conn, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
-
-    def start(self, handler: _Conn) -> None:
-        """Start ``handler``'s deadline now (it must not have one running)."""
-        self._due[handler] = deadline = self._loop.time() + self._timeout
-        if self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._expire)
-
-    def stop(self, handler: _Conn) -> None:
-        """Drop ``handler``'s deadline, if it has one."""
-        self._due.pop(handler, None)
-
-    def close(self) -> None:
-        """Drop every deadline and the timer."""
-        self._due.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expire(self) -> None:
-        self._timer = None
-        now = self._loop.time()
-        while self._due:
-            handler, deadline = next(iter(self._due.items()))
-            if deadline > now:
-                self._timer = self._loop.call_at(deadline, self._expire)
-                return
-            del self._due[handler]
-            self._on_expiry(handler)
-
-    def __len__(self) -> int:
-        return len(self._due)
+# aiohttp's own steps, called directly on the two per-request paths (no super object each time).
+_DATA_RECEIVED: Final = RequestHandler.data_received
+_HANDLE_REQUEST: Final = RequestHandler._handle_request  # noqa: SLF001 - the step we extend
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -219,7 +178,7 @@ class GuardedRequestHandler(RequestHandler):
         self.busy = False
         self.peer: Peer | None = None
         self.cancel_on_disconnect = False
-        self._body: StreamReader | None = None
+        self._request: BaseRequest | None = None
         self._head_bytes = 0
         self._head_pending = False
         self._head_complete = False
@@ -243,23 +202,24 @@ class GuardedRequestHandler(RequestHandler):
     @property
     def body_pending(self) -> bool:
         """Whether the request in progress is still waiting for part of its body."""
-        return self.busy and self._body is not None and not self._body.is_eof()
+        return self.busy and self._request is not None and not self._request.content.is_eof()
 
     def data_received(self, data: bytes) -> None:
         if self.busy or self._head_complete:
-            super().data_received(data)  # a request body
+            _DATA_RECEIVED(self, data)  # a request body
             return
-        # Bytes of a new request head: its deadline starts with the first of them.
+        heads = self._request_count
+        _DATA_RECEIVED(self, data)
+        if self._request_count != heads:
+            # The head is whole (aiohttp counts parsed requests); what follows is
+            # its body, which may arrive before the request's task starts. A head
+            # that came whole in one read never needed a deadline.
+            self._head_complete = True
+            return
+        # Part of a new request head: its deadline starts with the first of its bytes (now).
         if not self._head_pending:
             self._head_pending = True
             self._deadlines.start(self)
-        heads = self._request_count
-        super().data_received(data)
-        if self._request_count != heads:
-            # The head is whole (aiohttp counts parsed requests); what follows is
-            # its body, which may arrive before the request's task starts.
-            self._head_complete = True
-            return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
             self.force_close()
@@ -273,7 +233,7 @@ class GuardedRequestHandler(RequestHandler):
         # aiohttp's per-request step: a complete head arrived and goes to the app.
         self.busy = True
         self.cancel_on_disconnect = False
-        self._body = request.content
+        self._request = request
         self._head_bytes = 0
         if self._head_pending:
             self._head_pending = False
@@ -281,10 +241,10 @@ class GuardedRequestHandler(RequestHandler):
         if not request.raw_path.startswith("/"):
             request_handler = self._limited.answering_unrouted(request_handler)
         try:
-            return await super()._handle_request(request, start_time, request_handler)
+            return await _HANDLE_REQUEST(self, request, start_time, request_handler)
         finally:
             self.busy = False
-            self._body = None
+            self._request = None
             self._head_complete = bool(self._messages)  # a pipelined request is queued
 
     def head_timed_out(self) -> None:
@@ -345,7 +305,7 @@ class LimitedServer(web.Server):
         # One pool per listener (TCP, Unix socket), each in accept order.
         self._pools: dict[int, dict[GuardedRequestHandler, None]] = {}
         now = asyncio.get_running_loop().time
-        self.head_deadlines: HeadDeadlines[GuardedRequestHandler] = HeadDeadlines(
+        self.head_deadlines: Deadlines[GuardedRequestHandler] = Deadlines(
             limits.header_timeout, GuardedRequestHandler.head_timed_out
         )
         self.bad_request_log = ThrottledLog(log, "http.bad_request", now=now)

@@ -8,11 +8,18 @@ time. Label values come only from config (profile names) and fixed enums.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from sidecar._version import __version__
 from sidecar.errors import FailureKind
@@ -38,6 +45,26 @@ EXCHANGE_RESULTS = (
     *("rate_limited", "error", "circuit_open"),
 )
 EXCHANGE_CACHE_OUTCOMES = ("hit", "miss", "coalesced", "negative")
+#: Upper bounds of ``token_sidecar_proxy_duration_seconds`` (``+Inf`` follows).
+PROXY_DURATION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    float("inf"),
+)
+#: Their ``le`` label values, as prometheus_client writes them.
+_BUCKET_LABELS = tuple("+Inf" if b == float("inf") else repr(b) for b in PROXY_DURATION_BUCKETS)
 
 
 class RequestCounter(Collector):
@@ -84,6 +111,99 @@ class RequestCounter(Collector):
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.NAME, self.DOCUMENTATION, labels=("profile", "outcome"))
+
+
+class UpstreamSeries:
+    """One upstream's proxy counters, duration histogram and active gauge, in plain numbers.
+
+    Only the event loop changes them, so no lock is needed; :class:`UpstreamCounters`
+    reads them when the registry is collected.
+    """
+
+    __slots__ = ("active", "buckets", "codes", "created", "duration_sum")
+
+    def __init__(self) -> None:
+        self.active = 0
+        #: code -> [count, created UNIX time]
+        self.codes: dict[str, list[float]] = {}
+        #: Observations per bucket (not cumulative), one per bound of PROXY_DURATION_BUCKETS.
+        self.buckets = [0] * len(PROXY_DURATION_BUCKETS)
+        self.duration_sum = 0.0
+        self.created = time.time()
+
+    def count(self, code: str) -> None:
+        """Count one request answered with ``code``."""
+        entry = self.codes.get(code)
+        if entry is None:
+            entry = self.codes[code] = [0.0, time.time()]
+        entry[0] += 1
+
+    def observe(self, seconds: float) -> None:
+        """One duration: into the first bucket whose bound is at least ``seconds``."""
+        self.buckets[bisect_left(PROXY_DURATION_BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
+
+
+class UpstreamCounters(Collector):
+    """``token_sidecar_proxy_requests_total``, ``_duration_seconds`` and ``_active``.
+
+    A proxied request moved a counter, a histogram and a gauge through
+    ``prometheus_client`` children: a lock and several calls each. This keeps
+    an :class:`UpstreamSeries` per upstream; the exposition is what
+    ``prometheus_client``'s Counter, Histogram and Gauge give (``_total`` and
+    ``_created``; ``_bucket``, ``_count``, ``_sum`` and ``_created``; the value).
+    """
+
+    REQUESTS = "token_sidecar_proxy_requests"
+    REQUESTS_HELP = (
+        "Proxied requests by upstream and answer: 1xx..5xx from the upstream, "
+        "or the sidecar's own error code."
+    )
+    DURATION = "token_sidecar_proxy_duration_seconds"
+    DURATION_HELP = "Time from a proxied request's arrival until the upstream's response headers."
+    ACTIVE = "token_sidecar_proxy_active"
+    ACTIVE_HELP = "Proxied requests in progress, streams included."
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._series: dict[str, UpstreamSeries] = {}
+        registry.register(self)
+
+    def add(self, upstream: str) -> UpstreamSeries:
+        """``upstream``'s series, exported from now on (at zero when new)."""
+        series = self._series.get(upstream)
+        if series is None:
+            series = self._series[upstream] = UpstreamSeries()
+        return series
+
+    def remove(self, upstream: str) -> None:
+        """Stop exporting ``upstream``'s series."""
+        self._series.pop(upstream, None)
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        requests, duration, active = self._families()
+        for upstream, series in list(self._series.items()):
+            for code, (count, created) in list(series.codes.items()):
+                requests.add_metric((upstream, code), count, created=created)
+            cumulative, buckets = 0.0, []
+            for label, observed in zip(_BUCKET_LABELS, series.buckets, strict=True):
+                cumulative += observed
+                buckets.append((label, cumulative))
+            duration.add_metric((upstream,), buckets, series.duration_sum)
+            duration.samples.append(
+                Sample(f"{self.DURATION}_created", {"upstream": upstream}, series.created)
+            )
+            active.add_metric((upstream,), series.active)
+        yield from (requests, duration, active)
+
+    def _families(self) -> tuple[CounterMetricFamily, HistogramMetricFamily, GaugeMetricFamily]:
+        return (
+            CounterMetricFamily(self.REQUESTS, self.REQUESTS_HELP, labels=("upstream", "code")),
+            HistogramMetricFamily(self.DURATION, self.DURATION_HELP, labels=("upstream",)),
+            GaugeMetricFamily(self.ACTIVE, self.ACTIVE_HELP, labels=("upstream",)),
+        )
 
 
 class Metrics:
@@ -168,30 +288,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.proxy_requests = Counter(
-            "token_sidecar_proxy_requests_total",
-            "Proxied requests by upstream and answer: 1xx..5xx from the upstream, "
-            "or the sidecar's own error code.",
-            ["upstream", "code"],
-            registry=r,
-        )
-        self.proxy_duration = Histogram(
-            "token_sidecar_proxy_duration_seconds",
-            "Time from a proxied request's arrival until the upstream's response headers.",
-            ["upstream"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=r,
-        )
+        self.upstream_counters = UpstreamCounters(r)
         self.proxy_retries = Counter(
             "token_sidecar_proxy_retries_total",
             "Upstream 401 answers by what the proxy did: retried, not_replayable, throttled.",
             ["upstream", "result"],
-            registry=r,
-        )
-        self.proxy_active = Gauge(
-            "token_sidecar_proxy_active",
-            "Proxied requests in progress, streams included.",
-            ["upstream"],
             registry=r,
         )
         self.exchange_total = Counter(
@@ -236,8 +337,6 @@ class Metrics:
         self.build_info.labels(version=__version__).set(1)
         #: The token API's hot path calls this directly.
         self.count_request = self.token_requests.inc
-        # The proxy_requests codes seen per upstream, so a removed upstream drops them all.
-        self._proxy_codes: dict[str, set[str]] = {}
 
     def add_profile(self, profile: str) -> None:
         """Create every labelled series of a profile at zero, so dashboards see them at once."""
@@ -289,26 +388,20 @@ class Metrics:
         except KeyError:
             return  # never set for this profile: nothing more to drop
 
-    def add_upstream(self, upstream: str) -> None:
-        """Create an upstream's fixed series at zero (codes appear as they occur)."""
+    def add_upstream(self, upstream: str) -> UpstreamSeries:
+        """Create an upstream's fixed series at zero (codes appear as they occur).
+
+        Returns the plain numbers its proxied requests move.
+        """
         for result in PROXY_RETRY_RESULTS:
             self.proxy_retries.labels(upstream, result)
-        self.proxy_duration.labels(upstream)
-        self.proxy_active.labels(upstream).set(0)
-
-    def count_proxied(self, upstream: str, code: str) -> None:
-        """Count one proxied request of ``upstream`` answered with ``code``."""
-        self._proxy_codes.setdefault(upstream, set()).add(code)
-        self.proxy_requests.labels(upstream, code).inc()
+        return self.upstream_counters.add(upstream)
 
     def remove_upstream(self, upstream: str) -> None:
         """Drop an upstream's series (after a reload removed it)."""
-        for code in self._proxy_codes.pop(upstream, ()):
-            self.proxy_requests.remove(upstream, code)
+        self.upstream_counters.remove(upstream)
         for result in PROXY_RETRY_RESULTS:
             self.proxy_retries.remove(upstream, result)
-        self.proxy_duration.remove(upstream)
-        self.proxy_active.remove(upstream)
 
     def remove_profile(self, profile: str) -> None:
         """Drop a profile's series (after a reload removed it)."""

@@ -189,13 +189,16 @@ class ProfileRefresher:
         need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
         if token.expires_at - now <= need:
             return None
-        reported = self._reports.is_reported(token)
-        stale = served_stale(token, now=now, failures=self._failures, reported=reported)
+        # Refreshes succeeding and no report: fresh, without asking (the usual answer).
+        stale = (self._failures > 0 or self._reports.rejected is not None) and served_stale(
+            token, now=now, failures=self._failures, reported=self._reports.is_reported(token)
+        )
         if stale:
             self._report.served_fallback(fallback_reason(self._last_kind))
         if self._context.fleet.cache.state is CacheState.DOWN:
             self._report.served_fallback("cache_backend_down")
-        return ServedToken(token, stale, token.expires_in(now))
+        # Whole seconds left, rounded down (HeldToken.expires_in; positive here, past the check).
+        return ServedToken(token, stale, int(token.expires_at - now))
 
     async def get(self, min_ttl: float | None = None) -> ServedToken:
         """A servable token with at least ``min_ttl`` left, waiting for a refresh if needed."""

@@ -29,6 +29,7 @@ import orjson
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
+from multidict import istr
 
 from sidecar.config import PROFILE_NAME_PATTERN, ProfileConfig, ServerConfig
 from sidecar.errors import ApiError, ExchangeError, TokenUnavailableError, UnknownProfileError
@@ -45,6 +46,7 @@ log = logging.getLogger("sidecar.api")
 
 #: The header every caller must send; browsers and URL fetchers do not.
 GUARD_HEADER: Final = "Token-Sidecar"
+_GUARD_HEADER: Final = istr(GUARD_HEADER)  # looked up on every request: case-folded once
 #: Largest accepted invalidate body, in bytes.
 MAX_BODY: Final = 16 * 1024
 #: Largest accepted exchange body, in bytes: a user's token is a few KiB at most.
@@ -160,7 +162,7 @@ class TokenApi:
     def check_guards(self, request: web.Request) -> None:
         """Refuse anything that is not a deliberate call from a local process."""
         headers = request.headers
-        if headers.getall(GUARD_HEADER, None) != ["1"]:
+        if headers.getall(_GUARD_HEADER, None) != ["1"]:
             raise ApiError(400, "missing_header", f"the header '{GUARD_HEADER}: 1' is required")
         if (
             hdrs.FORWARDED in headers

@@ -14,7 +14,7 @@ import time
 import orjson
 import pytest
 
-from sidecar.listeners import HeadDeadlines, ListenerLimits, ThrottledLog
+from sidecar.listeners import ListenerLimits, ThrottledLog
 from tests.support.e2e import profile_toml
 
 pytestmark = pytest.mark.slow
@@ -97,34 +97,6 @@ def test_throttled_log_reports_what_it_left_out(caplog):
     assert [(r.n, r.suppressed) for r in caplog.records] == [(0.0, 0), (1.0, 3), (2.2, 1)]
 
 
-async def test_head_deadlines_expire_in_order_and_rearm():
-    """Deadlines fire in start order, one timer at a time; a stopped one never fires."""
-    expired: list[str] = []
-    done = asyncio.Event()
-
-    def on_expiry(name: str) -> None:
-        expired.append(name)
-        if len(expired) == 3:
-            done.set()
-
-    deadlines: HeadDeadlines[str] = HeadDeadlines(0.05, on_expiry)
-    deadlines.start("first")
-    deadlines.start("served")
-    await asyncio.sleep(0.02)
-    deadlines.start("second")
-    deadlines.start("third")
-    deadlines.stop("served")  # its head completed in time
-    assert len(deadlines) == 3
-    await asyncio.wait_for(done.wait(), 2.0)
-    assert expired == ["first", "second", "third"]
-    assert len(deadlines) == 0
-    # After the last one the timer is not re-armed; a new start arms it again.
-    deadlines.start("late")
-    deadlines.close()
-    await asyncio.sleep(0.08)
-    assert expired == ["first", "second", "third"]
-
-
 async def test_caller_served_while_2000_connections_idle_or_half_sent(real_idp, sidecar_factory):
     """A caller is served within 1 s while 2,000 idle or half-sent connections hold each port."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -205,6 +177,25 @@ async def test_head_deadline_and_keepalive(real_idp, sidecar_factory):
     answered = time.monotonic()
     assert await closed_by_server(reader, 3.0)
     assert 0.45 < time.monotonic() - answered < 2.0
+    writer.close()
+
+
+async def test_next_head_on_a_kept_alive_connection_has_a_deadline(real_idp, sidecar_factory):
+    """After an answer, a next head that arrives in pieces is closed past header_timeout too."""
+    sidecar = await sidecar_factory(
+        profile_toml(real_idp), server_extra='header_timeout = "300ms"\nkeepalive_timeout = "30s"'
+    )
+    await sidecar.wait_event("token.refreshed")
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(GOOD_HEAD)  # a whole head in one piece: served (the positive control)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await asyncio.wait_for(reader.readexactly(length), 2.0)
+    started = time.monotonic()
+    writer.write(b"GET /v1/token/api HTTP/1.1\r\n")  # the first piece of the next head
+    assert await closed_by_server(reader, 2.0)
+    assert time.monotonic() - started < 1.5  # header_timeout, not keepalive_timeout
     writer.close()
 
 

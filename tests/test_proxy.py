@@ -418,6 +418,72 @@ async def test_slow_headers_are_504(world):
         w.api.hold_headers.set()
 
 
+async def test_stalled_answer_body_is_cut_after_idle_timeout(world):
+    """An answer whose body stops for idle_timeout: the caller's connection is cut, not ended."""
+    w = await world(idle_timeout=0.2)
+    try:
+        async with w.http.get(w.proxied("events"), headers=HEADERS) as resp:
+            assert resp.status == 200
+            await w.api.sse.go.put("e0")
+            assert await asyncio.wait_for(resp.content.readline(), 5) == b"data: e0\n"
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(resp.content.read(), 5)
+    finally:
+        await w.api.sse.go.put("end")  # the upstream's handler ends too
+    status = w.service.status()["upstreams"]["api"]
+    assert status["last_error"]["code"] == "stream_broken"
+    assert "idle_timeout" in status["last_error"]["message"]
+    assert status["active"] == 0
+
+
+async def test_answer_body_chunks_restart_the_idle_timeout(world):
+    """Chunks closer together than idle_timeout keep an answer going longer than idle_timeout."""
+    w = await world(idle_timeout=0.25)
+    loop = asyncio.get_running_loop()
+    async with w.http.get(w.proxied("events"), headers=HEADERS) as resp:
+        started = loop.time()
+        for n in range(5):
+            await w.api.sse.go.put(f"e{n}")
+            assert await asyncio.wait_for(resp.content.readline(), 5) == f"data: e{n}\n".encode()
+            assert await resp.content.readline() == b"\n"
+            await asyncio.sleep(0.1)
+        await w.api.sse.go.put("end")
+        assert await resp.content.read() == b""
+        assert loop.time() - started > 0.25  # the stream outlived one idle_timeout
+    assert w.service.status()["upstreams"]["api"]["last_error"] is None
+
+
+async def test_stalled_request_body_is_504(world):
+    """A streamed request body that stops for idle_timeout: 504 upstream_timeout."""
+    w = await world(idle_timeout=0.2, response_timeout=30.0, retry_on_401=False)
+    stall = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * 100
+        await stall.wait()
+
+    try:
+        resp, answer = await w.call("POST", "upload", data=body())
+        data = await error_of(resp, answer, 504, "upstream_timeout")
+        assert "request body made no progress" in data["message"]
+    finally:
+        stall.set()
+
+
+async def test_response_timeout_starts_when_the_request_body_ends(world):
+    """A body streamed for longer than response_timeout, never idle: the answer passes."""
+    w = await world(idle_timeout=0.25, response_timeout=0.15, retry_on_401=False)
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b"x" * 100
+            await asyncio.sleep(0.1)
+
+    resp, answer = await w.call("POST", "upload", data=body())
+    assert resp.status == 200, answer
+    assert orjson.loads(answer)["size"] == 400
+
+
 async def test_unasked_protocol_switch_is_502(world):
     """An upstream that answers 101 to a plain request gets no tunnel: 502, at once."""
     w = await world()
@@ -544,6 +610,27 @@ async def test_401_once_is_retried_with_a_new_token(world, idp):
     assert (
         sample(metrics, "token_sidecar_invalidations_total", profile="api", result="refreshed") == 1
     )
+
+
+async def test_every_answer_is_given_back(world):
+    """Answers passed on, retried after a 401 or cut off leave nothing behind in the client."""
+    w = await world()
+    client = w.service.upstreams.client("api")
+    assert client is not None
+    w.api.rejected.add(w.current)  # the first answer is a 401, then the retry's 200
+    resp, _ = await w.call("GET", "x")
+    assert resp.headers["Token-Sidecar-Retried"] == "1"
+    async with w.http.get(w.proxied("reset"), headers=HEADERS) as cut:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await cut.read()
+    async with w.http.get(w.proxied("events"), headers=HEADERS) as stream:
+        await w.api.sse.go.put("e0")
+        assert await asyncio.wait_for(stream.content.readline(), 5) == b"data: e0\n"
+        assert client.answers == 1  # the positive control: a stream in progress
+        await w.api.sse.go.put("end")
+        await stream.read()
+    await until(lambda: client.active == 0)
+    assert client.answers == 0
 
 
 async def test_401_on_a_streamed_body_is_passed_back(world, idp):

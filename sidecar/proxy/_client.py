@@ -9,9 +9,12 @@ redirects followed and no decompression (bodies pass through as sent).
 Timeouts: ``connect_timeout`` covers DNS, the wait for a pooled connection,
 TCP and TLS; ``response_timeout`` runs from the end of the request body until
 the status line and headers; while a request body streams, no chunk may take
-longer than ``idle_timeout``. One :class:`asyncio.Timeout` per request is moved
-along as the request advances (:class:`ResponseDeadline`). Reading the answer
-is bounded per chunk by the caller of :meth:`UpstreamClient.send`.
+longer than ``idle_timeout``. One :class:`~sidecar.deadlines.MovingTimeout`
+per request is moved along as the request advances (:class:`ResponseDeadline`),
+on the client's own :class:`~sidecar.deadlines.Deadlines` of each length; the client's
+connector tells it when the connection is ready, the moment the request line
+and headers go out. Reading the answer is bounded per chunk by the caller of
+:meth:`UpstreamClient.send`.
 
 :func:`upstream_errors` turns every aiohttp, TLS and timeout failure into the
 :class:`~sidecar.errors.ApiError` of DESIGN (502 ``upstream_unreachable``,
@@ -23,17 +26,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from types import SimpleNamespace
+from contextvars import ContextVar
 from typing import Final
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.config import UpstreamConfig
+from sidecar.deadlines import Deadlines, MovingTimeout, timeouts
 from sidecar.errors import ApiError
 from sidecar.proxy._addresses import AddressDeniedError, GuardedResolver
 from sidecar.proxy._replay import RequestBody
@@ -46,26 +52,34 @@ _NO_AUTO_HEADERS: Final = frozenset({"User-Agent", "Accept", "Accept-Encoding", 
 ResolverFactory = Callable[[], AbstractResolver]
 
 
-class ResponseDeadline:
+class ResponseDeadline(MovingTimeout):
     """The deadline of one upstream request, moved along as it advances.
 
     Before the request is written only ``connect_timeout`` applies (aiohttp's);
     while a body streams each chunk allows ``idle_timeout`` more; once the body
-    is complete, ``response_timeout`` runs until the answer's headers.
+    is complete, ``response_timeout`` runs until the answer's headers. It is
+    the timeout of the block that waits for those headers: a body still going
+    out after that block no longer moves it.
     """
 
-    def __init__(self, upstream: UpstreamConfig, *, streamed: bool) -> None:
-        self._upstream = upstream
+    __slots__ = ("_idle", "_response", "_streamed", "phase")
+
+    def __init__(
+        self,
+        idle: Deadlines[MovingTimeout],
+        response: Deadlines[MovingTimeout],
+        *,
+        streamed: bool,
+    ) -> None:
+        MovingTimeout.__init__(self)  # one per request: no super object
+        self._idle = idle
+        self._response = response
         self._streamed = streamed
-        self._loop = asyncio.get_running_loop()
-        self._timeout: asyncio.Timeout | None = None
         #: What was being waited for: "connect", "request_body" or "response".
         self.phase = "connect"
 
-    def attach(self, timeout: asyncio.Timeout | None) -> None:
-        self._timeout = timeout
-
-    def headers_sent(self) -> None:
+    def connected(self) -> None:
+        """The connection is ready: the request line and headers go out now."""
         if self._streamed:
             self.chunk_moved()
         else:
@@ -73,15 +87,11 @@ class ResponseDeadline:
 
     def chunk_moved(self) -> None:
         self.phase = "request_body"
-        self._move(self._upstream.idle_timeout)
+        self.restart(self._idle)
 
     def body_sent(self) -> None:
         self.phase = "response"
-        self._move(self._upstream.response_timeout)
-
-    def _move(self, seconds: float) -> None:
-        if self._timeout is not None and not self._timeout.expired():
-            self._timeout.reschedule(self._loop.time() + seconds)
+        self.restart(self._response)
 
 
 async def _moving(chunks: AsyncIterator[bytes], deadline: ResponseDeadline) -> AsyncIterator[bytes]:
@@ -92,18 +102,52 @@ async def _moving(chunks: AsyncIterator[bytes], deadline: ResponseDeadline) -> A
     deadline.body_sent()
 
 
-async def _on_headers_sent(
-    _session: aiohttp.ClientSession, context: SimpleNamespace, _params: object
-) -> None:
-    deadline = context.trace_request_ctx
-    if isinstance(deadline, ResponseDeadline):
-        deadline.headers_sent()
+#: The deadline of the upstream request the current task is sending, for the connector.
+_SENDING: ContextVar[ResponseDeadline | None] = ContextVar("sending", default=None)
 
 
-def _trace() -> aiohttp.TraceConfig:
-    trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(_on_headers_sent)
-    return trace
+class _Connector(aiohttp.TCPConnector):
+    """A TCPConnector that tells the request being sent when its connection is ready.
+
+    aiohttp writes the request line and headers right after :meth:`connect`
+    returns, with nothing awaited in between: the same moment a trace
+    config's ``on_request_headers_sent`` reports, without the trace objects
+    aiohttp builds for every request when a trace config is set.
+    """
+
+    async def connect(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> Connection:
+        connection = await aiohttp.TCPConnector.connect(self, req, traces, timeout)
+        deadline = _SENDING.get()
+        if deadline is not None:
+            deadline.connected()
+        return connection
+
+
+class Usage:
+    """How many requests a client has in progress (``with usage:`` counts one); a wait for none."""
+
+    __slots__ = ("_none_left", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._none_left: asyncio.Event | None = None  # made by the first none_left()
+
+    def __enter__(self) -> None:
+        self.count += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        self.count -= 1
+        if self.count == 0 and self._none_left is not None:
+            self._none_left.set()
+
+    async def none_left(self) -> None:
+        """Return once no request is in progress (at once when none is)."""
+        while self.count:
+            if self._none_left is None or self._none_left.is_set():
+                self._none_left = asyncio.Event()  # shared by every waiter until it is set
+            await self._none_left.wait()
 
 
 class UpstreamClient:
@@ -119,28 +163,22 @@ class UpstreamClient:
         self._resolver = resolver if resolver is not None else aiohttp.DefaultResolver
         self._session: aiohttp.ClientSession | None = None
         # Answers being read: closing the session does not end their reads, closing them does.
-        self._answers: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
+        # The route hands each back with finish().
+        self._answers: set[aiohttp.ClientResponse] = set()
         self._closed = False
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        #: The deadlines of answer chunks (read by the route) and of the request's own steps.
+        self.idle_deadlines = timeouts(config.idle_timeout)
+        self._response_deadlines = timeouts(config.response_timeout)
+        self._usage = Usage()
 
     @property
     def active(self) -> int:
         """Requests in progress through this client."""
-        return self._active
+        return self._usage.count
 
-    @contextlib.contextmanager
-    def in_use(self) -> Iterator[None]:
-        """Count one request (and its answer's stream) against this client."""
-        self._active += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
+    def in_use(self) -> Usage:
+        """``with client.in_use():`` counts one request (and its answer's stream) against it."""
+        return self._usage
 
     def _open(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -163,7 +201,7 @@ class UpstreamClient:
                     profile=self.config.profile,
                 ) from exc
             resolver = self._resolver()
-            connector = aiohttp.TCPConnector(
+            connector = _Connector(
                 limit=POOL_LIMIT,
                 ssl=tls if tls is not None else True,
                 resolver=resolver if self.config.allow_private else GuardedResolver(resolver),
@@ -173,12 +211,12 @@ class UpstreamClient:
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 trust_env=False,
+                skip_auto_headers=_NO_AUTO_HEADERS,
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     connect=self.config.connect_timeout,
                     sock_connect=self.config.connect_timeout,
                 ),
-                trace_configs=[_trace()],
             )
         return self._session
 
@@ -193,31 +231,43 @@ class UpstreamClient:
         session = self._open()
         url = URL(f"{self.config.base_url}/{target}", encoded=True)
         data = body.data
-        deadline = ResponseDeadline(self.config, streamed=not isinstance(data, bytes | None))
+        deadline = ResponseDeadline(
+            self.idle_deadlines,
+            self._response_deadlines,
+            streamed=not isinstance(data, bytes | None),
+        )
         if not isinstance(data, bytes | None):
             data = _moving(data, deadline)
-        with upstream_errors(self.config, deadline):
-            async with asyncio.timeout(None) as timeout:
-                deadline.attach(timeout)
+        try:
+            with deadline:
+                sending = _SENDING.set(deadline)
                 try:
                     answer = await session.request(
-                        method,
-                        url,
-                        headers=headers,
-                        data=data,
-                        allow_redirects=False,
-                        skip_auto_headers=_NO_AUTO_HEADERS,
-                        trace_request_ctx=deadline,
+                        method, url, headers=headers, data=data, allow_redirects=False
                     )
-                    self._answers.add(answer)
-                    return answer
                 finally:
-                    # A streamed body may still be going out: it no longer moves this deadline.
-                    deadline.attach(None)
+                    _SENDING.reset(sending)
+            self._answers.add(answer)
+        except Exception:
+            # The error boundary, entered only on the way out of a failure.
+            with upstream_errors(self.config, deadline):
+                raise
+        return answer
+
+    @property
+    def answers(self) -> int:
+        """Answers handed out by :meth:`send` and not yet given back to :meth:`finish`."""
+        return len(self._answers)
+
+    def finish(self, answer: aiohttp.ClientResponse) -> None:
+        """Done with ``answer``: its connection is closed unless it was released to the pool."""
+        self._answers.discard(answer)
+        if not answer.closed:  # cancelled or failed: not pooled again
+            answer.close()
 
     async def aclose_when_idle(self) -> None:
         """Close once every request in progress has finished (a reload retired this client)."""
-        await self._idle.wait()
+        await self._usage.none_left()
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -228,9 +278,11 @@ class UpstreamClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        self.idle_deadlines.close()
+        self._response_deadlines.close()
 
     def __repr__(self) -> str:
-        return f"UpstreamClient(name={self.config.name!r}, active={self._active})"
+        return f"UpstreamClient(name={self.config.name!r}, active={self.active})"
 
 
 def tls_context(upstream: UpstreamConfig) -> ssl.SSLContext:

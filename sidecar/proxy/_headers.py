@@ -12,8 +12,10 @@ included).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
+from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.config import UpstreamConfig
@@ -39,6 +41,12 @@ STALE_HEADER: Final = "Token-Sidecar-Stale"
 RETRIED_HEADER: Final = "Token-Sidecar-Retried"
 
 
+#: Header names remembered per spelling, so a verdict costs one dictionary lookup.
+_REMEMBERED_NAMES: Final = 256
+#: Longer names are judged each time rather than remembered.
+_REMEMBERED_LENGTH: Final = 64
+
+
 def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
     """The field names listed in ``Connection`` (they are hop-by-hop for this message)."""
     return {
@@ -49,28 +57,63 @@ def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
     }
 
 
-def _stripped(lower: str, named: set[str]) -> bool:
-    return lower in HOP_BY_HOP or lower in named or lower.startswith(_STRIPPED_PREFIXES)
+def _stripped(lower: str) -> bool:
+    """Whether a (lowercase) field never crosses the sidecar in either direction."""
+    return lower in HOP_BY_HOP or lower.startswith(_STRIPPED_PREFIXES)
+
+
+def _request_stripped(lower: str) -> bool:
+    return _stripped(lower) or lower in _REQUEST_ONLY
+
+
+class _Verdicts:
+    """Whether each header name is stripped by ``rule``, remembered per spelling (bounded).
+
+    Callers send the same few names on every request; the bound keeps names
+    made up by a client from piling up.
+    """
+
+    def __init__(self, rule: Callable[[str], bool]) -> None:
+        self.rule = rule
+        self.known: dict[str, bool] = {}
+
+    def judge(self, name: str) -> bool:
+        """``rule`` for ``name`` (any case), remembered when there is room."""
+        verdict = self.rule(name.lower())
+        if len(name) <= _REMEMBERED_LENGTH and len(self.known) < _REMEMBERED_NAMES:
+            self.known[name] = verdict
+        return verdict
+
+
+_REQUEST_VERDICTS: Final = _Verdicts(_request_stripped)
+_ANSWER_VERDICTS: Final = _Verdicts(_stripped)
 
 
 def upstream_headers(incoming: CIMultiDictProxy[str], upstream: UpstreamConfig) -> CIMultiDict[str]:
     """The caller's headers as the upstream may see them, without any credential yet."""
-    named = _connection_named(incoming)
-    credential = upstream.header.lower()
+    known, judge = _REQUEST_VERDICTS.known, _REQUEST_VERDICTS.judge
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
-        lower = name.lower()
-        if _stripped(lower, named) or lower in _REQUEST_ONLY or lower == credential:
-            continue
-        out.add(name, value)
+        stripped = known.get(name)
+        if not (judge(name) if stripped is None else stripped):
+            out.add(name, value)
+    out.popall(upstream.header, None)  # the credential, in any spelling: replaced, never added
+    if hdrs.CONNECTION in incoming:
+        for named in _connection_named(incoming):
+            out.popall(named, None)
     for name, value in upstream.set_headers.items():
         out[name] = value
     return out
 
 
-def answer_headers(received: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The upstream's response headers as the caller may see them."""
-    named = _connection_named(received)
-    return CIMultiDict(
-        (name, value) for name, value in received.items() if not _stripped(name.lower(), named)
-    )
+def dropped_from_answer(received: CIMultiDictProxy[str]) -> list[str]:
+    """The names among the upstream's response headers the caller must not see (usually none)."""
+    known, judge = _ANSWER_VERDICTS.known, _ANSWER_VERDICTS.judge
+    dropped = []
+    for name in received:
+        stripped = known.get(name)
+        if judge(name) if stripped is None else stripped:
+            dropped.append(name)
+    if hdrs.CONNECTION in received:
+        dropped.extend(_connection_named(received))
+    return dropped

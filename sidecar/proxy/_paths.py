@@ -48,6 +48,8 @@ def check_path(tail: str) -> str:
         raise PathRefusedError(
             "encoded '/', '\\\\' or '.' (%2F, %5C, %2E) is not allowed in the path"
         )
-    if any(segment.partition(";")[0] == ".." for segment in _SEPARATOR.split(path)):
+    if ".." in path and any(
+        segment.partition(";")[0] == ".." for segment in _SEPARATOR.split(path)
+    ):
         raise PathRefusedError("'..' segments are not allowed in the path")
     return tail

@@ -29,6 +29,10 @@ class RequestBody:
     replayable: bool
 
 
+#: A request without a body: nothing to send, and nothing stands in the way of sending it twice.
+NO_BODY = RequestBody(None, replayable=True)
+
+
 async def read_body(
     content: StreamReader,
     *,
@@ -47,7 +51,7 @@ async def read_body(
         TimeoutError: the caller sent nothing for ``idle_timeout`` while buffering.
     """
     if not exists:
-        return RequestBody(None, replayable=True)
+        return NO_BODY
     if limit == 0 or (length is not None and length > limit):
         return RequestBody(_stream(b"", content), replayable=False)
     read = bytearray()

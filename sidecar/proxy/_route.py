@@ -19,9 +19,9 @@ exchanges once more.
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
 from typing import Final, NamedTuple, Protocol
 
 import aiohttp
@@ -29,6 +29,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from sidecar.config import UPSTREAM_NAME_PATTERN, UpstreamConfig
+from sidecar.deadlines import Deadlines, MovingTimeout
 from sidecar.errors import ApiError, ExchangeError, TokenUnavailableError, UnknownProfileError
 from sidecar.listeners import cancel_on_disconnect
 from sidecar.logs import ACCESS_UPSTREAM
@@ -36,11 +37,11 @@ from sidecar.proxy._client import UpstreamClient
 from sidecar.proxy._headers import (
     RETRIED_HEADER,
     STALE_HEADER,
-    answer_headers,
+    dropped_from_answer,
     upstream_headers,
 )
 from sidecar.proxy._paths import PathRefusedError, check_path, split_target
-from sidecar.proxy._replay import RequestBody, read_body, retry_result
+from sidecar.proxy._replay import NO_BODY, RequestBody, read_body, retry_result
 from sidecar.proxy._upstreams import UpstreamInstruments, Upstreams
 from sidecar.responses import ERROR_HEADER, error_response, exchange_refusal
 from sidecar.token import ServedToken
@@ -91,7 +92,7 @@ class ProxyRoute:
         self._guard = guard
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = asyncio.get_running_loop().time()
+        started = time.monotonic()
         name, tail = split_target(request.raw_path)
         client = self._upstreams.client(name)
         instruments = self._upstreams.instruments(name) if client is not None else None
@@ -152,15 +153,15 @@ class ProxyRoute:
         # From here on the request holds upstream resources: a caller that goes
         # away cancels it rather than leaving it to run until a timeout.
         cancel_on_disconnect(request)
-        body = await _caller_body(request, config)
+        body = await _caller_body(request, config) if request.body_exists else NO_BODY
         headers = upstream_headers(request.headers, config)
+        method = request.method
         instruments.started()
         upstream: aiohttp.ClientResponse | None = None
         try:
             with client.in_use():
-                send = _sender(request.method, client, target, headers, body)
                 sending = first
-                upstream = await send(sending.token)
+                upstream = await client.send(method, target, _with(headers, config, sending), body)
                 retried = False
                 if upstream.status == 401 and config.retry_on_401:
                     if subject is None:
@@ -170,9 +171,12 @@ class ProxyRoute:
                             config, instruments, sending.token, subject, body
                         )
                     if again is not None:
-                        upstream.release()
+                        upstream.release()  # its connection goes back to the pool
+                        client.finish(upstream)
                         sending, retried = again, True
-                        upstream = await send(sending.token)
+                        upstream = await client.send(
+                            method, target, _with(headers, config, sending), body
+                        )
                 if upstream.status == 101:
                     raise ApiError(
                         502,
@@ -180,13 +184,18 @@ class ProxyRoute:
                         f"upstream {config.name!r} switched protocols, which is not proxied",
                         profile=config.profile,
                     )
-                instruments.answered(upstream.status, asyncio.get_running_loop().time() - started)
+                instruments.answered(upstream.status, time.monotonic() - started)
                 return await _stream_back(
-                    request, upstream, config, instruments, stale=sending.stale, retried=retried
+                    request,
+                    upstream,
+                    client.idle_deadlines,
+                    instruments,
+                    stale=sending.stale,
+                    retried=retried,
                 )
         finally:
             if upstream is not None:
-                upstream.close()  # nothing once released; cancelled or failed: not pooled again
+                client.finish(upstream)
             instruments.finished()
 
     async def _credential(self, config: UpstreamConfig, subject: str | None) -> Sending:
@@ -332,57 +341,61 @@ async def _caller_body(request: web.Request, config: UpstreamConfig) -> RequestB
         ) from None
 
 
-def _sender(
-    method: str,
-    client: UpstreamClient,
-    target: str,
-    headers: CIMultiDict[str],
-    body: RequestBody,
-) -> Callable[[Credential], Awaitable[aiohttp.ClientResponse]]:
-    """Send the request with a given token: the credential header is replaced, never added."""
+def _with(headers: CIMultiDict[str], config: UpstreamConfig, sending: Sending) -> CIMultiDict[str]:
+    """``headers`` carrying ``sending``'s token: the credential header is replaced, never added.
 
-    async def send(token: Credential) -> aiohttp.ClientResponse:
-        with_token = headers.copy()
-        with_token[client.config.header] = f"{token.token_type} {token.value}"
-        return await client.send(method, target, with_token, body)
+    aiohttp copies the headers it is given, so one dictionary serves a retry too.
+    """
+    token = sending.token
+    headers[config.header] = f"{token.token_type} {token.value}"
+    return headers
 
-    return send
+
+def _answer_to(
+    upstream: aiohttp.ClientResponse, *, stale: bool, retried: bool
+) -> web.StreamResponse:
+    """The caller's answer: the upstream's status and headers, less those that stay behind."""
+    answer = web.StreamResponse(
+        status=upstream.status, reason=upstream.reason, headers=upstream.headers
+    )
+    for name in dropped_from_answer(upstream.headers):
+        answer.headers.popall(name, None)
+    if stale:
+        answer.headers[STALE_HEADER] = "1"
+    if retried:
+        answer.headers[RETRIED_HEADER] = "1"
+    return answer
 
 
 async def _stream_back(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
-    config: UpstreamConfig,
+    idle: Deadlines[MovingTimeout],
     instruments: UpstreamInstruments,
     *,
     stale: bool,
     retried: bool,
 ) -> web.StreamResponse:
     """Pass the upstream's answer on, each chunk as it arrives; cut the connection if it breaks."""
-    answer = web.StreamResponse(
-        status=upstream.status, reason=upstream.reason, headers=answer_headers(upstream.headers)
-    )
-    if stale:
-        answer.headers[STALE_HEADER] = "1"
-    if retried:
-        answer.headers[RETRIED_HEADER] = "1"
-    loop = asyncio.get_running_loop()
+    answer = _answer_to(upstream, stale=stale, retried=retried)
     broke: str | None = None
     try:
         await answer.prepare(request)
-        async with asyncio.timeout(config.idle_timeout) as idle:
-            while True:
+        content = upstream.content
+        with MovingTimeout() as timeout:
+            # at_eof: the whole body has been passed on (no read just to learn that).
+            while not content.at_eof():
+                timeout.restart(idle)
                 try:
-                    chunk = await upstream.content.readany()
+                    chunk = await content.readany()
                 except aiohttp.ClientError as exc:
                     broke = f"the upstream's body broke off ({type(exc).__name__})"
                     break
                 if not chunk:
                     break
                 await answer.write(chunk)
-                idle.reschedule(loop.time() + config.idle_timeout)
     except TimeoutError:
-        broke = f"no body data within idle_timeout ({config.idle_timeout:g}s)"
+        broke = f"no body data within idle_timeout ({idle.seconds:g}s)"
     except ConnectionError:  # the caller went away: nobody is left to answer
         upstream.close()
         return answer

@@ -30,6 +30,8 @@ log = logging.getLogger("sidecar.proxy")
 
 #: How long shutdown waits for retired clients before closing them regardless.
 CLOSE_TIMEOUT = 1.0
+#: The ``code`` label of an upstream's answer, by status class (no string built per request).
+_STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
 
 
 @dataclass(frozen=True)
@@ -51,31 +53,29 @@ class UpstreamInstruments:
         self.name = name
         self._metrics = metrics
         self._clock = clock
-        metrics.add_upstream(name)
-        self._active_gauge = metrics.proxy_active.labels(name)
-        self._duration = metrics.proxy_duration.labels(name)
+        self._series = metrics.add_upstream(name)
         self.requests = 0
         self.active = 0
         self.last_error: ProxyFailure | None = None
 
     def started(self) -> None:
         self.active += 1
-        self._active_gauge.inc()
+        self._series.active += 1
 
     def finished(self) -> None:
         self.active -= 1
-        self._active_gauge.dec()
+        self._series.active -= 1
 
     def answered(self, status: int, seconds: float) -> None:
         """The upstream answered ``status`` after ``seconds`` (until its headers)."""
         self.requests += 1
-        self._metrics.count_proxied(self.name, f"{status // 100}xx")
-        self._duration.observe(seconds)
+        self._series.count(_STATUS_CLASSES.get(status // 100) or f"{status // 100}xx")
+        self._series.observe(seconds)
 
     def refused(self, exc: ApiError) -> None:
         """The sidecar answered for the upstream (``exc.code``): counted, logged, remembered."""
         self.requests += 1
-        self._metrics.count_proxied(self.name, exc.code)
+        self._series.count(exc.code)
         self.last_error = ProxyFailure(exc.code, exc.message, self._clock.time())
         level = logging.WARNING if exc.status >= 500 else logging.INFO
         log.log(
