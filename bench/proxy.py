@@ -314,37 +314,59 @@ async def sse(up_port: int, sidecar: SidecarProcess, args: argparse.Namespace) -
 
 
 async def throughput(targets: dict[str, tuple[int, str]], args: argparse.Namespace) -> None:
-    """Interleaved rounds: every target at every connection count in each round."""
+    """Interleaved rounds: every target at every connection count in each round.
+
+    The order of the targets is reversed every other round, each round is
+    printed as it ends, and a target's ratio is the median of its per-round
+    ratios to the ceiling of the same round (req/s is the median of rounds).
+    """
     rps: dict[tuple[str, int], list[float]] = defaultdict(list)
     p50: dict[tuple[str, int], list[float]] = defaultdict(list)
+    ratios: dict[tuple[str, int], list[float]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
-    for _ in range(args.rounds):
+    for n in range(args.rounds):
+        order = list(targets) if n % 2 == 0 else list(reversed(targets))
         for conns in args.connections:
-            for name, (port, path) in targets.items():
+            got: dict[str, float] = {}
+            for name in order:
+                port, path = targets[name]
                 result = await run_load(
                     connections=conns, duration=args.duration, path=path, port=port
                 )
+                got[name] = result.rps
                 rps[name, conns].append(result.rps)
                 p50[name, conns].append(result.p(50))
                 errors[name] += result.errors
+            for name, value in got.items():
+                if got["ceiling"]:
+                    ratios[name, conns].append(value / got["ceiling"])
+            share = got["sidecar"] / got["ceiling"] if got["ceiling"] else 0.0
+            listed = ", ".join(f"{name} {got[name]:.0f}" for name in targets)
+            print(
+                f"round {n + 1}, {conns} conns: {listed} req/s; sidecar/ceiling {share:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
     rows = []
     for conns in args.connections:
-        ceiling = statistics.median(rps["ceiling", conns])
         for name in targets:
-            median = statistics.median(rps[name, conns])
+            each = ratios[name, conns]
             rows.append(
                 [
                     conns,
                     name,
-                    round(median),
+                    round(statistics.median(rps[name, conns])),
                     statistics.median(p50[name, conns]) * 1e3,
-                    median / ceiling if ceiling else 0.0,
+                    statistics.median(each) if each else 0.0,
+                    f"{min(each):.3f}-{max(each):.3f}" if each else "",
                     errors[name],
                 ]
             )
     print_table(
-        f"proxied GET, median of {args.rounds} interleaved rounds of {args.duration:g}s",
-        ["conns", "target", "req/s", "p50 ms", "of ceiling", "errors"],
+        f"proxied GET, {args.rounds} interleaved rounds of {args.duration:g}s (order reversed "
+        "every other round; req/s and p50: medians of rounds; of ceiling: median of per-round "
+        "ratios)",
+        ["conns", "target", "req/s", "p50 ms", "of ceiling", "range", "errors"],
         rows,
     )
     one = (
