@@ -17,13 +17,18 @@ Two comparisons (``--what``):
   ceiling runs twice: with a fixed header as long as the sidecar's real one
   (``bench/proxy.py``'s default) and with the 24-character one of the first runs;
 - ``token``: a cached ``GET /v1/token/bench`` against ``bench/ceiling.py``
-  (a one-line aiohttp handler returning the same bytes).
+  (a one-line aiohttp handler returning the same bytes);
+- ``exchange``: a cache hit of ``POST /v1/exchange/user`` (the body of
+  ``bench/exchange.py``: a 678-byte user token) against the same sidecar's
+  cached token GET (issue 14's comparison), and the ceiling's POST of the same
+  body (it reads the body, answers fixed bytes) against its GET: the share a
+  POST alone costs the framework. Give ``token`` too (``--what token exchange``).
 
 Every server runs on asyncio's own event loop (none of them imports uvloop).
 Callgrind counts are deterministic up to small noise (hash seeds, timers,
 the interleaving of connections): repeat with ``--repeat`` to see it.
 
-Usage: ``.venv/bin/python bench/callgrind_proxy.py [--what proxy token]
+Usage: ``.venv/bin/python bench/callgrind_proxy.py [--what proxy token exchange]
 [--requests 2000] [--connections 8] [--repeat 1] [--keep DIR]``.
 Needs ``valgrind`` (Debian package) on the PATH.
 """
@@ -45,8 +50,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import exchange as exchange_bench  # bench/exchange.py: its profile, user token and body
 from benchlib import (
     HEADERS,
     PYTHON,
@@ -65,6 +72,7 @@ BENCH = Path(__file__).resolve().parent
 #: Valgrind makes start-up 10 to 50 times slower.
 START_TIMEOUT = 300.0
 PROXY_PATH = "/v1/proxy/bench/item"
+EXCHANGE_PATH = "/v1/exchange/user"
 TOKEN_PATH = "/v1/token/bench"  # noqa: S105 - a path, not a secret
 
 
@@ -128,15 +136,26 @@ async def instrumented_load(
     path: str,
     out_dir: Path,
     args: argparse.Namespace,
+    body: bytes | None = None,
 ) -> Measured:
     """Warm up, then count the instructions of exactly ``args.requests`` requests."""
     await run_load(
-        connections=args.connections, duration=600, path=path, port=port, max_requests=args.warmup
+        connections=args.connections,
+        duration=600,
+        path=path,
+        port=port,
+        max_requests=args.warmup,
+        body=body,
     )
     before = await asyncio.to_thread(dumps_of, out_dir, pid)
     await asyncio.to_thread(callgrind_control, "--instr=on", str(pid))
     result = await run_load(
-        connections=args.connections, duration=600, path=path, port=port, max_requests=args.requests
+        connections=args.connections,
+        duration=600,
+        path=path,
+        port=port,
+        max_requests=args.requests,
+        body=body,
     )
     await asyncio.to_thread(callgrind_control, "--instr=off", str(pid))
     await asyncio.to_thread(callgrind_control, "--dump", str(pid))
@@ -190,17 +209,19 @@ def ceilings(args: argparse.Namespace, up_port: int, header: int, body_file: Pat
     if "proxy" in args.what:
         found.append(Ceiling("proxy", "ceiling", (*proxy, "--fixed-length", str(header))))
         found.append(Ceiling("proxy", "ceiling, short header", (*proxy, "--fixed-length", "0")))
+    token_ceiling = (str(BENCH / "ceiling.py"), "--body-file", str(body_file))
     if "token" in args.what:
-        found.append(
-            Ceiling("token", "ceiling", (str(BENCH / "ceiling.py"), "--body-file", str(body_file)))
-        )
+        found.append(Ceiling("token", "ceiling", token_ceiling))
+    if "exchange" in args.what:
+        found.append(Ceiling("exchange", "ceiling", token_ceiling))
     return found
 
 
 async def measure(args: argparse.Namespace, out_dir: Path) -> list[Measured]:
     results: list[Measured] = []
     up_port = free_port()
-    paths = {"proxy": PROXY_PATH, "token": TOKEN_PATH}
+    paths = {"proxy": PROXY_PATH, "token": TOKEN_PATH, "exchange": EXCHANGE_PATH}
+    bodies: dict[str, bytes] = {}
     async with (
         start_idp() as idp,
         aiohttp.ClientSession() as http,
@@ -210,9 +231,13 @@ async def measure(args: argparse.Namespace, out_dir: Path) -> list[Measured]:
             f'[upstreams.bench]\nbase_url = "http://127.0.0.1:{up_port}"\n'
             'profile = "bench"\nallow_http = true\nallow_private = true\n'
         )
+        exchange_profile = ""
+        if "exchange" in args.what:
+            exchange_bench.allow_exchange(idp)
+            exchange_profile = exchange_bench.exchange_toml(idp, 10_000)
         sidecar = SidecarProcess(
             out_dir,
-            profile_toml(idp) + upstream,
+            profile_toml(idp) + upstream + exchange_profile,
             command_prefix=valgrind_prefix(out_dir, "sidecar"),
             env=tools_env(),
             cwd=ROOT,
@@ -228,6 +253,12 @@ async def measure(args: argparse.Namespace, out_dir: Path) -> list[Measured]:
             await asyncio.to_thread(body_file.write_bytes, body)
             header = len(f"{token['token_type']} {token['access_token']}")
             print(f"Authorization value the sidecar sends: {header} characters", file=sys.stderr)
+            if "exchange" in args.what:
+                user = idp.dev.issue_user_token(
+                    "alice", exchange_bench.MCP_AUDIENCE, exchange_bench.USER_TOKEN_LIFETIME
+                )
+                await exchange_bench.post_exchange(http, sidecar, user)  # the one miss
+                bodies["exchange"] = orjson.dumps({"subject_token": user})
             async with contextlib.AsyncExitStack() as stack:
                 servers: list[tuple[str, str, int, int]] = [
                     (what, "sidecar", sidecar.pid, sidecar.port) for what in args.what
@@ -253,6 +284,7 @@ async def measure(args: argparse.Namespace, out_dir: Path) -> list[Measured]:
                             path=paths[what],
                             out_dir=out_dir,
                             args=args,
+                            body=bodies.get(what),
                         )
                         results.append(measured)
                         print(
@@ -274,6 +306,25 @@ def report(results: list[Measured], args: argparse.Namespace) -> None:
         mine = statistics.median(
             m.per_request for m in results if m.what == what and m.server == "sidecar"
         )
+        if what == "exchange":
+            # The exchange hit against the token GET of the same server.
+            for name in dict.fromkeys(m.server for m in results if m.what == what):
+                post = statistics.median(
+                    m.per_request for m in results if m.what == what and m.server == name
+                )
+                get = [m.per_request for m in results if m.what == "token" and m.server == name]
+                runs = [m for m in results if m.what == what and m.server == name]
+                rows.append(
+                    [
+                        what,
+                        f"{name}: GET / POST",
+                        len(runs),
+                        round(post),
+                        statistics.median(get) / post if get else "-",
+                        sum(m.errors for m in runs),
+                    ]
+                )
+            continue
         names = dict.fromkeys(m.server for m in results if m.what == what)
         for name in names:
             runs = [m for m in results if m.what == what and m.server == name]
@@ -305,7 +356,9 @@ def report(results: list[Measured], args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--what", nargs="+", choices=("proxy", "token"), default=["proxy", "token"])
+    parser.add_argument(
+        "--what", nargs="+", choices=("proxy", "token", "exchange"), default=["proxy", "token"]
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=400)

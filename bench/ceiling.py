@@ -5,7 +5,9 @@ Started by ``throughput.py`` as a child process. It answers
 (``Cache-Control: no-store``, ``Pragma: no-cache``, JSON) but does nothing
 else: no guards, no metrics, no clock, no JSON encoding per request. The
 sidecar's throughput divided by this one's is the share of the framework's
-ceiling the sidecar reaches.
+ceiling the sidecar reaches. ``POST /v1/exchange/{profile}`` reads the
+request body and answers the same bytes: what a POST alone costs the
+framework (``callgrind_proxy.py --what exchange``).
 
 Usage: ``python bench/ceiling.py --port N [--socket PATH] --body-file F [--uvloop]``;
 prints ``ready`` on stdout once listening, stops on SIGTERM or SIGINT.
@@ -29,8 +31,13 @@ def make_app(body: bytes) -> web.Application:
     async def token(_request: web.Request) -> web.Response:
         return web.Response(body=body, headers=headers, content_type="application/json")
 
+    async def exchange(request: web.Request) -> web.Response:
+        await request.read()  # the framework's part of a POST: its body read
+        return web.Response(body=body, headers=headers, content_type="application/json")
+
     app = web.Application()
     app.router.add_get("/v1/token/{profile}", token, allow_head=False)
+    app.router.add_post("/v1/exchange/{profile}", exchange)
     return app
 
 

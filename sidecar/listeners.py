@@ -158,6 +158,7 @@ def peer_of(transport: asyncio.BaseTransport | None) -> Peer | None:
 # aiohttp's own steps, called directly on the two per-request paths (no super object each time).
 _DATA_RECEIVED: Final = RequestHandler.data_received
 _HANDLE_REQUEST: Final = RequestHandler._handle_request  # noqa: SLF001 - the step we extend
+_RESUME_READING: Final = RequestHandler.resume_reading
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -198,6 +199,16 @@ class GuardedRequestHandler(RequestHandler):
         super().connection_lost(exc)
         if handler is not None:
             handler.cancel()
+
+    def resume_reading(self, resume_parser: bool = True) -> None:  # noqa: FBT002 - aiohttp's
+        # aiohttp's request body calls this on every read that leaves its buffer
+        # below the low-water mark, paused or not. With nothing paused (neither
+        # the body's flow control nor the full message queue) it would only feed
+        # the parser an empty chunk and find the transport reading: skip that on
+        # the exchange's one read per request.
+        # (``_buffer_paused`` is recent aiohttp's; without it, always resume.)
+        if self._reading_paused or getattr(self, "_buffer_paused", True):
+            _RESUME_READING(self, resume_parser)
 
     @property
     def body_pending(self) -> bool:

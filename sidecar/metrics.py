@@ -67,20 +67,20 @@ PROXY_DURATION_BUCKETS = (
 _BUCKET_LABELS = tuple("+Inf" if b == float("inf") else repr(b) for b in PROXY_DURATION_BUCKETS)
 
 
-class RequestCounter(Collector):
-    """``token_sidecar_token_requests_total{profile, outcome}``, counted in plain numbers.
+class OutcomeCounter(Collector):
+    """A counter ``NAME_total{profile, outcome}`` on a hot path, counted in plain numbers.
 
-    Every token API request is counted. A ``prometheus_client`` counter child
-    takes a lock and three calls per increment; this keeps one list per label
-    pair, read when the registry is collected. The exposition is the same: a
-    counter family with ``_total`` and ``_created`` samples. Only the event
-    loop increments, so no lock is needed.
+    Used for every token API request and every exchange cache lookup. A
+    ``prometheus_client`` counter child takes a lock and three calls per
+    increment; this keeps one list per label pair, read when the registry is
+    collected. The exposition is the same: a counter family with ``_total``
+    and ``_created`` samples. Only the event loop increments, so no lock is
+    needed.
     """
 
-    NAME = "token_sidecar_token_requests"
-    DOCUMENTATION = "Token API requests by outcome."
-
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
         # (profile, outcome) -> [count, created UNIX time]
         self._counts: dict[tuple[str, str], list[float]] = {}
         registry.register(self)
@@ -110,7 +110,7 @@ class RequestCounter(Collector):
         yield family
 
     def _family(self) -> CounterMetricFamily:
-        return CounterMetricFamily(self.NAME, self.DOCUMENTATION, labels=("profile", "outcome"))
+        return CounterMetricFamily(self.name, self.documentation, labels=("profile", "outcome"))
 
 
 class UpstreamSeries:
@@ -231,7 +231,9 @@ class Metrics:
             ["profile"],
             registry=r,
         )
-        self.token_requests = RequestCounter(r)
+        self.token_requests = OutcomeCounter(
+            r, "token_sidecar_token_requests", "Token API requests by outcome."
+        )
         self.fallback_total = Counter(
             "token_sidecar_fallback_total",
             "Tokens served or refreshed in a degraded mode, by reason.",
@@ -302,12 +304,11 @@ class Metrics:
             ["profile", "result"],
             registry=r,
         )
-        self.exchange_cache_total = Counter(
-            "token_sidecar_exchange_cache_total",
+        self.exchange_cache_total = OutcomeCounter(
+            r,
+            "token_sidecar_exchange_cache",
             "Per-user token cache lookups by outcome: hit, miss, coalesced (waited for another "
             "caller's exchange), negative (a remembered rejection).",
-            ["profile", "outcome"],
-            registry=r,
         )
         self.exchange_cache_entries = Gauge(
             "token_sidecar_exchange_cache_entries",
@@ -369,7 +370,7 @@ class Metrics:
         for result in EXCHANGE_RESULTS:
             self.exchange_total.labels(profile, result)
         for outcome in EXCHANGE_CACHE_OUTCOMES:
-            self.exchange_cache_total.labels(profile, outcome)
+            self.exchange_cache_total.add(profile, outcome)
         self.exchange_duration.labels(profile)
         self.exchange_cache_entries.labels(profile).set_function(entries)
         self.exchange_cache_capacity.labels(profile).set(capacity)

@@ -87,7 +87,7 @@ def make_token_app(service: TokenService, server: ServerConfig) -> web.Applicati
     # No HEAD: asking for a token has effects (metrics, possibly a refresh).
     app.router.add_get("/v1/token/{profile}", api.get_token, allow_head=False)
     app.router.add_post("/v1/token/{profile}/invalidate", api.guarded(api.invalidate))
-    app.router.add_post("/v1/exchange/{profile}", api.guarded(api.exchange))
+    app.router.add_post("/v1/exchange/{profile}", api.exchange)
     app.router.add_route(
         "*", "/v1/proxy/{tail:.*}", ProxyRoute(service.upstreams, api.check_guards).handle
     )
@@ -277,23 +277,36 @@ class TokenApi:
         service.metrics.count_request(refresher.name, "stale" if served.stale else "served")
         return bytes_response(_token_body(refresher.name, served, result), status=200)
 
-    async def exchange(self, request: web.Request) -> web.Response:
-        """``POST /v1/exchange/{profile}``: a per-user token for the user's ``subject_token``."""
-        name = request.match_info["profile"]
-        exchanger = self.service.exchanges.exchangers.get(name)
-        if exchanger is None:
-            if name in self.service.refreshers:
-                raise _bad_request(
-                    f"profile {name!r} is a client-credentials profile: GET /v1/token/{name}", name
-                )
-            raise UnknownProfileError(name)
-        body = await _read_body(request, name, self.server.header_timeout, limit=MAX_EXCHANGE_BODY)
-        subject_token, scope, min_ttl, rejected = _exchange_request(body, name)
-        if rejected is not None:
-            # The caller's API refused this user's token: forget it, if it is still the one held.
-            exchanger.drop(subject_token, scope, fingerprint=rejected)
-        answer = await exchanger.exchange(subject_token, scope=scope, min_ttl=min_ttl)
-        return bytes_response(_exchange_body(name, answer), status=200)
+    async def exchange(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/exchange/{profile}``: a per-user token for the user's ``subject_token``.
+
+        A cache hit is the hot path, so, like :meth:`get_token`, it runs the
+        guards itself and awaits nothing once the body is in.
+        """
+        try:
+            self.check_guards(request)
+            name = request.match_info["profile"]
+            exchanger = self.service.exchanges.exchangers.get(name)
+            if exchanger is None:
+                if name in self.service.refreshers:
+                    raise _bad_request(
+                        f"profile {name!r} is a client-credentials profile: GET /v1/token/{name}",
+                        name,
+                    )
+                raise UnknownProfileError(name)
+            body = await _read_body(
+                request, name, self.server.header_timeout, limit=MAX_EXCHANGE_BODY
+            )
+            subject_token, scope, min_ttl, rejected = _exchange_request(body, name)
+            if rejected is not None:
+                # The caller's API refused this token: forget it, if it is still the one held.
+                exchanger.drop(subject_token, scope, fingerprint=rejected)
+            answer = exchanger.serve_now(subject_token, scope=scope, min_ttl=min_ttl)
+            if answer is None:
+                answer = await exchanger.exchange(subject_token, scope=scope, min_ttl=min_ttl)
+        except _EXPECTED as exc:
+            return self._error_answer(exc)
+        return web.Response(body=_exchange_body(name, answer), headers=JSON_NO_STORE)
 
     def _not_a_token_profile(self, name: str) -> Exception:
         """400 for an exchange profile on a ``/v1/token`` path, else 404 unknown profile."""
@@ -397,10 +410,10 @@ async def _read_body(
     try:
         if content.is_eof():
             # All of it arrived with the head (the usual small body): no wait, no timer.
-            body += content.read_nowait()
-            if len(body) > limit:
+            whole = content.read_nowait()
+            if len(whole) > limit:
                 raise _too_big(limit, profile)
-            return bytes(body)
+            return whole
         # The body gets as long as a head: a half-sent body cannot hold the connection.
         async with asyncio.timeout(timeout):
             async for chunk in content.iter_any():

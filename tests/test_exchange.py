@@ -248,6 +248,29 @@ async def test_verify_none_lets_the_idp_judge_but_reads_a_jwt_exp(idp, exchanges
 # -- rejections, the negative cache and the breaker -------------------------------------
 
 
+async def test_serve_now_answers_hits_without_awaiting_and_nothing_else(idp, exchanges, metrics):
+    """serve_now: None before the exchange (no IdP call, nothing counted), the hit after it,
+    a narrower scope under its own key, and a remembered rejection raised."""
+    service = exchanges(negative_ttl=5.0)
+    exchanger = service.exchangers["user-api"]
+    alice, frank = (idp.issue_user_token(u, MCP_AUDIENCE) for u in ("alice", "frank"))
+    assert exchanger.serve_now(alice) is None
+    assert (idp.token_requests, lookups(metrics, "hit"), lookups(metrics, "miss")) == (0, 0, 0)
+    issued = await exchanger.exchange(alice)
+    hit = exchanger.serve_now(alice)
+    assert hit is not None
+    assert (hit.token, hit.cached) == (issued.token, True)
+    with pytest.raises(InvalidSubjectError):  # the user's token ends first: refused locally
+        exchanger.serve_now(alice, min_ttl=issued.expires_in + 1)
+    assert exchanger.serve_now(alice, scope="read:tools") is not None  # the profile's whole scope
+    idp.faults.subject_rejected = True
+    await refused(exchanger.exchange(frank), SubjectRejectedError)
+    with pytest.raises(SubjectRejectedError):
+        exchanger.serve_now(frank)
+    assert idp.token_requests == 2
+    assert (lookups(metrics, "hit"), lookups(metrics, "negative")) == (2, 1)
+
+
 async def test_rejected_subject_is_remembered_for_negative_ttl(idp, exchanges, clock, metrics):
     """invalid_grant: 401 subject_rejected; again within negative_ttl: no new IdP request."""
     service = exchanges(negative_ttl=5.0)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from sidecar.errors import SubjectRejectedError
 from sidecar.exchange import SWEEP_INTERVAL, ExchangedToken, SubjectCache, cache_key
+from sidecar.exchange._cache import key_prefix, keyed
 
 SECRET = "user-token-LEAKCANARY-cache"
 
@@ -36,6 +39,13 @@ def test_key_depends_on_profile_scope_and_token_and_hides_the_token():
     others |= {cache_key("p", "read", SECRET + "x"), cache_key("p", "", "read\0" + SECRET)}
     assert base not in others
     assert len(others) == 4
+
+
+def test_key_is_the_documented_digest():
+    """SHA-256 of profile, NUL, scope, NUL and the token: the same for every way it is computed."""
+    expected = hashlib.sha256(b"p\0read write\0" + SECRET.encode()).digest()
+    assert cache_key("p", "read write", SECRET) == expected
+    assert keyed(key_prefix("p", "read write"), SECRET) == expected
 
 
 def test_repr_of_an_exchanged_token_hides_its_value():

@@ -33,12 +33,17 @@ SWEEP_INTERVAL = 60.0
 
 def cache_key(profile: str, scope: str, subject_token: str) -> bytes:
     """SHA-256 of the profile, the effective scope (normalized) and the user's token."""
-    digest = hashlib.sha256(profile.encode())
-    digest.update(b"\0")
-    digest.update(scope.encode())
-    digest.update(b"\0")
-    digest.update(subject_token.encode("utf-8", "surrogatepass"))
-    return digest.digest()
+    return keyed(key_prefix(profile, scope), subject_token)
+
+
+def key_prefix(profile: str, scope: str) -> bytes:
+    """The part of a key's hashed input that precedes the user's token."""
+    return b"%s\0%s\0" % (profile.encode(), scope.encode())
+
+
+def keyed(prefix: bytes, subject_token: str) -> bytes:
+    """The key of ``subject_token`` under ``prefix`` (:func:`key_prefix`): one hash call."""
+    return hashlib.sha256(prefix + subject_token.encode("utf-8", "surrogatepass")).digest()
 
 
 class ExchangedToken:

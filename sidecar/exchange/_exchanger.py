@@ -28,7 +28,13 @@ from sidecar.errors import (
     InvalidSubjectError,
     SubjectRejectedError,
 )
-from sidecar.exchange._cache import ExchangedToken, SubjectCache, cache_key
+from sidecar.exchange._cache import (
+    ExchangedToken,
+    SubjectCache,
+    cache_key,
+    key_prefix,
+    keyed,
+)
 from sidecar.exchange._minter import ExchangeMinter
 from sidecar.metrics import Metrics
 from sidecar.subject import Subject, SubjectChecker
@@ -79,13 +85,25 @@ class ProfileExchanger:
         self._last_error: dict[str, Any] | None = None
         # Bound once: the hit path is the hot one.
         self._count_lookup = {
-            outcome: metrics.exchange_cache_total.labels(self.name, outcome).inc
+            outcome: functools.partial(metrics.exchange_cache_total.inc, self.name, outcome)
             for outcome in self._lookups
         }
         self._profile_scope = _scope_words(profile.scope)
         self._profile_key_scope = " ".join(sorted(self._profile_scope))
+        self._profile_key_prefix = key_prefix(self.name, self._profile_key_scope)
 
     # -- the caller's side -------------------------------------------------------
+
+    def serve_now(
+        self, subject_token: str, *, scope: str | None = None, min_ttl: float | None = None
+    ) -> ExchangeAnswer | None:
+        """A cache hit without awaiting anything, or None: then :meth:`exchange` must be awaited.
+
+        Raises:
+            ExchangeError: a remembered rejection, or a request the profile refuses.
+        """
+        _, key, need = self._lookup_key(subject_token, scope, min_ttl)
+        return self._from_cache(key, need)
 
     async def exchange(
         self, subject_token: str, *, scope: str | None = None, min_ttl: float | None = None
@@ -95,9 +113,7 @@ class ProfileExchanger:
         Raises:
             ExchangeError: the documented refusal (its ``status`` and ``code``).
         """
-        sent_scope, key_scope = self.effective_scope(scope)
-        need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
-        key = cache_key(self.name, key_scope, subject_token)
+        sent_scope, key, need = self._lookup_key(subject_token, scope, min_ttl)
         answer = self._from_cache(key, need)
         if answer is not None:
             return answer
@@ -129,8 +145,18 @@ class ProfileExchanger:
         of the token it sent, so a token another request already got in its
         place is kept.
         """
-        _, key_scope = self.effective_scope(scope)
-        return self.cache.drop(cache_key(self.name, key_scope, subject_token), fingerprint)
+        _, key, _ = self._lookup_key(subject_token, scope, None)
+        return self.cache.drop(key, fingerprint)
+
+    def _lookup_key(
+        self, subject_token: str, scope: str | None, min_ttl: float | None
+    ) -> tuple[str | None, bytes, float]:
+        """The scope to send, the cache key and the seconds a caller needs."""
+        need = self.profile.min_ttl if min_ttl is None else max(min_ttl, self.profile.min_ttl)
+        if scope is None:  # the usual call: the key's prefix is computed once
+            return self.profile.scope, keyed(self._profile_key_prefix, subject_token), need
+        sent_scope, key_scope = self.effective_scope(scope)
+        return sent_scope, cache_key(self.name, key_scope, subject_token), need
 
     def effective_scope(self, scope: str | None) -> tuple[str | None, str]:
         """The scope to send (None: none) and its normalized form for the key.
