@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 
 from sidecar.cli import build_parser
-from sidecar.cli.dev import DEMO_AUDIENCE, DEMO_CLIENT_ID, IDP_ONLY_PORT
+from sidecar.cli._defaults import IDP_ONLY_PORT
+from sidecar.cli.dev import DEMO_AUDIENCE, DEMO_CLIENT_ID
 from sidecar.config.schema import schema_text
 from sidecar.testing import SidecarProcess, clean_environ, free_port
 from sidecar.testing._process import START_TIMEOUT

@@ -19,8 +19,8 @@ import orjson
 import pytest
 from aiohttp import web
 
+from sidecar.cli._defaults import DEFAULT_OPS_URL
 from sidecar.cli.status import (
-    DEFAULT_OPS_URL,
     StatusView,
     default_url,
     format_duration,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from sidecar._early_signals import defer_sighup
 
-# Before the heavy imports below (about a second): a SIGHUP now must not end the process.
+# Before any heavy import (about a second for `serve`): a SIGHUP now must not end the process.
 defer_sighup()
 
 import argparse
@@ -25,17 +25,18 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidecar._version import __version__
+from sidecar.cli._defaults import DEFAULT_OPS_URL, IDP_ONLY_PORT
 from sidecar.cli._exit import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, fail
-from sidecar.cli.check import run_check
-from sidecar.cli.dev import IDP_ONLY_PORT, run_dev, run_idp_only
-from sidecar.cli.status import DEFAULT_OPS_URL, run_status
-from sidecar.cli.token import run_token
-from sidecar.config import resolve_config
-from sidecar.daemon import Daemon
 from sidecar.errors import ConfigError, ListenError
-from sidecar.logs import LogFormat, configure_logging
+
+if TYPE_CHECKING:
+    from sidecar.logs import LogFormat
+
+# Each command imports what it needs when it runs: `--version`, `token` and
+# `status` start in a fraction of the time `serve` needs (scripts call them often).
 
 log = logging.getLogger("sidecar.cli")
 
@@ -146,6 +147,8 @@ def _add_log_options(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``token-sidecar`` console script."""
     args = build_parser().parse_args(argv)
+    from sidecar.logs import configure_logging  # noqa: PLC0415 - see the imports above
+
     log_format: LogFormat = args.log_format or ("text" if args.command == "dev" else "json")
     configure_logging(log_format, level=getattr(logging, args.log_level.upper()))
     try:
@@ -161,6 +164,8 @@ def _dev(args: argparse.Namespace) -> int:
     if args.dir is not None and not args.idp_only:
         fail("--dir is only used with --idp-only")
         return EXIT_CONFIG
+    from sidecar.cli.dev import run_dev, run_idp_only  # noqa: PLC0415 - see the imports above
+
     if args.idp_only:
         return asyncio.run(
             run_idp_only(
@@ -187,6 +192,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "dev":
         return _dev(args)
     if args.command == "token":
+        from sidecar.cli.token import run_token  # noqa: PLC0415 - see the imports above
+
         return run_token(
             args.profile,
             url=args.url,
@@ -196,6 +203,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             environ=os.environ,
         )
     if args.command == "status":
+        from sidecar.cli.status import run_status  # noqa: PLC0415 - see the imports above
+
         return run_status(
             args.url,
             config_path=args.config,
@@ -204,11 +213,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             interval=args.interval,
             environ=os.environ,
         )
+    from sidecar.cli.check import run_check  # noqa: PLC0415 - see the imports above
+
     return run_check(args.config, probe=args.probe)
 
 
 def serve(path: str | None) -> int:
     """``token-sidecar serve``: run the daemon until SIGTERM/SIGINT; SIGHUP reloads."""
+    from sidecar.config import resolve_config  # noqa: PLC0415 - see the imports above
+    from sidecar.daemon import Daemon  # noqa: PLC0415
+
     config = resolve_config(path, os.environ)
     # SIGHUP re-reads the same source the daemon started from.
     source = path or os.environ.get("TOKEN_SIDECAR_CONFIG")

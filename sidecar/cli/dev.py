@@ -43,8 +43,6 @@ DEMO_MCP_AUDIENCE = "https://mcp.example.com/"
 DEMO_USER = "alice"
 DEMO_SCOPE = "read:tools"
 DEMO_GRANTED_SCOPES = ("read:tools", "write:tools")
-#: ``dev --idp-only`` listens here unless told otherwise, so its printed config stays valid.
-IDP_ONLY_PORT = 8600
 
 
 def demo_config(idp: DevIdP, secret: str, *, port: int, ops_port: int) -> Config:

@@ -26,16 +26,14 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.cli._defaults import DEFAULT_OPS_URL
 from sidecar.cli._exit import EXIT_CONFIG, fail
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import load_config
-from sidecar.daemon import split_host_port
 
 EXIT_READY: Final = 0
 EXIT_NOT_READY: Final = 1
 EXIT_UNREACHABLE: Final = 2
-#: The ops port DESIGN.md gives ``ops_listen`` by default.
-DEFAULT_OPS_URL: Final = "http://127.0.0.1:9700"
 #: One fetch of /status (and /metrics), connection included, in seconds.
 TIMEOUT: Final = 5.0
 #: The longest last-error text shown in a row; /status has the whole of it.
@@ -94,6 +92,8 @@ def default_url(config_path: str | None) -> str:
     """
     if not config_path:
         return DEFAULT_OPS_URL
+    from sidecar.daemon import split_host_port  # noqa: PLC0415 - the daemon's imports are heavy
+
     ops_listen = load_config(config_path).server.ops_listen
     if not ops_listen:
         return ""
