@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import re
 import shutil
 import statistics
@@ -139,24 +140,13 @@ async def instrumented_load(
     body: bytes | None = None,
 ) -> Measured:
     """Warm up, then count the instructions of exactly ``args.requests`` requests."""
-    await run_load(
-        connections=args.connections,
-        duration=600,
-        path=path,
-        port=port,
-        max_requests=args.warmup,
-        body=body,
+    load = functools.partial(
+        run_load, connections=args.connections, duration=600, path=path, port=port, body=body
     )
+    await load(max_requests=args.warmup)
     before = await asyncio.to_thread(dumps_of, out_dir, pid)
     await asyncio.to_thread(callgrind_control, "--instr=on", str(pid))
-    result = await run_load(
-        connections=args.connections,
-        duration=600,
-        path=path,
-        port=port,
-        max_requests=args.requests,
-        body=body,
-    )
+    result = await load(max_requests=args.requests)
     await asyncio.to_thread(callgrind_control, "--instr=off", str(pid))
     await asyncio.to_thread(callgrind_control, "--dump", str(pid))
     dumps = (await asyncio.to_thread(dumps_of, out_dir, pid)) - before
