@@ -120,7 +120,7 @@ async def test_cancellation_from_elsewhere_stays_a_cancellation():
         with MovingTimeout() as timeout:
             timeout.restart(deadlines)
             entered.set()
-            await asyncio.sleep(5)
+            await asyncio.Event().wait()  # until cancelled
 
     task = asyncio.create_task(waiter())
     await entered.wait()
@@ -139,10 +139,10 @@ async def test_outer_cancellation_after_expiry_wins():
         with MovingTimeout() as timeout:
             timeout.restart(deadlines)
             try:
-                await asyncio.sleep(5)
+                await asyncio.Event().wait()  # until cancelled
             except asyncio.CancelledError:
                 expired.set()
-                await asyncio.sleep(5)  # the second cancellation lands here
+                await asyncio.Event().wait()  # the second cancellation lands here
                 raise
 
     task = asyncio.create_task(waiter())
