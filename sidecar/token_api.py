@@ -403,9 +403,6 @@ async def _read_body(
     request: web.Request, profile: str, timeout: float, *, limit: int = MAX_BODY
 ) -> bytes:
     """The request body, refusing more than ``limit`` bytes without buffering them."""
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_big(limit, profile)
-    body = bytearray()
     content = request.content
     try:
         if content.is_eof():
@@ -414,6 +411,10 @@ async def _read_body(
             if len(whole) > limit:
                 raise _too_big(limit, profile)
             return whole
+        length = request.content_length
+        if length is not None and length > limit:
+            raise _too_big(limit, profile)
+        body = bytearray()
         # The body gets as long as a head: a half-sent body cannot hold the connection.
         async with asyncio.timeout(timeout):
             async for chunk in content.iter_any():

@@ -570,6 +570,11 @@ async def test_reload_keeps_unchanged_caches_and_switches_kinds(idp, make_servic
     assert (await service.exchanges.exchange("keep", user)).cached is True
     assert (await service.exchanges.exchange("change", user)).cached is False
     assert (await service.exchanges.exchange("flip", user)).cached is False
+    # The changed profile's counts restarted with its cache; /status reads the same series.
+    assert (lookups(metrics, "miss", "change"), lookups(metrics, "hit", "change")) == (1, 0)
+    assert (lookups(metrics, "miss", "keep"), lookups(metrics, "hit", "keep")) == (1, 1)
+    status = service.exchanges.status()
+    assert (status["change"]["misses"], status["keep"]["hits"]) == (1, 1)
     assert "flip" not in service.refreshers
     assert sample(metrics, "token_sidecar_circuit_state", profile="flip") == 0
     assert (

@@ -36,7 +36,7 @@ from sidecar.exchange._cache import (
     keyed,
 )
 from sidecar.exchange._minter import ExchangeMinter
-from sidecar.metrics import Metrics
+from sidecar.metrics import EXCHANGE_CACHE_OUTCOMES, Metrics
 from sidecar.subject import Subject, SubjectChecker
 
 log = logging.getLogger("sidecar.exchange")
@@ -81,13 +81,13 @@ class ProfileExchanger:
         self.cache = SubjectCache(profile.cache_max_entries, floor=profile.min_ttl)
         self._flights: dict[bytes, asyncio.Task[ExchangedToken]] = {}
         self._shutting_down = False
-        self._lookups = {"hit": 0, "miss": 0, "coalesced": 0, "negative": 0}
-        self._last_error: dict[str, Any] | None = None
-        # Bound once: the hit path is the hot one.
-        self._count_lookup = {
-            outcome: functools.partial(metrics.exchange_cache_total.inc, self.name, outcome)
-            for outcome in self._lookups
+        # The metric's own series, read by /status too: counting is ``[0] += 1``.
+        self._lookups = {
+            outcome: metrics.exchange_cache_total.series(self.name, outcome)
+            for outcome in EXCHANGE_CACHE_OUTCOMES
         }
+        self._hits = self._lookups["hit"]
+        self._last_error: dict[str, Any] | None = None
         self._profile_scope = _scope_words(profile.scope)
         self._profile_key_scope = " ".join(sorted(self._profile_scope))
         self._profile_key_prefix = key_prefix(self.name, self._profile_key_scope)
@@ -102,6 +102,10 @@ class ProfileExchanger:
         Raises:
             ExchangeError: a remembered rejection, or a request the profile refuses.
         """
+        if scope is None and min_ttl is None:  # the usual call: the hot path, inlined
+            return self._from_cache(
+                keyed(self._profile_key_prefix, subject_token), self.profile.min_ttl
+            )
         _, key, need = self._lookup_key(subject_token, scope, min_ttl)
         return self._from_cache(key, need)
 
@@ -181,9 +185,10 @@ class ProfileExchanger:
         now = self._clock.monotonic()
         token = self.cache.token(key, now)
         if token is not None:
-            if token.expires_at - now > need:
-                self._lookup("hit")
-                return ExchangeAnswer(token, cached=True, expires_in=token.expires_in(now))
+            left = token.expires_at - now
+            if left > need:
+                self._hits[0] += 1
+                return ExchangeAnswer(token, cached=True, expires_in=int(left))
             if token.capped_by_subject:
                 # A new exchange would end at the same instant: the user's token is too short.
                 self._lookup("miss")
@@ -233,8 +238,7 @@ class ProfileExchanger:
         )
 
     def _lookup(self, outcome: str) -> None:
-        self._lookups[outcome] += 1
-        self._count_lookup[outcome]()
+        self._lookups[outcome][0] += 1
 
     # -- the flight ----------------------------------------------------------------
 
@@ -321,7 +325,7 @@ class ProfileExchanger:
 
     def status(self) -> dict[str, Any]:
         """The ``/status`` entry: counts and the last error, never a subject or a token."""
-        lookups = self._lookups
+        lookups = {outcome: int(series[0]) for outcome, series in self._lookups.items()}
         answered = lookups["hit"] + lookups["miss"]
         return {
             "grant": self.profile.grant,
