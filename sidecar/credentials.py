@@ -21,6 +21,7 @@ import jwt
 from sidecar.clock import Clock
 from sidecar.config import EnvSecret, FileSecret, InlineSecret, ProfileConfig, SecretRef
 from sidecar.errors import CredentialsError
+from sidecar.files import SECRET_LIMIT, read_small_text
 
 #: Lifetime of a client assertion: Auth0 accepts at most 5 min and recommends 1.
 ASSERTION_LIFETIME = 60
@@ -139,9 +140,11 @@ class CredentialStore:
                 return value.strip()
             case FileSecret(path):
                 try:
-                    value = path.read_text(encoding="utf-8").strip()
+                    value = read_small_text(path, SECRET_LIMIT).strip()
                 except OSError as exc:
                     raise CredentialsError(f"{key}: cannot read {path}: {exc.strerror}") from None
+                except UnicodeDecodeError:
+                    raise CredentialsError(f"{key}: {path} is not UTF-8 text") from None
                 if not value:
                     raise CredentialsError(f"{key}: {path} is empty")
                 return value

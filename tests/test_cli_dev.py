@@ -190,6 +190,35 @@ async def test_a_restart_keeps_the_secret_and_a_temp_dir_goes_at_exit(tmp_path, 
     assert not made.exists()
 
 
+async def test_dir_files_are_private_and_never_written_through_a_symlink(tmp_path):
+    """An existing secret becomes 0600; a symlink planted where a file goes is refused (exit 2)."""
+    folder = tmp_path / "dev"
+    folder.mkdir()
+    args = ("dev", "--idp-only", "--idp-port", str(free_port()), "--dir", str(folder))
+    (folder / "client_secret").write_text("kept-secret\n")
+    (folder / "client_secret").chmod(0o644)
+    elsewhere = tmp_path / "victim"
+    elsewhere.write_text("untouched\n")
+    elsewhere.chmod(0o644)
+    (folder / "config.toml").symlink_to(elsewhere)
+    code, _, err = await run_cli(*args)
+    assert code == 2, err
+    assert f"{folder / 'config.toml'} is a symbolic link" in err
+    assert "Traceback" not in err
+    assert elsewhere.read_text() == "untouched\n"
+    assert (folder / "client_secret").stat().st_mode & 0o777 == 0o600
+    assert (folder / "client_secret").read_text() == "kept-secret\n"
+
+    (folder / "config.toml").unlink()
+    (folder / "client_secret").unlink()
+    (folder / "client_secret").symlink_to(elsewhere)
+    code, _, err = await run_cli(*args)
+    assert code == 2, err
+    assert f"{folder / 'client_secret'} is a symbolic link" in err
+    assert elsewhere.read_text() == "untouched\n"
+    assert elsewhere.stat().st_mode & 0o777 == 0o644  # not made private through the link
+
+
 async def test_a_busy_idp_port_and_dir_without_idp_only_are_one_line_errors():
     """A taken --idp-port exits 1 and --dir without --idp-only exits 2, each in one line."""
     import socket  # noqa: PLC0415 - only this test binds a port

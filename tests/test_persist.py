@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import random
 import stat
 from collections.abc import AsyncIterator
@@ -461,6 +462,30 @@ async def test_a_garbage_file_is_logged_and_ignored(
     await asyncio.wait_for(service.get("api"), 5)
     await written(service)
     assert len(stored_tokens(tokens_path)) == 1  # replaced by a good file
+
+
+async def test_leftovers_of_crashed_writes_are_removed_at_start(
+    persisted, idp, tokens_path, clock, log_output
+):
+    """Old ``.tokens.*.tmp`` files go; a young one, a symlink and other files stay."""
+    state = tokens_path.parent
+    old, young = state / ".tokens.crashed.tmp", state / ".tokens.writing.tmp"
+    other, link = state / ".other.old.tmp", state / ".tokens.link.tmp"
+    for path in (old, young, other):
+        path.write_bytes(b"partial")
+    link.symlink_to(other)
+    now = clock.time()
+    for path in (old, other):
+        os.utime(path, (now - 601, now - 601))
+    os.utime(young, (now - 60, now - 60))
+    os.utime(link, (now - 601, now - 601), follow_symlinks=False)
+    persisted(make_profile(idp))
+    assert not old.exists()
+    assert young.exists()
+    assert other.exists()
+    assert link.is_symlink()
+    (removed,) = events(log_output, "persist.temporaries_removed")
+    assert removed["files"] == 1
 
 
 async def test_a_huge_file_is_ignored_without_reading_it(persisted, idp, tokens_path, log_output):

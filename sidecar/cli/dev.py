@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import functools
 import json
 import os
@@ -32,6 +33,7 @@ from sidecar.config.schema import schema_text
 from sidecar.daemon import Daemon
 from sidecar.devidp import TOKEN_EXCHANGE_GRANT, DevClient, DevIdP
 from sidecar.errors import ListenError
+from sidecar.files import SECRET_LIMIT, read_small_text
 
 DEMO_PROFILE = "demo"
 #: The token exchange profile of ``dev``: users' tokens for the demo MCP server in, API tokens out.
@@ -167,15 +169,47 @@ class IdPOnlyFiles:
         return self.directory / "config.schema.json"
 
     def ensure_secret(self) -> None:
-        """Keep the secret the file holds (a restart changes nothing), else write a new one."""
+        """Keep the secret the file holds (a restart changes nothing), else write a new one.
+
+        Raises:
+            OSError: the file cannot be read or written, or is a symbolic link.
+        """
         try:
-            if self.secret.read_text(encoding="utf-8").strip():
+            if read_small_text(self.secret, SECRET_LIMIT, follow_symlinks=False).strip():
+                _make_private(self.secret)
                 return
         except FileNotFoundError:
             pass
-        fd = os.open(self.secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(secrets.token_urlsafe(32) + "\n")
+        except UnicodeDecodeError:
+            pass  # not a secret we wrote: replace it
+        write_private(self.secret, secrets.token_urlsafe(32) + "\n", mode=0o600)
+
+
+def _make_private(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def write_private(path: Path, text: str, *, mode: int) -> None:
+    """Write ``text`` to ``path`` with ``mode`` whatever the umask; never through a symlink.
+
+    Raises:
+        OSError: it cannot be written; ``ELOOP`` when ``path`` is a symbolic link.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), mode)
+        out.write(text)
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return f"{exc.filename} is a symbolic link; remove it or choose another --dir"
+    return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror or exc)
 
 
 def _toml_string(value: str) -> str:
@@ -229,9 +263,13 @@ async def run_idp_only(
     """Run the development IdP alone until SIGINT/SIGTERM; write its client's files first."""
     created = directory is None
     folder = Path(tempfile.mkdtemp(prefix="token-sidecar-dev-")) if directory is None else directory
-    folder.mkdir(parents=True, exist_ok=True)
-    files = IdPOnlyFiles(folder.resolve())
-    files.ensure_secret()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        files = IdPOnlyFiles(folder.resolve())
+        files.ensure_secret()
+    except OSError as exc:
+        sys.stderr.write(f"token-sidecar: cannot write to {folder}: {_why(exc)}\n")
+        return 2
     idp = DevIdP(audience=DEMO_AUDIENCE, token_lifetime=token_lifetime)
     idp.add_client(
         DevClient(
@@ -247,8 +285,12 @@ async def run_idp_only(
         return 1
     try:
         config = idp_only_config(idp, files, port=port, ops_port=ops_port)
-        files.config.write_text(config, encoding="utf-8")
-        files.schema.write_text(schema_text(), encoding="utf-8")
+        try:
+            write_private(files.config, config, mode=0o644)
+            write_private(files.schema, schema_text(), mode=0o644)
+        except OSError as exc:
+            sys.stderr.write(f"token-sidecar: cannot write to {folder}: {_why(exc)}\n")
+            return 2
         _announce_idp_only(idp, files, config, port)
         await _until_stopped()
     finally:

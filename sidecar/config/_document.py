@@ -13,7 +13,6 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from sidecar.config._cache import read_cache
@@ -23,6 +22,7 @@ from sidecar.config._profile import read_profiles
 from sidecar.config._reader import Table, read_address
 from sidecar.config._upstream import read_upstreams
 from sidecar.errors import ConfigError
+from sidecar.files import CONFIG_LIMIT, read_small_text
 
 _SOCKET_MODE = re.compile(OCTAL_MODE_PATTERN)
 
@@ -111,7 +111,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_small_text(path, CONFIG_LIMIT)
     except FileNotFoundError as exc:
         raise ConfigError(source, "", "no such file") from exc
     except OSError as exc:

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.files import SECRET_LIMIT, read_small_text
+
 
 @dataclass(repr=False)
 class DevClient:
@@ -39,7 +41,7 @@ class DevClient:
         if self.secret_file is None:
             return self.client_secret
         try:
-            return self.secret_file.read_text(encoding="utf-8").strip() or None
+            return read_small_text(self.secret_file, SECRET_LIMIT).strip() or None
         except (OSError, UnicodeDecodeError):
             return None  # a missing or unreadable file accepts no secret
 

@@ -40,6 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sidecar.config import CacheConfig, url_credentials
 from sidecar.errors import ConfigError
+from sidecar.files import SECRET_LIMIT, TLS_FILE_LIMIT, check_small_file, read_small_text
 from sidecar.fleet._cache import CacheFailure
 
 #: A failure's detail is one line of a client error message; more is noise.
@@ -80,7 +81,7 @@ def read_password(path: Path) -> str:
         PasswordFileError: unreadable, not UTF-8, or empty.
     """
     try:
-        password = path.read_text(encoding="utf-8").strip()
+        password = read_small_text(path, SECRET_LIMIT).strip()
     except OSError as exc:
         raise PasswordFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -244,6 +245,6 @@ def _tls_file_errors(source: str, key: str, unusable: str) -> Iterator[None]:
 
 def _must_read(path: Path, *, source: str, key: str) -> None:
     try:
-        path.read_bytes()
+        check_small_file(path, TLS_FILE_LIMIT)
     except OSError as exc:
         raise ConfigError(source, key, f"cannot read {path}: {exc.strerror or exc}") from None

@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sidecar.errors import ConfigError, UnreadableValueError
+from sidecar.files import SECRET_LIMIT, read_small_file
 from sidecar.fleet._cache import SharedToken
 from sidecar.token import fingerprint
 
@@ -39,7 +40,7 @@ MAX_VALUE = 64 * 1024
 def load_key(path: Path, *, source: str) -> bytes:
     """Read a 32-byte AES key, raw or base64; anything else is a :class:`ConfigError`."""
     try:
-        data = path.read_bytes()
+        data = read_small_file(path, SECRET_LIMIT)
     except OSError as exc:
         raise ConfigError(source, "cache.key_file", f"cannot read {path}: {exc.strerror}") from None
     if len(data) == KEY_BYTES:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import glob
 import hashlib
 import os
 import re
@@ -34,11 +35,14 @@ from typing import Any
 import orjson
 
 from sidecar.errors import UnreadableValueError
+from sidecar.files import FileRefusedError, read_small_file
 
 FORMAT = "token-sidecar-tokens"
 VERSION = 1
 #: A file holds one entry per profile, a few KiB each; anything larger is not ours.
 MAX_FILE_BYTES = 1024 * 1024
+#: Seconds after which a temporary file of a write is taken to be a crashed write's.
+STALE_TEMPORARY = 600.0
 #: The mode of every file written: the owner reads and writes, nobody else.
 FILE_MODE = 0o600
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -107,23 +111,36 @@ def read_bounded(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
         OSError: it exists but cannot be read (permissions, I/O).
     """
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer that never comes.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_small_file(path, limit)
     except FileNotFoundError:
         return None
+    except FileRefusedError as exc:
+        raise UnreadableValueError("malformed", exc.strerror) from None
+
+
+def remove_stale_temporaries(path: Path, now: float) -> int:
+    """Remove what crashed writes of ``path`` left behind; the number removed.
+
+    :func:`write_atomic` names its temporary file ``.NAME.*.tmp`` beside
+    ``path`` and removes it on every failure it sees, but a process killed
+    mid-write leaves it. Only regular files (never a symbolic link) older
+    than :data:`STALE_TEMPORARY` seconds are removed: a younger one may be
+    another process's write in progress.
+    """
+    removed = 0
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnreadableValueError("malformed", "not a regular file")
-        chunks, left = [], limit + 1
-        while left > 0 and (chunk := os.read(fd, min(left, 64 * 1024))):
-            chunks.append(chunk)
-            left -= len(chunk)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > limit:
-        raise UnreadableValueError("malformed", f"larger than {limit} bytes")
-    return data
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return 0
+    for candidate in candidates:
+        try:
+            info = candidate.lstat()
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > STALE_TEMPORARY:
+                candidate.unlink()
+                removed += 1
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
+    return removed
 
 
 def write_atomic(path: Path, data: bytes) -> None:

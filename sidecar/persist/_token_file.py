@@ -30,6 +30,7 @@ from sidecar.persist._file import (
     entry_aad,
     identity_hash,
     read_bounded,
+    remove_stale_temporaries,
     write_atomic,
 )
 from sidecar.token import HeldToken
@@ -66,7 +67,15 @@ class TokenFile:
     # -- reading, at start ---------------------------------------------------
 
     def load(self) -> None:
-        """Read the file's entries; a missing, unreadable, huge or garbage file leaves none."""
+        """Read the file's entries; a missing, unreadable, huge or garbage file leaves none.
+
+        Also removes the temporary files of writes that a crash interrupted.
+        """
+        removed = remove_stale_temporaries(self.path, self._clock.time())
+        if removed:
+            log.info(
+                "persist.temporaries_removed", extra={"path": str(self.path), "files": removed}
+            )
         try:
             data = read_bounded(self.path)
             if data is None:

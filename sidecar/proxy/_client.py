@@ -41,6 +41,7 @@ from yarl import URL
 from sidecar.config import UpstreamConfig
 from sidecar.deadlines import Deadlines, MovingTimeout, timeouts
 from sidecar.errors import ApiError
+from sidecar.files import TLS_FILE_LIMIT, check_small_file
 from sidecar.proxy._addresses import AddressDeniedError, GuardedResolver
 from sidecar.proxy._replay import RequestBody
 
@@ -291,6 +292,9 @@ def tls_context(upstream: UpstreamConfig) -> ssl.SSLContext:
     Raises:
         OSError, ssl.SSLError: a file cannot be read or is not a certificate or key.
     """
+    for path in (upstream.ca_file, upstream.client_cert_file, upstream.client_key_file):
+        if path is not None:
+            check_small_file(path, TLS_FILE_LIMIT)  # OpenSSL would block on a FIFO
     context = ssl.create_default_context()
     if upstream.ca_file is not None:
         context.load_verify_locations(cafile=upstream.ca_file)
