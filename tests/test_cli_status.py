@@ -182,6 +182,77 @@ async def test_answer_that_is_not_status_exit_2(clock, capsys, aiohttp_server):
     assert "/nothing/status answered 404" in capsys.readouterr().err
 
 
+async def test_escape_sequences_in_an_answer_are_shown_not_obeyed(clock, aiohttp_server):
+    """A hostile --url's texts are printed with control characters escaped; odd values tolerated."""
+    evil = "\x1b]0;pwned\x07\x1b[2J"
+    answer = {
+        "ready": True,
+        "version": f"1.0{evil}",
+        "cache": {"backend": "redis", "state": f"up{evil}", "error": {"kind": evil, "detail": 1}},
+        "profiles": {
+            f"api{evil}\nforged row": {
+                "state": f"ready{evil}",
+                "expires_at": 1e308,
+                "next_refresh_at": float("nan"),
+                "circuit": "\r\x1b[31m",
+                "last_error": {"kind": "transient", "description": f"boom{evil}"},
+            },
+            "weird": ["not", "a", "dict"],
+            "huge": {"state": "ready", "expires_at": "soon", "next_refresh_at": True},
+        },
+    }
+
+    async def status(_: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text='token_sidecar_fallback_total{profile="huge",reason="x"} +Inf\n')
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
+    server = await aiohttp_server(app)
+    code, text = await status_of(str(server.make_url("")).rstrip("/"), clock)
+    assert code == 0
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert "\r" not in text
+    assert text.count("\n") == 1 + 1 + 3  # header, column names, three rows: none forged
+    assert "\\x1b]0;pwned\\x07" in text
+    rows = {row[0]: row for row in cells(text)[1:]}
+    forged = rows["api\\x1b]0;pwned\\x07\\x1b[2J\\x0aforged row"]
+    assert forged[1:3] == ["ready\\x1b]0;pwned\\x07\\x1b[2J", "> 3650d"]
+    assert rows["huge"][2:4] == ["-", "-"]  # a string and a bool are no instants
+    assert rows["huge"][5] == "?"  # an infinite count is not shown as a number
+    assert rows["weird"][1] == "?"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_an_endless_answer_is_cut_off_and_is_not_a_sidecar(
+    clock, capsys, aiohttp_server, framing
+):
+    """An answer past 4 MiB is not read to its end: exit 2 saying so."""
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        if framing == "content-length":
+            response.content_length = 1 << 40
+        else:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = b" " * (1 << 20)
+        for _ in range(64):  # 64 MiB at most, then the test server stops by itself
+            await response.write(chunk)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/status", endless)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    assert await status_of(base, clock) == (2, "")
+    assert "answered more than 4194304 bytes" in capsys.readouterr().err
+
+
 async def test_watch_redraws_every_interval(idp, make_service, clock, ops_url):
     """--watch draws at once, then every interval of the injected clock, until the bound."""
     idp.token_lifetime = 3600

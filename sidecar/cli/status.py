@@ -10,6 +10,11 @@ Exit codes, the first word of every script that polls a sidecar: 0 ready,
 1 not ready, 2 unreachable (or an answer that is not the sidecar's
 ``/status``). ``/status`` never holds a token or a secret, so neither does
 anything printed here. Colour only on a terminal, never with ``NO_COLOR``.
+
+``--url`` may name anything, so its answer is untrusted: at most
+:data:`MAX_ANSWER_BYTES` are read, and every text from it is printed with
+control characters escaped (an answer cannot move the cursor, retitle the
+terminal or forge a row).
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ EXIT_UNREACHABLE: Final = 2
 TIMEOUT: Final = 5.0
 #: The longest last-error text shown in a row; /status has the whole of it.
 ERROR_WIDTH: Final = 100
+#: The most of an answer read: a sidecar's /status or /metrics is a few KiB.
+MAX_ANSWER_BYTES: Final = 4 * 1024 * 1024
+#: The longest countdown shown as such; anything later is shown as "> 3650d".
+MAX_COUNTDOWN: Final = 3650 * 86400
 
 _RESET = "\x1b[0m"
 _COLOURS: Final = {
@@ -161,13 +170,33 @@ async def show_status(
             await clock.sleep(interval)
 
 
+class _TooLargeError(Exception):
+    """An answer longer than :data:`MAX_ANSWER_BYTES`: not a sidecar's."""
+
+
+async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
+    """The body of ``resp``, refused past :data:`MAX_ANSWER_BYTES` without reading it all."""
+    if resp.content_length is not None and resp.content_length > MAX_ANSWER_BYTES:
+        raise _TooLargeError
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise _TooLargeError
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def fetch_snapshot(session: aiohttp.ClientSession, base: str) -> Snapshot:
     """Read ``/status`` and the fallback counters; never raises for a sidecar that is away."""
     try:
         async with session.get(f"{base}/status") as resp:
-            body = await resp.read()
             if resp.status != 200:
                 return Snapshot(None, problem=f"{base}/status answered {resp.status}")
+            body = await _read_limited(resp)
+    except _TooLargeError:
+        return Snapshot(None, problem=f"{base}/status answered more than {MAX_ANSWER_BYTES} bytes")
     except (aiohttp.ClientError, TimeoutError) as exc:
         return Snapshot(None, problem=f"cannot reach {base}: {_describe(exc)}")
     try:
@@ -185,14 +214,14 @@ async def _fallbacks(session: aiohttp.ClientSession, base: str) -> dict[str, flo
         async with session.get(f"{base}/metrics") as resp:
             if resp.status != 200:
                 return {}
-            text = await resp.text()
-    except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            text = (await _read_limited(resp)).decode("utf-8")
+    except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError, _TooLargeError):
         return {}  # the table shows "?": the status itself was read
     counts: dict[str, float] = {}
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "token_sidecar_fallback_total":
+                if sample.name == "token_sidecar_fallback_total" and math.isfinite(sample.value):
                     profile = sample.labels.get("profile", "")
                     counts[profile] = counts.get(profile, 0.0) + sample.value
     except ValueError:
@@ -221,9 +250,9 @@ class StatusView:
         if snapshot.status is None:
             if not redraw:
                 # One line on stderr, as every command reports a failure.
-                fail(f"status: {snapshot.problem}")
+                fail(f"status: {printable(snapshot.problem)}")
                 return
-            text = f"unreachable: {snapshot.problem}\n"
+            text = f"unreachable: {printable(snapshot.problem)}\n"
         elif self.as_json:
             text = orjson.dumps(snapshot.status).decode() + "\n"
         else:
@@ -242,7 +271,8 @@ def render_table(snapshot: Snapshot, *, now: float, colour: bool) -> str:
     status = snapshot.status or {}
     rows = [list(_COLUMNS)]
     for name, entry in sorted(status["profiles"].items()):
-        rows.append(_row(name, entry, snapshot.fallbacks, now))
+        fields = entry if isinstance(entry, dict) else {}
+        rows.append([printable(cell) for cell in _row(name, fields, snapshot.fallbacks, now)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = [_header(status, colour)]
     for row in rows:
@@ -256,13 +286,29 @@ def render_table(snapshot: Snapshot, *, now: float, colour: bool) -> str:
 
 def _header(status: dict[str, Any], colour: bool) -> str:
     ready = "READY" if status.get("ready") is True else "NOT READY"
-    cache = status.get("cache") or {}
-    line = f"token-sidecar {status.get('version', '?')}  {_paint(ready, ready, colour)}"
-    line += f"  cache {cache.get('backend', '?')} {cache.get('state', '?')}"
+    cache = status.get("cache")
+    cache = cache if isinstance(cache, dict) else {}
+    line = f"token-sidecar {printable(status.get('version', '?'))}  {_paint(ready, ready, colour)}"
+    line += f"  cache {printable(cache.get('backend', '?'))} {printable(cache.get('state', '?'))}"
     error = cache.get("error")
     if isinstance(error, dict):
-        line += f" ({error.get('kind')}: {error.get('detail')})"
+        line += f" ({printable(error.get('kind'))}: {printable(error.get('detail'))})"
     return line
+
+
+def printable(value: object) -> str:
+    """``value`` as text with every control or non-printable character escaped (``\\x1b``).
+
+    What the ops URL answered is printed through this: an escape sequence in
+    a profile name or an error text is shown, never obeyed by the terminal.
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+        for c in text
+    )
 
 
 def _row(name: str, entry: dict[str, Any], fallbacks: dict[str, float], now: float) -> list[str]:
@@ -300,12 +346,14 @@ def _last_error(entry: dict[str, Any]) -> str:
 
 def _until(at: object, now: float, *, past: str) -> str:
     """``at`` (UNIX seconds) as a countdown from ``now``: ``1h 02m``, ``4m 05s``, ``9s``."""
-    if not isinstance(at, int | float):
+    if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at - now):
         return "-"
-    left = math.floor(at - now)
+    left = at - now
     if left <= 0:
         return past
-    return format_duration(left)
+    if left > MAX_COUNTDOWN:
+        return f"> {MAX_COUNTDOWN // 86400}d"
+    return format_duration(math.floor(left)) if left >= 1 else past
 
 
 def format_duration(seconds: int) -> str:
